@@ -1,0 +1,101 @@
+package state
+
+import "time"
+
+// Kind is the first byte of an encoded command; it selects the handler in the
+// dispatch table. Kinds with IgnoreUnknown set may be skipped by an older node
+// that does not know them; any other unknown kind stops the node rather than let
+// its state diverge (Consul's rule).
+type Kind uint8
+
+const (
+	KindPutService    Kind = 0x01
+	KindDeleteService Kind = 0x02
+	KindSetWeights    Kind = 0x03
+	KindSetPool       Kind = 0x04
+
+	IgnoreUnknown Kind = 0x80
+)
+
+// Command is one replicated change. The node that proposes it (the leader)
+// stamps Time; Apply never reads a clock.
+type Command struct {
+	Kind Kind      `json:"kind"`
+	Time time.Time `json:"time"`
+	// Actor is the token name that asked for the change ("local" without tokens,
+	// "seed" for the Caddyfile, "watcher" for automatic decisions).
+	Actor string `json:"actor"`
+	// IdemKey and IdemHash make a retried write a no-op: the same key with the
+	// same hash returns the first result; with another hash it is a conflict.
+	IdemKey  string `json:"idem_key,omitempty"`
+	IdemHash string `json:"idem_hash,omitempty"`
+	// IfVersion, when set, must equal the service's current version (0 means
+	// "the service must not exist").
+	IfVersion *uint64 `json:"if_version,omitempty"`
+	Service   string  `json:"service"`
+	Reason    string  `json:"reason,omitempty"`
+
+	// KindPutService: the new definition. With Seed, it applies only to a name the
+	// cluster has never seen (neither live nor deleted).
+	Spec *ServiceSpec `json:"spec,omitempty"`
+	Seed bool         `json:"seed,omitempty"`
+
+	// KindSetWeights: the new weights (pools left out get 0) and whether this is
+	// a "weights" or a "switch" change (for the event trail).
+	Weights Weights `json:"weights,omitempty"`
+	Action  string  `json:"action,omitempty"`
+
+	// KindSetPool: the pool's new backends and version label; creates the pool
+	// with weight 0 if it is new.
+	Pool        string   `json:"pool,omitempty"`
+	Backends    []string `json:"backends,omitempty"`
+	PoolVersion string   `json:"pool_version,omitempty"`
+}
+
+// ServiceSpec is what a PUT of a service (or a Caddyfile seed) defines. Omitted
+// parts take defaults: weights give 100 to the first pool in name order when
+// absent, the SLO and guard take the runbook defaults, no health check runs.
+type ServiceSpec struct {
+	Pools   map[string]PoolSpec `json:"pools"`
+	Weights Weights             `json:"weights,omitempty"`
+	Health  *HealthCheck        `json:"health,omitempty"`
+	SLO     *SLO                `json:"slo,omitempty"`
+	Guard   *Duration           `json:"guard,omitempty"`
+}
+
+// PoolSpec is a pool in a ServiceSpec.
+type PoolSpec struct {
+	Version  string   `json:"version,omitempty"`
+	Backends []string `json:"backends"`
+}
+
+// Result is what Apply returns for one command. Business failures are values,
+// never panics: the command is still in the log, it just changed nothing.
+type Result struct {
+	// Code is "" on success, otherwise one of the Code* constants.
+	Code string `json:"code,omitempty"`
+	// Err says what was wrong, in words a user can act on.
+	Err string `json:"error,omitempty"`
+	// Version is the service's version after the command (or its current one
+	// when the command was refused); 0 when the service does not exist.
+	Version uint64 `json:"version"`
+	// Service is the service as the command left it (nil after a delete or when
+	// it does not exist).
+	Service *Service `json:"service,omitempty"`
+	// Replayed is true when an idempotency key matched an earlier command.
+	Replayed bool `json:"replayed,omitempty"`
+	// Changed is false when the command was valid but changed nothing (a seed
+	// for a known name).
+	Changed bool `json:"changed"`
+}
+
+// Result codes; the admin API maps each to an HTTP status.
+const (
+	CodeInvalid          = "invalid"                // 400
+	CodeNotFound         = "not_found"              // 404
+	CodeVersionMismatch  = "version_mismatch"       // 409
+	CodeIdempotencyReuse = "idempotency_key_reused" // 409
+)
+
+// OK reports whether the command succeeded.
+func (r Result) OK() bool { return r.Code == "" }
