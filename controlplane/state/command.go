@@ -1,6 +1,11 @@
 package state
 
-import "time"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Kind is the first byte of an encoded command; it selects the handler in the
 // dispatch table. Kinds with IgnoreUnknown set may be skipped by an older node
@@ -13,6 +18,7 @@ const (
 	KindDeleteService Kind = 0x02
 	KindSetWeights    Kind = 0x03
 	KindSetPool       Kind = 0x04
+	KindSetDrain      Kind = 0x05
 
 	IgnoreUnknown Kind = 0x80
 )
@@ -41,12 +47,15 @@ type Command struct {
 	Seed bool         `json:"seed,omitempty"`
 
 	// KindSetWeights: the new weights (pools left out get 0) and whether this is
-	// a "weights" or a "switch" change (for the event trail).
+	// a "weights" (the default), "switch" or "rollback" change. The action names
+	// the event; a rollback leaves the LKG as it is, the others make the weights
+	// they replace the new LKG.
 	Weights Weights `json:"weights,omitempty"`
 	Action  string  `json:"action,omitempty"`
 
 	// KindSetPool: the pool's new backends and version label; creates the pool
-	// with weight 0 if it is new.
+	// with weight 0 if it is new. KindSetDrain: the pool and the addresses to
+	// drain (Action "drain") or undrain (Action "undrain").
 	Pool        string   `json:"pool,omitempty"`
 	Backends    []string `json:"backends,omitempty"`
 	PoolVersion string   `json:"pool_version,omitempty"`
@@ -99,3 +108,26 @@ const (
 
 // OK reports whether the command succeeded.
 func (r Result) OK() bool { return r.Code == "" }
+
+// Encode turns a command into its log entry: the Kind byte, then JSON.
+func Encode(c Command) ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encoding command: %w", err)
+	}
+	return append([]byte{byte(c.Kind)}, b...), nil
+}
+
+// Decode is the inverse of Encode. The Kind byte is authoritative; unknown
+// JSON fields are ignored so that a newer leader may add some.
+func Decode(data []byte) (Command, error) {
+	if len(data) == 0 {
+		return Command{}, errors.New("empty command")
+	}
+	var c Command
+	if err := json.Unmarshal(data[1:], &c); err != nil {
+		return Command{}, fmt.Errorf("command of kind %#02x: %w", data[0], err)
+	}
+	c.Kind = Kind(data[0])
+	return c, nil
+}

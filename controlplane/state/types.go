@@ -19,7 +19,8 @@ type Service struct {
 	// Weights always sum to exactly 100 % (10000 basis points).
 	Weights Weights `json:"weights"`
 	// LKG is the last known good weights: the weights in force just before the
-	// last weights/switch change. A rollback restores them.
+	// last weights/switch change. A rollback restores them. Like Weights, it
+	// lists every pool and sums to 100 %.
 	LKG    Weights      `json:"lkg"`
 	Health *HealthCheck `json:"health,omitempty"`
 	SLO    SLO          `json:"slo"`

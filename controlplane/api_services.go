@@ -1,0 +1,359 @@
+package controlplane
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// serviceBody is the service as the admin API shows it (CONTRACT §4): the
+// replicated service plus, per backend, the answering node's view of its
+// health and in-flight requests.
+type serviceBody struct {
+	Name    string              `json:"name"`
+	Version uint64              `json:"version"`
+	Weights state.Weights       `json:"weights"`
+	LKG     state.Weights       `json:"lkg"`
+	Pools   map[string]poolBody `json:"pools"`
+	Health  *state.HealthCheck  `json:"health"`
+	SLO     state.SLO           `json:"slo"`
+	Guard   state.Duration      `json:"guard"`
+	Rollout json.RawMessage     `json:"rollout"`
+
+	// Only on writes with ?wait=all.
+	AppliedOn  []string `json:"applied_on,omitempty"`
+	NotApplied []string `json:"not_applied,omitempty"`
+}
+
+type poolBody struct {
+	Version  string        `json:"version"`
+	Backends []backendBody `json:"backends"`
+}
+
+type backendBody struct {
+	Address  string `json:"address"`
+	Health   string `json:"health"`
+	Draining bool   `json:"draining"`
+	InFlight int64  `json:"in_flight"`
+}
+
+func (a *adminServer) render(s *state.Service) serviceBody {
+	dp := a.n.dataPlane()
+	b := serviceBody{
+		Name: s.Name, Version: s.Version, Weights: s.Weights, LKG: s.LKG,
+		Pools: make(map[string]poolBody, len(s.Pools)), Health: s.Health, SLO: s.SLO, Guard: s.Guard,
+		Rollout: json.RawMessage("null"),
+	}
+	for name, p := range s.Pools {
+		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
+		for _, be := range p.Backends {
+			health, inFlight := "unknown", int64(0)
+			if dp != nil {
+				health, inFlight = dp.BackendStatus(s.Name, name, be.Address)
+			} else if s.Health == nil {
+				health = "healthy"
+			}
+			pb.Backends = append(pb.Backends, backendBody{Address: be.Address, Health: health, Draining: be.Draining, InFlight: inFlight})
+		}
+		b.Pools[name] = pb
+	}
+	return b
+}
+
+func (a *adminServer) listServices(w http.ResponseWriter, r *http.Request, _ string) {
+	v := a.n.View()
+	names := make([]string, 0, len(v.Services))
+	for name := range v.Services {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	out := struct {
+		Services []serviceBody `json:"services"`
+	}{Services: make([]serviceBody, 0, len(names))}
+	for _, name := range names {
+		out.Services = append(out.Services, a.render(v.Services[name]))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// service looks up the {svc} of the path, answering 404 itself.
+func (a *adminServer) service(w http.ResponseWriter, r *http.Request) (*state.Service, bool) {
+	name := r.PathValue("svc")
+	s := a.n.View().Services[name]
+	if s == nil {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("service %q does not exist; GET /v1/services lists them", name))
+		return nil, false
+	}
+	return s, true
+}
+
+func (a *adminServer) getService(w http.ResponseWriter, r *http.Request, _ string) {
+	if s, ok := a.service(w, r); ok {
+		writeJSON(w, http.StatusOK, a.render(s))
+	}
+}
+
+// putServiceBody accepts the service body as GET returns it, so GET, edit, PUT
+// works: read-only parts (version, lkg, rollout, per-backend health) are
+// ignored; a "version" is not a check (CONTRACT §4), "if_version" is.
+type putServiceBody struct {
+	Name      string                 `json:"name"`
+	Version   json.RawMessage        `json:"version"`
+	Weights   state.Weights          `json:"weights"`
+	LKG       json.RawMessage        `json:"lkg"`
+	Pools     map[string]putPoolBody `json:"pools"`
+	Health    *state.HealthCheck     `json:"health"`
+	SLO       *state.SLO             `json:"slo"`
+	Guard     *state.Duration        `json:"guard"`
+	Rollout   json.RawMessage        `json:"rollout"`
+	IfVersion *uint64                `json:"if_version"`
+}
+
+type putPoolBody struct {
+	Version  string       `json:"version"`
+	Backends []backendRef `json:"backends"`
+}
+
+// backendRef is a backend given as an address string or as an object with an
+// "address" (the shape GET returns).
+type backendRef string
+
+func (b *backendRef) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err == nil {
+		*b = backendRef(s)
+		return nil
+	}
+	var obj struct {
+		Address  string          `json:"address"`
+		Health   json.RawMessage `json:"health"`
+		Draining json.RawMessage `json:"draining"`
+		InFlight json.RawMessage `json:"in_flight"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&obj); err != nil {
+		return fmt.Errorf("a backend must be an address string or {\"address\": …}: %w", err)
+	}
+	if obj.Address == "" {
+		return errors.New(`a backend object needs an "address"`)
+	}
+	*b = backendRef(obj.Address)
+	return nil
+}
+
+func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor string) {
+	name := r.PathValue("svc")
+	var body putServiceBody
+	raw, ok := readBody(w, r, &body)
+	if !ok {
+		return
+	}
+	if body.Name != "" && body.Name != name {
+		writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("body names service %q but the path names %q", body.Name, name))
+		return
+	}
+	spec := state.ServiceSpec{Pools: map[string]state.PoolSpec{}, Weights: body.Weights, Health: body.Health, SLO: body.SLO, Guard: body.Guard}
+	for pname, p := range body.Pools {
+		ps := state.PoolSpec{Version: p.Version, Backends: make([]string, len(p.Backends))}
+		for i, be := range p.Backends {
+			ps.Backends[i] = string(be)
+		}
+		spec.Pools[pname] = ps
+	}
+	if _, err := state.NormalizeSpec(name, spec); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindPutService, Service: name, Spec: &spec, Actor: actor})
+}
+
+// The write endpoints do not look the service up first: the state machine
+// judges existence after the idempotency key, so a repeated request returns its
+// first result even when that deleted the service.
+
+func (a *adminServer) deleteService(w http.ResponseWriter, r *http.Request, actor string) {
+	a.write(w, r, nil, nil, state.Command{Kind: state.KindDeleteService, Service: r.PathValue("svc"), Actor: actor})
+}
+
+type weightsBody struct {
+	Weights   state.Weights `json:"weights"`
+	Force     bool          `json:"force"`
+	IfVersion *uint64       `json:"if_version"`
+}
+
+func (a *adminServer) putWeights(w http.ResponseWriter, r *http.Request, actor string) {
+	var body weightsBody
+	raw, ok := readBody(w, r, &body)
+	if !ok {
+		return
+	}
+	if len(body.Weights) == 0 {
+		writeError(w, http.StatusBadRequest, "invalid", `"weights" is missing or empty; send {"weights":{"blue":99,"canary":1}}`)
+		return
+	}
+	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: body.Weights, Action: state.ActionWeights, Actor: actor})
+}
+
+type switchBody struct {
+	To        string  `json:"to"`
+	Force     bool    `json:"force"`
+	IfVersion *uint64 `json:"if_version"`
+}
+
+func (a *adminServer) postSwitch(w http.ResponseWriter, r *http.Request, actor string) {
+	var body switchBody
+	raw, ok := readBody(w, r, &body)
+	if !ok {
+		return
+	}
+	if body.To == "" {
+		writeError(w, http.StatusBadRequest, "invalid", `"to" is missing; send {"to":"green"}`)
+		return
+	}
+	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: state.Weights{body.To: state.Total}, Action: state.ActionSwitch, Actor: actor})
+}
+
+type poolPutBody struct {
+	Backends  []backendRef `json:"backends"`
+	Version   *string      `json:"version"`
+	IfVersion *uint64      `json:"if_version"`
+}
+
+func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor string) {
+	var body poolPutBody
+	raw, ok := readBody(w, r, &body)
+	if !ok {
+		return
+	}
+	if body.Backends == nil {
+		writeError(w, http.StatusBadRequest, "invalid", `"backends" is missing; send {"backends":["10.0.0.21:8765"]} (an empty list empties the pool)`)
+		return
+	}
+	pool := r.PathValue("pool")
+	cmd := state.Command{Kind: state.KindSetPool, Service: r.PathValue("svc"), Pool: pool, Actor: actor, Backends: make([]string, len(body.Backends))}
+	for i, be := range body.Backends {
+		cmd.Backends[i] = string(be)
+	}
+	// Without "version" the pool keeps its label.
+	if body.Version != nil {
+		cmd.PoolVersion = *body.Version
+	} else if s := a.n.View().Services[cmd.Service]; s != nil && s.Pools[pool] != nil {
+		cmd.PoolVersion = s.Pools[pool].Version
+	}
+	a.write(w, r, raw, body.IfVersion, cmd)
+}
+
+// write commits a command for one of the write endpoints and answers with the
+// service body, or the error the state machine returned. It applies the
+// expected version (If-Match or "if_version") and the idempotency key.
+func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) {
+	ifVersion, err := expectedVersion(r, bodyIfVersion)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	cmd.IfVersion = ifVersion
+	if key := r.Header.Get("Idempotency-Key"); key != "" {
+		if len(key) > 255 {
+			writeError(w, http.StatusBadRequest, "invalid", "Idempotency-Key is longer than 255 characters")
+			return
+		}
+		cmd.IdemKey = "client:" + key
+		iv := ""
+		if ifVersion != nil {
+			iv = strconv.FormatUint(*ifVersion, 10)
+		}
+		cmd.IdemHash = digest([]byte(r.Method + " " + r.URL.Path + "\n" + iv + "\n" + string(raw)))
+	}
+	applied, err := a.n.Propose(r.Context(), cmd)
+	if err != nil {
+		if errors.Is(err, ErrNoLeader) {
+			w.Header().Set("Retry-After", "2")
+			writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
+		return
+	}
+	res := applied.Result
+	w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(max(applied.Index, a.n.View().Index), 10))
+	if !res.OK() {
+		status := map[string]int{
+			state.CodeInvalid:          http.StatusBadRequest,
+			state.CodeNotFound:         http.StatusNotFound,
+			state.CodeVersionMismatch:  http.StatusConflict,
+			state.CodeIdempotencyReuse: http.StatusConflict,
+		}[res.Code]
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		e := apiError{Error: res.Err, Code: res.Code}
+		if res.Code == state.CodeVersionMismatch {
+			e.Version = &res.Version
+		}
+		writeJSON(w, status, e)
+		return
+	}
+	if res.Service == nil { // deleted
+		writeJSON(w, http.StatusOK, map[string]any{"name": cmd.Service, "deleted": true, "version": applied.Index})
+		return
+	}
+	body := a.render(res.Service)
+	if r.URL.Query().Get("wait") == "all" {
+		// One node: it has applied the entry by the time Apply returned.
+		body.AppliedOn, body.NotApplied = []string{a.n.cfg.NodeID}, []string{}
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// expectedVersion reads If-Match (quoted or bare) or the body's "if_version";
+// both given must agree.
+func expectedVersion(r *http.Request, fromBody *uint64) (*uint64, error) {
+	h := strings.TrimSpace(r.Header.Get("If-Match"))
+	if h == "" {
+		return fromBody, nil
+	}
+	h = strings.TrimPrefix(h, "W/")
+	h = strings.Trim(h, `"`)
+	v, err := strconv.ParseUint(h, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("If-Match %q is not a version number; send the service's \"version\", e.g. If-Match: 42", r.Header.Get("If-Match"))
+	}
+	if fromBody != nil && *fromBody != v {
+		return nil, fmt.Errorf("If-Match %d and \"if_version\" %d disagree; send one of them", v, *fromBody)
+	}
+	return &v, nil
+}
+
+func readAll(r *http.Request) ([]byte, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	return io.ReadAll(r.Body)
+}
+
+// decodeStrict decodes exactly one JSON value, refusing unknown fields and
+// trailing data.
+func decodeStrict(raw []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("unexpected data after the JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("unexpected data after the JSON object")
+	}
+	return nil
+}

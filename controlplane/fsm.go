@@ -1,0 +1,272 @@
+package controlplane
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+)
+
+// fsm adapts state.Machine to raft.FSM and keeps the data plane's promise that
+// a restarted node serves the weights it last applied (CONTRACT §5): after every
+// applied command it persists the machine's state to applied.json in the
+// background, and at start it restores from whichever is newer, that file or
+// Raft's newest snapshot. Raft is started with NoSnapshotRestoreOnStart and
+// replays the log after its snapshot; entries the machine already holds are
+// skipped, so nothing is applied twice.
+type fsm struct {
+	machine *state.Machine
+	path    string // applied.json
+	log     func() *zap.Logger
+
+	mu   sync.Mutex
+	subs map[int]func(*state.View)
+	next int
+
+	dirty chan struct{}
+	done  chan struct{}
+	wg    sync.WaitGroup
+
+	eventsMu   sync.Mutex
+	eventSubs  map[int]chan state.Event
+	nextEvents int
+}
+
+func newFSM(dataDir string, snaps raft.SnapshotStore, log func() *zap.Logger) (*fsm, error) {
+	f := &fsm{
+		path:      filepath.Join(dataDir, "applied.json"),
+		log:       log,
+		subs:      map[int]func(*state.View){},
+		eventSubs: map[int]chan state.Event{},
+		dirty:     make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	f.machine = state.NewMachine(state.Options{OnApply: f.onApply})
+	if err := f.restoreAtStart(snaps); err != nil {
+		return nil, err
+	}
+	f.wg.Add(1)
+	go f.persistLoop()
+	return f, nil
+}
+
+// restoreAtStart loads the newest of applied.json and Raft's latest snapshot.
+func (f *fsm) restoreAtStart(snaps raft.SnapshotStore) error {
+	var snapIndex uint64
+	var snapID string
+	metas, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("listing raft snapshots: %w", err)
+	}
+	if len(metas) > 0 {
+		snapIndex, snapID = metas[0].Index, metas[0].ID
+	}
+	applied, err := os.ReadFile(f.path)
+	switch {
+	case err == nil:
+		m := state.NewMachine(state.Options{})
+		if rerr := m.Restore(bytes.NewReader(applied)); rerr != nil {
+			f.log().Warn("ignoring unreadable applied state; using the raft snapshot", zap.String("path", f.path), zap.Error(rerr))
+		} else if m.View().Index >= snapIndex {
+			return f.machine.Restore(bytes.NewReader(applied))
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("reading applied state: %w", err)
+	}
+	if snapID == "" {
+		return nil
+	}
+	_, rc, err := snaps.Open(snapID)
+	if err != nil {
+		return fmt.Errorf("opening raft snapshot %s: %w", snapID, err)
+	}
+	defer rc.Close()
+	if err := f.machine.Restore(rc); err != nil {
+		return fmt.Errorf("restoring raft snapshot %s: %w", snapID, err)
+	}
+	return nil
+}
+
+// Apply implements raft.FSM.
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	if l.Index <= f.machine.View().Index {
+		// Already part of the state this node restored at start.
+		return state.Result{Code: state.CodeInvalid, Err: "entry already applied"}
+	}
+	return f.machine.Apply(l.Index, l.Data)
+}
+
+// Snapshot implements raft.FSM. The state is encoded at once, so the snapshot
+// holds exactly what was applied when Raft asked, while Persist runs later.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	var buf bytes.Buffer
+	if err := f.machine.WriteSnapshot(&buf); err != nil {
+		return nil, err
+	}
+	return fsmSnapshot(buf.Bytes()), nil
+}
+
+// Restore implements raft.FSM (a snapshot installed by the leader).
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	return f.machine.Restore(rc)
+}
+
+type fsmSnapshot []byte
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (fsmSnapshot) Release() {}
+
+// onApply runs on Raft's FSM goroutine after every command and restore.
+func (f *fsm) onApply(v *state.View, added []state.Event) {
+	select {
+	case f.dirty <- struct{}{}:
+	default:
+	}
+	f.mu.Lock()
+	subs := make([]func(*state.View), 0, len(f.subs))
+	for _, fn := range f.subs {
+		subs = append(subs, fn)
+	}
+	f.mu.Unlock()
+	for _, fn := range subs {
+		fn(v)
+	}
+	if len(added) == 0 {
+		return
+	}
+	f.eventsMu.Lock()
+	for id, ch := range f.eventSubs {
+		for _, e := range added {
+			select {
+			case ch <- e:
+			default:
+				// A reader too slow for the trail loses its stream rather
+				// than stall Raft; it can resume with Last-Event-ID.
+				close(ch)
+				delete(f.eventSubs, id)
+			}
+		}
+	}
+	f.eventsMu.Unlock()
+}
+
+func (f *fsm) subscribe(fn func(*state.View)) func() {
+	f.mu.Lock()
+	id := f.next
+	f.next++
+	f.subs[id] = fn
+	f.mu.Unlock()
+	fn(f.machine.View())
+	return func() {
+		f.mu.Lock()
+		delete(f.subs, id)
+		f.mu.Unlock()
+	}
+}
+
+// subscribeEvents returns a channel of new events; it is closed when the reader
+// falls behind or cancel is called.
+func (f *fsm) subscribeEvents() (<-chan state.Event, func()) {
+	ch := make(chan state.Event, 256)
+	f.eventsMu.Lock()
+	id := f.nextEvents
+	f.nextEvents++
+	f.eventSubs[id] = ch
+	f.eventsMu.Unlock()
+	return ch, func() {
+		f.eventsMu.Lock()
+		if c, ok := f.eventSubs[id]; ok {
+			close(c)
+			delete(f.eventSubs, id)
+		}
+		f.eventsMu.Unlock()
+	}
+}
+
+// persistLoop writes applied.json whenever the state changed; bursts of
+// commands coalesce into one write.
+func (f *fsm) persistLoop() {
+	defer f.wg.Done()
+	for {
+		select {
+		case <-f.dirty:
+			f.persist()
+		case <-f.done:
+			select {
+			case <-f.dirty:
+				f.persist()
+			default:
+			}
+			return
+		}
+	}
+}
+
+func (f *fsm) persist() {
+	var buf bytes.Buffer
+	if err := f.machine.WriteSnapshot(&buf); err != nil {
+		f.log().Error("encoding applied state", zap.Error(err))
+		return
+	}
+	if err := writeFileAtomic(f.path, buf.Bytes()); err != nil {
+		f.log().Error("persisting applied state", zap.String("path", f.path), zap.Error(err))
+	}
+}
+
+func (f *fsm) close() {
+	select {
+	case <-f.done:
+		return
+	default:
+	}
+	close(f.done)
+	f.wg.Wait()
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the old
+// or the new content, never a torn file.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	fh, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := fh.Write(data); err != nil {
+		fh.Close()
+		return err
+	}
+	if err := fh.Sync(); err != nil {
+		fh.Close()
+		return err
+	}
+	if err := fh.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}

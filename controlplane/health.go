@@ -1,0 +1,99 @@
+package controlplane
+
+import (
+	"net/http"
+	"sort"
+
+	"github.com/hashicorp/raft"
+)
+
+// The /health endpoints need no token (CONTRACT §6): orchestrators and load
+// balancers probe them.
+
+func (a *adminServer) healthLive(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+type dependency struct {
+	Status   string `json:"status"`
+	State    string `json:"state,omitempty"`
+	Leader   string `json:"leader,omitempty"`
+	Applied  uint64 `json:"applied_index,omitempty"`
+	Health   string `json:"health,omitempty"`
+	InFlight *int64 `json:"in_flight,omitempty"`
+	Draining bool   `json:"draining,omitempty"`
+}
+
+// raftDependency is healthy with a known leader, degraded without one (the
+// data plane keeps serving the last weights).
+func (n *Node) raftDependency() dependency {
+	_, leader := n.raft.LeaderWithID()
+	d := dependency{Status: "healthy", State: stateName(n.raft.State()), Leader: string(leader), Applied: n.raft.AppliedIndex()}
+	if leader == "" || n.raft.State() == raft.Shutdown {
+		d.Status = "degraded"
+	}
+	return d
+}
+
+// dependencies lists raft and every backend as this node sees it, keyed
+// "service/pool/address".
+func (n *Node) dependencies() map[string]dependency {
+	deps := map[string]dependency{"raft": n.raftDependency()}
+	dp := n.dataPlane()
+	for name, s := range n.View().Services {
+		for pname, p := range s.Pools {
+			for _, be := range p.Backends {
+				health, inFlight := "unknown", int64(0)
+				if dp != nil {
+					health, inFlight = dp.BackendStatus(name, pname, be.Address)
+				}
+				status := health
+				if status != "healthy" && status != "degraded" && status != "unhealthy" {
+					status = "unknown"
+				}
+				in := inFlight
+				deps[name+"/"+pname+"/"+be.Address] = dependency{Status: status, InFlight: &in, Draining: be.Draining}
+			}
+		}
+	}
+	return deps
+}
+
+// overall is the worst of the dependencies: any unhealthy or degraded one makes
+// the whole degraded; unknown backends (not checked yet) do not.
+func overall(deps map[string]dependency) string {
+	keys := make([]string, 0, len(deps))
+	for k := range deps {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	status := "healthy"
+	for _, k := range keys {
+		if s := deps[k].Status; s == "unhealthy" || s == "degraded" {
+			status = "degraded"
+		}
+	}
+	return status
+}
+
+func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
+	deps := a.n.dependencies()
+	if !a.n.Ready() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting", "dependencies": deps})
+		return
+	}
+	status := "ok"
+	if overall(deps) != "healthy" {
+		status = "degraded"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": status, "dependencies": deps})
+}
+
+func (a *adminServer) healthDeps(w http.ResponseWriter, r *http.Request) {
+	deps := a.n.dependencies()
+	status := overall(deps)
+	if deps["raft"].State == "shutdown" {
+		status = "unhealthy"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": status, "dependencies": deps})
+}

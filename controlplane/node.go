@@ -1,0 +1,441 @@
+// Package controlplane is cbproxy's replicated control plane: the Raft node that
+// holds the state machine of package state, the admin API with its tokens, and
+// the metrics and readiness that come with them. It imports no Caddy package;
+// proxymod adapts it to Caddy. See DESIGN.md in this folder.
+package controlplane
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Role is what a token may do (CONTRACT §3).
+type Role int
+
+const (
+	RoleRead    Role = iota + 1 // GET only
+	RoleOperate                 // weights, switch, rollout, rollback, drain
+	RoleAdmin                   // everything
+)
+
+// ParseRole reads a role name as written in the Caddyfile.
+func ParseRole(s string) (Role, error) {
+	switch s {
+	case "read":
+		return RoleRead, nil
+	case "operate":
+		return RoleOperate, nil
+	case "admin":
+		return RoleAdmin, nil
+	}
+	return 0, fmt.Errorf("unknown role %q: use read, operate or admin", s)
+}
+
+func (r Role) String() string {
+	switch r {
+	case RoleRead:
+		return "read"
+	case RoleOperate:
+		return "operate"
+	case RoleAdmin:
+		return "admin"
+	}
+	return "none"
+}
+
+// Token is one named bearer token of the admin API.
+type Token struct {
+	Name   string
+	Secret string
+	Role   Role
+}
+
+// Config is what a node needs to start. Empty fields take the documented
+// defaults.
+type Config struct {
+	NodeID          string // default: a random id persisted in DataDir
+	DataDir         string // required
+	ClusterListen   string // default 127.0.0.1:7001
+	AdminListen     string // default 127.0.0.1:7101
+	AdminTLSCert    string
+	AdminTLSKey     string
+	Bootstrap       bool
+	BootstrapExpect int
+	Join            []string
+	Tokens          []Token
+	ClusterSecret   string
+	Logger          *zap.Logger
+
+	// Raft timings; zero takes hashicorp/raft's defaults. Tests shorten them.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	LeaderLease      time.Duration
+}
+
+// Defaults for the listeners (CONTRACT §3).
+const (
+	DefaultClusterListen = "127.0.0.1:7001"
+	DefaultAdminListen   = "127.0.0.1:7101"
+)
+
+// DataPlane is what the admin API asks the local data plane about a backend:
+// its health as this node sees it and the requests in flight to it.
+type DataPlane interface {
+	BackendStatus(service, pool, address string) (health string, inFlight int64)
+}
+
+// Node is one running cbproxy control-plane node: Raft with its on-disk log,
+// the state machine, and the admin API listener. It outlives Caddy config
+// reloads (proxymod keeps it in a usage pool).
+type Node struct {
+	cfg    Config
+	logger atomic.Pointer[zap.Logger]
+	tokens atomic.Pointer[[]Token]
+	dp     atomic.Pointer[DataPlane]
+
+	fsm       *fsm
+	raft      *raft.Raft
+	wal       *raftwal.WAL
+	walMeta   *metadb.BoltMetaDB
+	transport *raft.NetworkTransport
+	snaps     *raft.FileSnapshotStore
+
+	registry *prometheus.Registry
+	metrics  *nodeMetrics
+	admin    *adminServer
+
+	// startIndex is the last log index on disk when the node started: the node
+	// is ready once it has applied at least that far with a leader known.
+	startIndex uint64
+	ready      atomic.Bool
+
+	done     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// Start opens the node's data dir, starts Raft and the admin API.
+func Start(cfg Config) (*Node, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("data_dir is required")
+	}
+	if cfg.ClusterListen == "" {
+		cfg.ClusterListen = DefaultClusterListen
+	}
+	if cfg.AdminListen == "" {
+		cfg.AdminListen = DefaultAdminListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.BootstrapExpect > 1 || len(cfg.Join) > 0 {
+		return nil, errors.New("multi-node clusters (bootstrap_expect, join) are not available in this build yet; use bootstrap or leave both unset for a single node")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	if cfg.NodeID == "" {
+		id, err := persistedNodeID(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		cfg.NodeID = id
+	}
+	if err := checkAdminListen(cfg); err != nil {
+		return nil, err
+	}
+
+	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry()}
+	n.logger.Store(cfg.Logger)
+	n.SetTokens(cfg.Tokens)
+
+	var err error
+	defer func() {
+		if err != nil {
+			n.closeStores()
+		}
+	}()
+	if err = n.openRaft(); err != nil {
+		return nil, err
+	}
+	n.metrics = newNodeMetrics(n)
+	n.registry.MustRegister(n.metrics)
+	if n.admin, err = newAdminServer(n); err != nil {
+		_ = n.raft.Shutdown().Error()
+		return nil, err
+	}
+	n.wg.Add(1)
+	go n.watchReadiness()
+	n.log().Info("cbproxy node started",
+		zap.String("node_id", cfg.NodeID),
+		zap.String("data_dir", cfg.DataDir),
+		zap.String("cluster_listen", cfg.ClusterListen),
+		zap.String("admin_listen", n.admin.addr()),
+		zap.Uint64("applied_index", n.fsm.machine.View().Index))
+	return n, nil
+}
+
+// openRaft opens the log store, snapshots and transport, restores the state the
+// node last applied, and starts Raft (bootstrapping a fresh single node).
+func (n *Node) openRaft() error {
+	raftDir := filepath.Join(n.cfg.DataDir, "raft")
+	walDir := filepath.Join(raftDir, "wal")
+	if err := os.MkdirAll(walDir, 0o700); err != nil {
+		return fmt.Errorf("creating raft dir: %w", err)
+	}
+	hl := n.hclogger()
+	var err error
+	// raft-wal's Close leaves its meta database open (and locked); we own it
+	// so a restart in the same process can open the log again.
+	n.walMeta = &metadb.BoltMetaDB{}
+	if n.wal, err = raftwal.Open(walDir, raftwal.WithLogger(hl), raftwal.WithMetaStore(n.walMeta)); err != nil {
+		return fmt.Errorf("opening raft log in %s: %w", walDir, err)
+	}
+	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 3, hl); err != nil {
+		return fmt.Errorf("opening raft snapshots: %w", err)
+	}
+	n.fsm, err = newFSM(n.cfg.DataDir, n.snaps, n.log)
+	if err != nil {
+		return err
+	}
+	if n.transport, err = newTransport(n.cfg.ClusterListen, hl); err != nil {
+		return err
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	rc.Logger = hl
+	// Our FSM restores itself from the state it last applied (fsm.go), which is
+	// never older than the newest snapshot, and skips entries it already has.
+	rc.NoSnapshotRestoreOnStart = true
+	// The state is small: snapshot often so a restart or a lagging follower
+	// catches up quickly.
+	rc.SnapshotThreshold = 1024
+	rc.SnapshotInterval = 30 * time.Second
+	rc.TrailingLogs = 4096
+	if n.cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	}
+	if n.cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = n.cfg.ElectionTimeout
+	}
+	if n.cfg.LeaderLease > 0 {
+		rc.LeaderLeaseTimeout = n.cfg.LeaderLease
+	}
+
+	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	if err != nil {
+		return fmt.Errorf("reading raft state: %w", err)
+	}
+	if n.startIndex, err = n.wal.LastIndex(); err != nil {
+		return fmt.Errorf("reading raft log: %w", err)
+	}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
+		return fmt.Errorf("starting raft: %w", err)
+	}
+	// Bootstrap only over empty state: bootstrapping again would fork the
+	// cluster (research/raft-controlplane.md §1, pitfall 1).
+	if !hasState {
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(n.cfg.NodeID),
+			Address:  n.transport.LocalAddr(),
+		}}}
+		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+		}
+	}
+	return nil
+}
+
+func newTransport(listen string, hl hclog.Logger) (*raft.NetworkTransport, error) {
+	addr, err := net.ResolveTCPAddr("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("cluster_listen %q: %w", listen, err)
+	}
+	if addr.IP == nil || addr.IP.IsUnspecified() {
+		return nil, fmt.Errorf("cluster_listen %q: give the address peers reach this node on, not a wildcard", listen)
+	}
+	advertise := net.Addr(addr)
+	if addr.Port == 0 {
+		advertise = nil // tests listen on :0; raft then advertises the bound port
+	}
+	t, err := raft.NewTCPTransportWithLogger(listen, advertise, 3, 10*time.Second, hl)
+	if err != nil {
+		return nil, fmt.Errorf("listening on cluster_listen %s: %w", listen, err)
+	}
+	return t, nil
+}
+
+// checkAdminListen refuses an admin API reachable from other hosts without
+// tokens: without tokens every caller is admin (CONTRACT §3).
+func checkAdminListen(cfg Config) error {
+	if len(cfg.Tokens) > 0 {
+		return nil
+	}
+	if !IsLoopbackListen(cfg.AdminListen) {
+		return fmt.Errorf("admin_listen %s is not a loopback address and no token is configured: add token lines or listen on 127.0.0.1", cfg.AdminListen)
+	}
+	return nil
+}
+
+// IsLoopbackListen reports whether a listen address only accepts loopback
+// connections.
+func IsLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// persistedNodeID returns the node id stored in the data dir, creating a random
+// one on first start.
+func persistedNodeID(dir string) (string, error) {
+	path := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading node id: %w", err)
+	}
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id := "node-" + hex.EncodeToString(r[:])
+	if err := writeFileAtomic(path, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("writing node id: %w", err)
+	}
+	return id, nil
+}
+
+// watchReadiness marks the node ready once it has a leader and has applied
+// everything its log held at start (CONTRACT §6: 503 until caught up once).
+func (n *Node) watchReadiness() {
+	defer n.wg.Done()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		if _, id := n.raft.LeaderWithID(); id == "" {
+			continue
+		}
+		applied := n.raft.AppliedIndex()
+		if applied >= n.startIndex && applied >= n.raft.CommitIndex() {
+			n.ready.Store(true)
+			n.log().Info("node caught up", zap.Uint64("applied_index", applied))
+			return
+		}
+	}
+}
+
+// Shutdown stops the admin API and Raft and closes the log store.
+func (n *Node) Shutdown() error {
+	var err error
+	n.stopOnce.Do(func() {
+		close(n.done)
+		if n.admin != nil {
+			n.admin.close()
+		}
+		if n.raft != nil {
+			err = n.raft.Shutdown().Error()
+		}
+		n.wg.Wait()
+		n.closeStores()
+		n.log().Info("cbproxy node stopped", zap.String("node_id", n.cfg.NodeID))
+	})
+	return err
+}
+
+func (n *Node) closeStores() {
+	if n.fsm != nil {
+		n.fsm.close()
+	}
+	if n.transport != nil {
+		_ = n.transport.Close()
+	}
+	if n.wal != nil {
+		_ = n.wal.Close()
+	}
+	if n.walMeta != nil {
+		_ = n.walMeta.Close()
+	}
+}
+
+// Config returns the configuration the node was started with (defaults filled).
+func (n *Node) Config() Config { return n.cfg }
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// SetLogger replaces the logger (Caddy closes log writers on reload).
+func (n *Node) SetLogger(l *zap.Logger) {
+	if l != nil {
+		n.logger.Store(l)
+	}
+}
+
+func (n *Node) log() *zap.Logger { return n.logger.Load() }
+
+// SetTokens replaces the admin API tokens live.
+func (n *Node) SetTokens(t []Token) {
+	c := append([]Token(nil), t...)
+	n.tokens.Store(&c)
+}
+
+// SetDataPlane tells the admin API where to read backend health and in-flight
+// counts from.
+func (n *Node) SetDataPlane(dp DataPlane) { n.dp.Store(&dp) }
+
+func (n *Node) dataPlane() DataPlane {
+	if p := n.dp.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// View returns the last applied state.
+func (n *Node) View() *state.View { return n.fsm.machine.View() }
+
+// OnChange calls fn with every new view (and at once with the current one)
+// until cancel is called. fn runs on the applying goroutine and must not block.
+func (n *Node) OnChange(fn func(*state.View)) (cancel func()) {
+	return n.fsm.subscribe(fn)
+}
+
+// Registry is the Prometheus registry served on the admin listener at /metrics.
+func (n *Node) Registry() *prometheus.Registry { return n.registry }
+
+// Ready reports whether the node has caught up with the cluster once.
+func (n *Node) Ready() bool { return n.ready.Load() }
+
+// AdminAddr is the address the admin API listens on.
+func (n *Node) AdminAddr() string { return n.admin.addr() }

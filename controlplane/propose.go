@@ -1,0 +1,134 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+)
+
+// ErrNoLeader means no leader could take the write in time; nothing was
+// applied. The admin API answers 503 with Retry-After.
+var ErrNoLeader = errors.New("no leader: the cluster has no quorum right now, nothing was applied; retry later")
+
+// noLeaderHold is how long a write waits for a leader before ErrNoLeader
+// (CONTRACT §4: up to 5 s).
+const noLeaderHold = 5 * time.Second
+
+// Applied is a committed command's outcome.
+type Applied struct {
+	Result state.Result
+	Index  uint64 // Raft index of the entry
+}
+
+// Propose commits one command through Raft and returns the state machine's
+// result. It stamps the leader's time into the command. Every command gets an
+// idempotency key (the caller's or a fresh one), so retrying after a lost
+// leadership, whose outcome is unknown, can never apply it twice.
+func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) {
+	if cmd.IdemKey == "" {
+		cmd.IdemKey = "auto:" + randomID()
+		cmd.IdemHash = cmd.IdemKey
+	}
+	deadline := time.Now().Add(noLeaderHold)
+	backoff := 20 * time.Millisecond
+	for {
+		a, err := n.applyAsLeader(cmd)
+		if err == nil {
+			return a, nil
+		}
+		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+			errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout)
+		if !retry {
+			return Applied{}, err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return Applied{}, ErrNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return Applied{}, ctx.Err()
+		case <-n.done:
+			return Applied{}, errors.New("node is shutting down")
+		case <-time.After(backoff):
+		}
+		if backoff < 200*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+func (n *Node) applyAsLeader(cmd state.Command) (Applied, error) {
+	if n.raft.State() != raft.Leader {
+		// Forwarding to a remote leader comes with the multi-node cluster; a
+		// single node is always its own leader once elected.
+		return Applied{}, raft.ErrNotLeader
+	}
+	cmd.Time = time.Now().UTC()
+	data, err := state.Encode(cmd)
+	if err != nil {
+		return Applied{}, fmt.Errorf("encoding command: %w", err)
+	}
+	start := time.Now()
+	f := n.raft.Apply(data, noLeaderHold)
+	if err := f.Error(); err != nil {
+		return Applied{}, err
+	}
+	n.metrics.applySeconds.Observe(time.Since(start).Seconds())
+	res, ok := f.Response().(state.Result)
+	if !ok {
+		return Applied{}, fmt.Errorf("unexpected apply response %T", f.Response())
+	}
+	return Applied{Result: res, Index: f.Index()}, nil
+}
+
+// Seed asks the cluster to create a service from a Caddyfile block if the
+// cluster has never seen that name. It returns at once and retries in the
+// background until the seed is committed or the node shuts down. The
+// idempotency key is derived from the spec, so every node of a cluster seeding
+// the same block commits it once.
+func (n *Node) Seed(name string, spec state.ServiceSpec) {
+	if v := n.View(); v.Services[name] != nil || v.Deleted[name] != 0 {
+		return
+	}
+	cmd := state.Command{Kind: state.KindPutService, Service: name, Spec: &spec, Seed: true, Actor: "seed", Reason: "seeded from the Caddyfile"}
+	data, err := state.Encode(cmd)
+	if err != nil {
+		n.log().Error("encoding seed", zap.String("service", name), zap.Error(err))
+		return
+	}
+	cmd.IdemKey = "seed:" + name + ":" + digest(data)
+	cmd.IdemHash = cmd.IdemKey
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for {
+			a, err := n.Propose(context.Background(), cmd)
+			if err == nil {
+				if !a.Result.OK() {
+					n.log().Error("seed refused", zap.String("service", name), zap.String("error", a.Result.Err))
+				} else if a.Result.Changed {
+					n.log().Info("seeded service from the Caddyfile", zap.String("service", name), zap.Uint64("version", a.Result.Version))
+				}
+				return
+			}
+			select {
+			case <-n.done:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+func randomID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

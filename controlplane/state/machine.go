@@ -1,0 +1,237 @@
+package state
+
+import (
+	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// View is an immutable picture of the replicated state after one applied
+// command. The data plane and the admin API read it without locks.
+type View struct {
+	// Index is the Raft index of the last applied command.
+	Index uint64
+	// Services by name. Never modified after publication.
+	Services map[string]*Service
+	// Deleted names: services removed through the API. A Caddyfile seed never
+	// re-creates them.
+	Deleted map[string]uint64
+}
+
+// Options tune a Machine; zero values take the defaults.
+type Options struct {
+	// MaxEvents is how many events the trail keeps (default 10,000).
+	MaxEvents int
+	// IdemTTL is how long an idempotency key is remembered, measured on the
+	// leader-stamped command times (default 24 h).
+	IdemTTL time.Duration
+	// OnApply, if set, runs after every applied command (and after Restore) on
+	// the applying goroutine with the new view and the events the command added.
+	// It must not block.
+	OnApply func(v *View, added []Event)
+}
+
+// Defaults of Options, and the bound on remembered idempotency keys (a burst
+// of keyed writes must not grow the state without limit within one TTL).
+const (
+	DefaultMaxEvents = 10000
+	DefaultIdemTTL   = 24 * time.Hour
+	maxIdemKeys      = 100000
+	maxIdemKeyLen    = 256
+)
+
+// Machine is the replicated state machine. Apply and Restore must be called from
+// one goroutine at a time (Raft's FSM goroutine); every other method is safe for
+// concurrent use.
+type Machine struct {
+	opts Options
+	view atomic.Pointer[View]
+
+	// mu guards the event trail and the idempotency table, and makes a
+	// snapshot see them together with the view they belong to. Apply holds it
+	// while it applies; readers take it only to copy slice headers.
+	mu sync.RWMutex
+	// events is the trail, oldest first, at most opts.MaxEvents long. Entries
+	// are never overwritten in place: trimming reslices and append copies to a
+	// new array when it grows, so a slice header copied under mu stays valid
+	// after mu is released.
+	events []Event
+	// idemQueue holds the remembered keys in the order they were stored, with
+	// the same never-overwrite rule as events; idem indexes it by key.
+	idemQueue []idemEntry
+	idem      map[string]idemEntry
+}
+
+// idemEntry is one remembered idempotency key and the result it gave.
+type idemEntry struct {
+	Key    string    `json:"key"`
+	Hash   string    `json:"hash"`
+	Time   time.Time `json:"time"`
+	Result Result    `json:"result"`
+}
+
+// NewMachine returns a machine with empty state at index 0.
+func NewMachine(opts Options) *Machine {
+	if opts.MaxEvents <= 0 {
+		opts.MaxEvents = DefaultMaxEvents
+	}
+	if opts.IdemTTL <= 0 {
+		opts.IdemTTL = DefaultIdemTTL
+	}
+	m := &Machine{opts: opts, idem: map[string]idemEntry{}}
+	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}})
+	return m
+}
+
+// View returns the current view.
+func (m *Machine) View() *View { return m.view.Load() }
+
+// Events returns up to limit of the newest events with Index > since, oldest
+// first, optionally only those of one service. A limit of 0 or less means 100.
+// The events share their Before and After maps with the trail: read only.
+func (m *Machine) Events(service string, since uint64, limit int) []Event {
+	if limit <= 0 {
+		limit = 100
+	}
+	m.mu.RLock()
+	events := m.events
+	m.mu.RUnlock()
+	var out []Event
+	for i := len(events) - 1; i >= 0 && len(out) < limit; i-- {
+		e := events[i]
+		if e.Index <= since {
+			break
+		}
+		if service == "" || e.Service == service {
+			out = append(out, e)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// Apply decodes and applies one encoded command at the given Raft index.
+// Every command, even one that is refused, advances the view's Index.
+func (m *Machine) Apply(index uint64, data []byte) Result {
+	m.mu.Lock()
+	cur := m.view.Load()
+	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted}
+	var added []Event
+	c, res, eff := m.apply(cur, index, data)
+	if eff != nil {
+		next.Services = maps.Clone(cur.Services)
+		next.Deleted = maps.Clone(cur.Deleted)
+		if eff.service == nil {
+			delete(next.Services, c.Service)
+			next.Deleted[c.Service] = index
+		} else {
+			next.Services[c.Service] = eff.service
+			delete(next.Deleted, c.Service)
+		}
+		ev := eff.event
+		ev.Index, ev.Time, ev.Actor, ev.Service = index, c.Time, c.Actor, c.Service
+		if c.Reason != "" {
+			ev.Reason = c.Reason
+		}
+		m.events = append(m.events, ev)
+		if over := len(m.events) - m.opts.MaxEvents; over > 0 {
+			m.events = m.events[over:]
+		}
+		added = []Event{ev}
+	}
+	m.view.Store(next)
+	m.mu.Unlock()
+	if m.opts.OnApply != nil {
+		m.opts.OnApply(next, added)
+	}
+	return res
+}
+
+// apply runs one command against the view v: decoding, the common checks, the
+// idempotency table, the version check and the kind's handler, in that order.
+// It returns the decoded command, its result and, when the command changes the
+// state, its effect.
+func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *effect) {
+	c, err := Decode(data)
+	if err != nil {
+		return c, Result{Code: CodeInvalid, Err: err.Error()}, nil
+	}
+	h, err := c.handler()
+	if err == nil {
+		err = c.validateCommon()
+	}
+	cur := v.Services[c.Service]
+	if err != nil {
+		return c, refuse(CodeInvalid, cur, "%v", err), nil
+	}
+	m.evictIdem(c.Time)
+	if c.IdemKey != "" {
+		if e, ok := m.idem[c.IdemKey]; ok {
+			if e.Hash != c.IdemHash {
+				return c, refuse(CodeIdempotencyReuse, cur, "idempotency key %q was already used for a different request; use a new key", c.IdemKey), nil
+			}
+			r := e.Result
+			r.Replayed = true
+			return c, r, nil
+		}
+	}
+	res, eff := m.run(v, cur, index, &c, h)
+	if c.IdemKey != "" {
+		m.rememberIdem(idemEntry{Key: c.IdemKey, Hash: c.IdemHash, Time: c.Time, Result: res})
+	}
+	return c, res, eff
+}
+
+func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, h handler) (Result, *effect) {
+	if c.IfVersion != nil && *c.IfVersion != cur.version() {
+		if cur == nil {
+			return refuse(CodeVersionMismatch, cur, "service %q does not exist, but version %d was expected", c.Service, *c.IfVersion), nil
+		}
+		return refuse(CodeVersionMismatch, cur, "service %q is at version %d, not %d; read it again and retry", c.Service, cur.Version, *c.IfVersion), nil
+	}
+	if err := h.check(c); err != nil {
+		return refuse(CodeInvalid, cur, "%v", err), nil
+	}
+	return h.apply(v, cur, index, c)
+}
+
+// evictIdem forgets the keys stored before now - IdemTTL. Keys leave in the
+// order they were stored; leader-stamped times are nearly monotonic, and where
+// they are not a key just stays until the keys before it have gone. The rule
+// depends only on the commands, so every node forgets the same keys.
+func (m *Machine) evictIdem(now time.Time) {
+	cutoff := now.Add(-m.opts.IdemTTL)
+	for len(m.idemQueue) > 0 && m.idemQueue[0].Time.Before(cutoff) {
+		m.dropOldestIdem()
+	}
+}
+
+func (m *Machine) rememberIdem(e idemEntry) {
+	m.idem[e.Key] = e
+	m.idemQueue = append(m.idemQueue, e)
+	for len(m.idemQueue) > maxIdemKeys {
+		m.dropOldestIdem()
+	}
+}
+
+func (m *Machine) dropOldestIdem() {
+	delete(m.idem, m.idemQueue[0].Key)
+	m.idemQueue = m.idemQueue[1:]
+}
+
+// version is the service's version, 0 when it does not exist.
+func (s *Service) version() uint64 {
+	if s == nil {
+		return 0
+	}
+	return s.Version
+}
+
+// refuse builds the result of a command that changed nothing.
+func refuse(code string, cur *Service, format string, args ...any) Result {
+	return Result{Code: code, Err: fmt.Sprintf(format, args...), Version: cur.version(), Service: cur}
+}
