@@ -1,0 +1,55 @@
+# cbproxy — everything a developer or CI runs. See README.md.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+PKGS  := ./...
+FUZZTIME ?= 30s
+
+.PHONY: all build run test vet lint unit e2e bench bench-go fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/cbproxy ./cmd/cbproxy
+	$(GO) build -o $(BIN)/cbproxy-backend ./bench/backend
+
+# A single-node demo on embedded defaults: three demo backends on
+# 127.0.0.1:9001-9003, the proxy on :8080, the admin API on 127.0.0.1:7101.
+run: build
+	./configs/demo.sh
+
+# Everything CI checks (.ci/run calls this and nothing else).
+test: vet unit e2e
+
+vet:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Unit and in-process tests (real Raft on disk, real TCP on loopback), with
+# the race detector. Fuzz targets run their seed corpora here.
+unit:
+	$(GO) test -race -timeout 10m $$($(GO) list ./... | grep -v /e2e)
+
+# End-to-end tests drive the real binary (built by the test itself).
+e2e:
+	$(GO) test -timeout 10m ./e2e/...
+
+# Speed: Go benchmarks of the hot path, then the side-by-side A/B against
+# plain Caddy reverse_proxy in the same binary (bench/README.md).
+bench: build bench-go
+	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/
+
+# Run every native fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+clean:
+	rm -rf $(BIN) .demo

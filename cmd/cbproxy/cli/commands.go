@@ -1,0 +1,262 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"strconv"
+	"text/tabwriter"
+)
+
+// commands are the cbproxy client commands, in the order of the help. Adding
+// one is an entry here and its run function.
+var commands = []*command{
+	{
+		name:   "status",
+		params: []string{"[SERVICE]"},
+		short:  "Show services, pools, weights, health, rollout and cluster",
+		long: `Shows every service (or only SERVICE): its version, each pool's weight, last
+known good weight, version label and backends with their health as the
+answering node sees it, the rollout, and a line about the cluster. With
+--json it prints the API's service body (or list) as is.`,
+		run: runStatus,
+	},
+	{
+		name:   "weights",
+		params: []string{"SERVICE", "POOL=PCT..."},
+		flags: []flagSpec{
+			{name: "if-version", value: "N", usage: "change only if the service is at version N (else exit 3)", check: nonNegativeInt},
+			{name: "force", usage: "skip the health gate of pools raised from 0"},
+		},
+		short: "Set the traffic weights of a service's pools",
+		long: `Sets each pool's share of new requests, in percent with at most two decimals
+(blue=99.5 canary=0.5). The weights must sum to 100; a pool left out gets 0.
+A pool raised from 0 needs a healthy backend unless --force is given (else
+exit 4); while a rollout runs the change is refused (exit 3). The weights in
+force before become the service's last known good.`,
+		run: runWeights,
+	},
+	{
+		name:   "switch",
+		params: []string{"SERVICE", "POOL"},
+		flags:  []flagSpec{{name: "force", usage: "switch even if POOL has no healthy backend"}},
+		short:  "Send all traffic to one pool (blue-green), health-gated",
+		long: `Gives POOL 100 % of SERVICE's traffic at once. POOL needs a healthy backend
+unless --force is given (else exit 4). The weights in force before become the
+service's last known good, so 'cbproxy rollback' can undo the switch.`,
+		run: runSwitch,
+	},
+	{
+		name:   "pool set",
+		params: []string{"SERVICE", "POOL", "ADDR..."},
+		flags:  []flagSpec{{name: "version", value: "LABEL", usage: "the pool's version label (default: keep the current one)"}},
+		short:  "Set the backends of a pool (a new pool gets weight 0)",
+		long: `Replaces the backends of SERVICE's POOL on every node, creating the pool with
+weight 0 if it is new. An ADDR is host:port, [ipv6]:port, a DNS name with
+port, or https://host:port for TLS to the backend.`,
+		run: runPoolSet,
+	},
+	{
+		name:   "events",
+		params: []string{"[SERVICE]"},
+		flags: []flagSpec{
+			{name: "follow", usage: "print new events as they happen, until Ctrl-C"},
+			{name: "limit", value: "N", usage: "print the newest N events (server default 100)", check: nonNegativeInt},
+		},
+		short: "Show the audit trail of changes",
+		long: `Prints the audit trail (of SERVICE only, if given), oldest first, one line per
+event: time, index, actor, action, service, weights before → after, reason.
+With --follow it then prints each new event as it happens; with --follow
+alone it prints only new events.`,
+		run: runEvents,
+	},
+	{
+		name:  "cluster status",
+		short: "Show the cluster's leader, term and nodes",
+		long:  `Shows the leader, the term, the commit index and every node as the answering node sees them.`,
+		run:   runClusterStatus,
+	},
+}
+
+func runStatus(ctx context.Context, inv *invocation) error {
+	var services []serviceBody
+	if len(inv.args) == 1 {
+		services = make([]serviceBody, 1)
+		if done, err := inv.get(ctx, pathf("/v1/services/%s", inv.args[0]), nil, &services[0]); done || err != nil {
+			return err
+		}
+	} else {
+		var list struct {
+			Services []serviceBody `json:"services"`
+		}
+		if done, err := inv.get(ctx, "/v1/services", nil, &list); done || err != nil {
+			return err
+		}
+		services = list.Services
+	}
+	var cluster clusterBody
+	body, err := inv.client.do(ctx, request{method: http.MethodGet, path: "/v1/cluster"})
+	if err != nil {
+		return err
+	}
+	if err := decode(body, &cluster); err != nil {
+		return err
+	}
+	return writeStatus(inv.out, services, cluster)
+}
+
+func runWeights(ctx context.Context, inv *invocation) error {
+	weights, err := parseWeights(inv.args[1:])
+	if err != nil {
+		return err
+	}
+	req := request{
+		method: http.MethodPut,
+		path:   pathf("/v1/services/%s/weights", inv.args[0]),
+		body: struct {
+			Weights map[string]json.Number `json:"weights"`
+			Force   bool                   `json:"force"`
+		}{weights, inv.flag("force")},
+	}
+	if v, ok := inv.flags["if-version"]; ok {
+		req.header = http.Header{"If-Match": {v}}
+	}
+	return inv.write(ctx, req, lkgLine)
+}
+
+func runSwitch(ctx context.Context, inv *invocation) error {
+	return inv.write(ctx, request{
+		method: http.MethodPost,
+		path:   pathf("/v1/services/%s/switch", inv.args[0]),
+		body: struct {
+			To    string `json:"to"`
+			Force bool   `json:"force"`
+		}{inv.args[1], inv.flag("force")},
+	}, lkgLine)
+}
+
+func runPoolSet(ctx context.Context, inv *invocation) error {
+	pool := inv.args[1]
+	var label *string // nil keeps the pool's current label
+	if v, ok := inv.flags["version"]; ok {
+		label = &v
+	}
+	return inv.write(ctx, request{
+		method: http.MethodPut,
+		path:   pathf("/v1/services/%s/pools/%s", inv.args[0], pool),
+		body: struct {
+			Backends []string `json:"backends"`
+			Version  *string  `json:"version,omitempty"`
+		}{inv.args[2:], label},
+	}, func(s serviceBody) string { return poolLine(pool, s.Pools[pool]) })
+}
+
+func runEvents(ctx context.Context, inv *invocation) error {
+	query := url.Values{}
+	if len(inv.args) == 1 {
+		query.Set("service", inv.args[0])
+	}
+	listQuery := maps.Clone(query)
+	limit, hasLimit := inv.flags["limit"]
+	if hasLimit {
+		listQuery.Set("limit", limit)
+	}
+	if !inv.flag("follow") {
+		var list struct {
+			Events []eventBody `json:"events"`
+		}
+		if done, err := inv.get(ctx, "/v1/events", listQuery, &list); done || err != nil {
+			return err
+		}
+		return writeEvents(inv.out, list.Events)
+	}
+
+	// Like tail -n N -f: the newest N events, then the stream from after them.
+	// Events print one by one, so --json prints one JSON event per line.
+	tw := tabwriter.NewWriter(inv.out, 0, 0, 2, ' ', 0)
+	print := func(raw []byte) (eventBody, error) {
+		var e eventBody
+		if err := decode(raw, &e); err != nil {
+			return e, err
+		}
+		if inv.json {
+			return e, writeJSONLine(inv.out, raw)
+		}
+		writeEvent(tw, e)
+		return e, tw.Flush()
+	}
+	var lastID string
+	if hasLimit {
+		body, err := inv.client.do(ctx, request{method: http.MethodGet, path: "/v1/events", query: listQuery})
+		if err != nil {
+			return err
+		}
+		var list struct {
+			Events []json.RawMessage `json:"events"`
+		}
+		if err := decode(body, &list); err != nil {
+			return err
+		}
+		for _, raw := range list.Events {
+			e, err := print(raw)
+			if err != nil {
+				return err
+			}
+			lastID = strconv.FormatUint(e.Index, 10)
+		}
+	}
+	return inv.client.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
+		_, err := print([]byte(ev.data))
+		return err
+	})
+}
+
+func runClusterStatus(ctx context.Context, inv *invocation) error {
+	var cluster clusterBody
+	if done, err := inv.get(ctx, "/v1/cluster", nil, &cluster); done || err != nil {
+		return err
+	}
+	return writeCluster(inv.out, cluster)
+}
+
+// get reads path and decodes the answer into v, or prints the answer as is
+// with --json; done reports that it printed.
+func (inv *invocation) get(ctx context.Context, path string, query url.Values, v any) (done bool, err error) {
+	body, err := inv.client.do(ctx, request{method: http.MethodGet, path: path, query: query})
+	if err != nil {
+		return false, err
+	}
+	if inv.json {
+		return true, writeJSON(inv.out, body)
+	}
+	return false, decode(body, v)
+}
+
+// write sends a write to a service and prints the answer: as is with --json,
+// else the new weights and the line detail makes.
+func (inv *invocation) write(ctx context.Context, req request, detail func(serviceBody) string) error {
+	var s serviceBody
+	body, err := inv.client.do(ctx, req)
+	if err != nil {
+		return err
+	}
+	if inv.json {
+		return writeJSON(inv.out, body)
+	}
+	if err := decode(body, &s); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(inv.out, "%s version %d: %s\n%s\n", s.Name, s.Version, formatWeights(s.Weights), detail(s))
+	return err
+}
+
+// decode decodes an answer of the admin API.
+func decode(body []byte, v any) error {
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("unexpected answer from the admin API: %v", err)
+	}
+	return nil
+}

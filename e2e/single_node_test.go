@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// node is one cbproxy process started from its own Caddyfile.
+type node struct {
+	t                       *testing.T
+	dir, caddyfile          string
+	httpPort, adminPort     int
+	clusterPort, caddyAdmin int
+	backends                map[string]string // pool -> address
+	proc                    *proc
+}
+
+func (n *node) admin() string { return fmt.Sprintf("http://127.0.0.1:%d", n.adminPort) }
+func (n *node) proxy() string { return fmt.Sprintf("http://127.0.0.1:%d", n.httpPort) }
+
+// caddyfileText is written from CONTRACT §3 alone.
+func (n *node) caddyfileText(seedWeights string, adminPort int) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	cbproxy {
+		node_id        node1
+		data_dir       %s
+		cluster_listen 127.0.0.1:%d
+		admin_listen   127.0.0.1:%d
+		bootstrap
+	}
+}
+
+http://127.0.0.1:%d {
+	cbproxy codingbrain {
+		pool blue   %s
+		pool green  %s
+		pool canary %s
+		weights %s
+		lb_policy round_robin
+		guard 10m
+		slo {
+			advance  error_rate<0.1%% p95<500ms
+			rollback error_rate>1%%   p95>2s
+			window       30s
+			min_requests 100
+			consecutive  3
+		}
+	}
+}
+`, n.caddyAdmin, filepath.Join(n.dir, "data"), n.clusterPort, adminPort, n.httpPort,
+		n.backends["blue"], n.backends["green"], n.backends["canary"], seedWeights)
+}
+
+func newNode(t *testing.T) *node {
+	n := &node{t: t, dir: t.TempDir(), httpPort: freePort(t), adminPort: freePort(t), clusterPort: freePort(t), caddyAdmin: freePort(t)}
+	n.backends = map[string]string{}
+	var spec []string
+	for _, pool := range []string{"blue", "green", "canary"} {
+		n.backends[pool] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		spec = append(spec, pool+"="+n.backends[pool])
+	}
+	start(t, bins.backend, "-backends", strings.Join(spec, ","))
+	n.caddyfile = filepath.Join(n.dir, "Caddyfile")
+	n.write("blue=100", n.adminPort)
+	return n
+}
+
+func (n *node) write(seedWeights string, adminPort int) {
+	if err := os.WriteFile(n.caddyfile, []byte(n.caddyfileText(seedWeights, adminPort)), 0o600); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+func (n *node) start() {
+	n.proc = start(n.t, bins.cbproxy, "run", "--config", n.caddyfile, "--adapter", "caddyfile")
+	waitFor(n.t, "node ready", 60*time.Second, func() bool {
+		code, _ := apiQuiet(n.admin() + "/health/ready")
+		return code == 200
+	})
+	waitFor(n.t, "service seeded and proxying", 30*time.Second, func() bool {
+		code, _ := apiQuiet(n.proxy() + "/")
+		return code == 200
+	})
+}
+
+func weightsOf(body map[string]any) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range body["weights"].(map[string]any) {
+		out[k] = v.(float64)
+	}
+	return out
+}
+
+func TestSingleNode(t *testing.T) {
+	n := newNode(t)
+	n.start()
+
+	// The CLI moves traffic; 10,000 requests at 99/1 give 100 ± 1 to canary.
+	if out, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=1"); code != 0 {
+		t.Fatalf("weights: exit %d %s %s", code, out, errOut)
+	}
+	counts := countBackends(t, n.proxy()+"/", 10000, 8)
+	if c := counts["canary"]; c < 99 || c > 101 || counts["blue"]+c != 10000 {
+		t.Fatalf("99/1 split over 10,000 requests: %v", counts)
+	}
+
+	// Bad inputs get the contract's exit codes and change nothing.
+	_, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=0.5")
+	if code != 1 || !strings.Contains(errOut, "100") {
+		t.Fatalf("weights not summing to 100: exit %d, %q", code, errOut)
+	}
+	if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue"); code != 2 {
+		t.Fatalf("usage error: exit %d", code)
+	}
+	if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue=100", "--if-version", "1"); code != 3 {
+		t.Fatalf("stale version: exit %d", code)
+	}
+	if _, _, code = cli(t, n.admin(), "switch", "nosuch", "green"); code != 1 {
+		t.Fatalf("unknown service: exit %d", code)
+	}
+	status, body := api(t, "PUT", n.admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":99.999,"canary":0.001}}`)
+	if status != 400 || body["code"] != "invalid" {
+		t.Fatalf("three decimals: %d %v", status, body)
+	}
+	_, svc := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+	if w := weightsOf(svc); w["blue"] != 99 || w["canary"] != 1 || w["green"] != 0 {
+		t.Fatalf("weights after bad inputs: %v", w)
+	}
+
+	// pool set and switch through the CLI.
+	if _, errOut, code = cli(t, n.admin(), "pool", "set", "codingbrain", "green", n.backends["green"], "--version", "v2.0.0"); code != 0 {
+		t.Fatalf("pool set: exit %d %s", code, errOut)
+	}
+	if _, errOut, code = cli(t, n.admin(), "switch", "codingbrain", "green"); code != 0 {
+		t.Fatalf("switch: exit %d %s", code, errOut)
+	}
+	if counts = countBackends(t, n.proxy()+"/", 200, 4); counts["green"] != 200 {
+		t.Fatalf("after switch: %v", counts)
+	}
+	out, _, code := cli(t, n.admin(), "weights", "codingbrain", "green=90", "canary=10")
+	if code != 0 {
+		t.Fatalf("weights 90/10: exit %d", code)
+	}
+	_ = out
+	_, before := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+	_, beforeEvents := api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
+
+	// A reload with a changed Caddyfile keeps the live weights and Raft.
+	n.write("blue=50 canary=50", n.adminPort)
+	if _, errOut, code = cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin)); code != 0 {
+		t.Fatalf("reload: exit %d %s", code, errOut)
+	}
+	_, after := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+	if fmt.Sprint(weightsOf(after)) != fmt.Sprint(weightsOf(before)) || after["version"] != before["version"] {
+		t.Fatalf("reload changed live state: %v -> %v", before["weights"], after["weights"])
+	}
+	// A reload that changes admin_listen is refused; the running config stays.
+	n.write("blue=100", freePort(t))
+	_, errOut, code = cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin))
+	if code == 0 || !strings.Contains(errOut, "restart required") {
+		t.Fatalf("reload with new admin_listen: exit %d %q", code, errOut)
+	}
+	if status, _ = api(t, "GET", n.admin()+"/v1/services/codingbrain", ""); status != 200 {
+		t.Fatalf("admin API after refused reload: %d", status)
+	}
+	n.write("blue=100", n.adminPort)
+
+	// validate and adapt start nothing and bind nothing: they succeed while the
+	// node holds every port, and leave a fresh data dir empty.
+	if _, errOut, code = cli(t, n.admin(), "validate", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
+		t.Fatalf("validate: exit %d %s", code, errOut)
+	}
+	if _, errOut, code = cli(t, n.admin(), "adapt", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
+		t.Fatalf("adapt: exit %d %s", code, errOut)
+	}
+
+	// A restart, even a SIGKILL, keeps every committed weight and event.
+	n.proc.stop(syscall.SIGKILL)
+	n.start()
+	_, restarted := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+	if fmt.Sprint(weightsOf(restarted)) != fmt.Sprint(weightsOf(before)) || restarted["version"] != before["version"] {
+		t.Fatalf("restart lost state: %v -> %v", before, restarted)
+	}
+	_, afterEvents := api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
+	if len(afterEvents["events"].([]any)) != len(beforeEvents["events"].([]any)) {
+		t.Fatalf("events after restart: %d, before %d", len(afterEvents["events"].([]any)), len(beforeEvents["events"].([]any)))
+	}
+	counts = countBackends(t, n.proxy()+"/", 1000, 4)
+	if math.Abs(float64(counts["canary"])-100) > 1 || counts["green"]+counts["canary"] != 1000 {
+		t.Fatalf("90/10 after restart: %v", counts)
+	}
+	out, _, code = cli(t, n.admin(), "status")
+	if code != 0 || !strings.Contains(out, "codingbrain") || !strings.Contains(out, "green") {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	out, _, code = cli(t, n.admin(), "events", "codingbrain")
+	if code != 0 || !strings.Contains(out, "switch") {
+		t.Fatalf("events: exit %d\n%s", code, out)
+	}
+}
+
+// apiQuiet is a GET that reports failure as status 0 instead of failing the
+// test (for polling).
+func apiQuiet(url string) (int, error) {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
