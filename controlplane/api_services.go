@@ -169,10 +169,6 @@ func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor s
 		}
 		spec.Pools[pname] = ps
 	}
-	if _, err := state.NormalizeSpec(name, spec); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return
-	}
 	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindPutService, Service: name, Spec: &spec, Actor: actor})
 }
 
@@ -262,6 +258,10 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		return
 	}
 	cmd.IfVersion = ifVersion
+	if err := cmd.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
 		if len(key) > 255 {
 			writeError(w, http.StatusBadRequest, "invalid", "Idempotency-Key is longer than 255 characters")

@@ -99,6 +99,14 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	if len(l.Data) > 0 {
+		if k := state.Kind(l.Data[0]); !k.Known() && k&state.IgnoreUnknown == 0 {
+			// A newer node wrote a command this build cannot apply. Skipping it
+			// would let this node's state diverge; say so loudly. The data
+			// plane keeps serving the last weights.
+			f.log().Error("raft log holds a command this cbproxy version does not know; upgrade this node", zap.Uint64("index", l.Index), zap.Uint8("kind", uint8(k)))
+		}
+	}
 	if l.Index <= f.machine.View().Index {
 		// Already part of the state this node restored at start.
 		return state.Result{Code: state.CodeInvalid, Err: "entry already applied"}
