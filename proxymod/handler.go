@@ -1,0 +1,345 @@
+package proxymod
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler routes the requests of one service to its pools by the weights in
+// cbproxy's replicated state, and proxies them to a backend of the chosen
+// pool with Caddy's own reverse proxy (its transport, retries, streaming and
+// WebSockets).
+//
+// A request goes to the pool named by the override header (if configured
+// and valid), else to the pool of the client's sticky key (if stickiness is
+// on and the client has one), else to the next pool of the exact weighted
+// split. Within the pool, backends are balanced by `lb_policy`; a backend
+// that refuses the connection is retried at once on another backend of the
+// same pool.
+//
+// The pools, weights, health check, SLO and guard given here seed the
+// replicated state: they create the service only if the cluster has never
+// seen its name, and never overwrite it afterwards. The JSON of this seed
+// part is the service body of the admin API.
+//
+// This handler sets the placeholder `{http.vars.cbproxy_pool}` to the name
+// of the chosen pool ("none" when the request was refused because no pool
+// could take it).
+type Handler struct {
+	// The service to route. Required.
+	Service string `json:"service,omitempty"`
+
+	// Seed: the pools of the service by name, each with its backends
+	// (`host:port`, `[ipv6]:port`, `name:port`, or `https://host:port` for
+	// TLS to the backend) and an optional version label.
+	Pools map[string]state.PoolSpec `json:"pools,omitempty"`
+
+	// Seed: the share of each pool in percent (at most two decimals, summing
+	// to 100; pools left out get 0). Default: 100 to the first pool by name.
+	Weights state.Weights `json:"weights,omitempty"`
+
+	// Seed: the active health check of the backends. Default: none (only
+	// passive checks; backends count as healthy).
+	Health *state.HealthCheck `json:"health,omitempty"`
+
+	// Seed: the thresholds rollouts are judged by. Default: the runbook's.
+	SLO *state.SLO `json:"slo,omitempty"`
+
+	// Seed: how long pools that gained share stay under the rollback SLO
+	// after a change. Default: 10m.
+	Guard *state.Duration `json:"guard,omitempty"`
+
+	// Keeps each client on one pool across weight changes. Default: off.
+	Sticky *Sticky `json:"sticky,omitempty"`
+
+	// Lets a request choose its pool with a header. Default: off.
+	OverrideHeader *OverrideHeader `json:"override_header,omitempty"`
+
+	// Adds the `X-Cbproxy-Pool` header, naming the pool that served the
+	// request, to responses. Default: off.
+	ExposePool bool `json:"expose_pool,omitempty"`
+
+	// How to balance requests between the backends of a pool: any of Caddy's
+	// reverse_proxy selection policies. Default: round_robin.
+	LBPolicyRaw json.RawMessage `json:"lb_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	// TLS settings for pools whose backends are written `https://host:port`
+	// (Caddy's reverse_proxy transport TLS settings). Default: verify the
+	// backend's certificate against the system roots.
+	BackendTLS *reverseproxy.TLSConfig `json:"backend_tls,omitempty"`
+
+	route *route
+	// proxy serves pools of plain HTTP backends, tlsProxy pools of https://
+	// backends (a pool has one scheme).
+	proxy, tlsProxy *reverseproxy.Handler
+
+	overrideKey    string // canonical header key, "" when off
+	overrideSecret []byte
+	stickyMode     string
+	stickyKey      string // canonical header key (header mode)
+	cookieName     string
+	cookieMaxAge   int // seconds
+}
+
+// Sticky configures session affinity. Each client's key is hashed to one of
+// 10,000 buckets and pools own ranges of buckets in proportion to their
+// weights, so a client keeps its pool while that pool's share grows, and
+// leaves it when the share goes back to 0.
+type Sticky struct {
+	// Where the client's key comes from: `cookie` (cbproxy gives every new
+	// client one) or `header` (the client sends it, e.g. a user id).
+	Mode string `json:"mode,omitempty"`
+
+	// The name of the cookie or header. Default for cookies:
+	// `cbproxy_<service>`; required for headers.
+	Name string `json:"name,omitempty"`
+
+	// How long the cookie lives. Default: 24h.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+}
+
+// Sticky modes.
+const (
+	stickyCookie = "cookie"
+	stickyHeader = "header"
+)
+
+// OverrideHeader lets a request name its pool, e.g. to test a canary before
+// it gets traffic. The header's value is the pool name, or `name;secret`
+// when a secret is set. An unknown pool, a wrong secret or a pool with no
+// available backend leaves the request to the normal choice. The header is
+// never passed to the backend.
+type OverrideHeader struct {
+	// The header's name, e.g. `X-Cbproxy-Pool`. Required.
+	Name string `json:"name,omitempty"`
+
+	// A secret the header's value must carry after a `;`. Placeholders such
+	// as `{env.CBPROXY_OVERRIDE_SECRET}` are replaced.
+	Secret string `json:"secret,omitempty"`
+}
+
+// Defaults and limits of the inner proxies.
+const (
+	defaultCookieMaxAge = 24 * time.Hour
+	// maxIdleConnsPerHost is the upstream keep-alive pool: Caddy's default
+	// of 32 makes it open and close connections under 64 concurrent clients
+	// (research/peers-baseline.md: +31 % throughput at 256).
+	maxIdleConnsPerHost = 256
+	// retries bounds the attempts after a failed one. Retries go to backends
+	// not tried yet; once all are tried, an attempt costs nothing but a loop.
+	retries = 32
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.cbproxy",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets the handler up: it validates and registers the seed with
+// the cbproxy app, loads the balancing policy and builds the inner proxies.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	if err := state.ValidateServiceName(h.Service); err != nil {
+		return err
+	}
+	// ctx.App, not AppIfConfigured: a site using the directive without the
+	// global option gets the app with its defaults (a single-node cluster).
+	app, err := ctx.App("cbproxy")
+	if err != nil {
+		return fmt.Errorf("getting cbproxy app: %w", err)
+	}
+	if spec, ok := h.seed(); ok {
+		if _, err := state.NormalizeSpec(h.Service, spec); err != nil {
+			return fmt.Errorf("seed of service %q: %w", h.Service, err)
+		}
+		if err := app.(*App).addSeed(h.Service, spec); err != nil {
+			return err
+		}
+	}
+
+	if err := h.provisionChoice(); err != nil {
+		return err
+	}
+
+	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
+	if h.LBPolicyRaw != nil {
+		mod, err := ctx.LoadModule(h, "LBPolicyRaw")
+		if err != nil {
+			return fmt.Errorf("loading lb_policy: %w", err)
+		}
+		proto = mod.(reverseproxy.Selector)
+	}
+	sel := newPoolSelector(proto)
+	if h.proxy, err = newInnerProxy(ctx, sel, nil); err != nil {
+		return err
+	}
+	tlsConfig := h.BackendTLS
+	if tlsConfig == nil {
+		tlsConfig = new(reverseproxy.TLSConfig)
+	}
+	if h.tlsProxy, err = newInnerProxy(ctx, sel, tlsConfig); err != nil {
+		return err
+	}
+
+	h.route = routes.get(h.Service)
+	return nil
+}
+
+// provisionChoice prepares what the pool choice reads on the hot path.
+func (h *Handler) provisionChoice() error {
+	if o := h.OverrideHeader; o != nil {
+		h.overrideKey = textproto.CanonicalMIMEHeaderKey(o.Name)
+		if o.Secret != "" {
+			secret := caddy.NewReplacer().ReplaceKnown(o.Secret, "")
+			if secret == "" {
+				return fmt.Errorf("override_header secret %q is empty once its placeholders are replaced; set the variable it names", o.Secret)
+			}
+			h.overrideSecret = []byte(secret)
+		}
+	}
+	if s := h.Sticky; s != nil {
+		h.stickyMode = s.Mode
+		h.stickyKey = textproto.CanonicalMIMEHeaderKey(s.Name)
+		h.cookieName = s.Name
+		if h.cookieName == "" {
+			h.cookieName = "cbproxy_" + h.Service
+		}
+		h.cookieMaxAge = int(defaultCookieMaxAge / time.Second)
+		if s.MaxAge > 0 {
+			h.cookieMaxAge = int(time.Duration(s.MaxAge) / time.Second)
+		}
+	}
+	return nil
+}
+
+// newInnerProxy builds and provisions a Caddy reverse proxy that serves the
+// chosen pool. Provision keeps every field set here: it loads modules only
+// from raw JSON (TransportRaw), and fills LoadBalancing.SelectionPolicy and
+// TryInterval only when they are unset (TryInterval stays 0 because
+// TryDuration is 0, so a retry does not sleep).
+func newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
+	transport := &reverseproxy.HTTPTransport{
+		TLS:       tls,
+		KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: maxIdleConnsPerHost},
+	}
+	rp := &reverseproxy.Handler{
+		TransportRaw: caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
+		LoadBalancing: &reverseproxy.LoadBalancing{
+			SelectionPolicy: sel,
+			Retries:         retries,
+		},
+		DynamicUpstreams: poolUpstreams{},
+	}
+	if err := rp.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("provisioning reverse proxy: %w", err)
+	}
+	return rp, nil
+}
+
+// seed returns the seed part of the handler's config, if it has one.
+func (h *Handler) seed() (state.ServiceSpec, bool) {
+	spec := state.ServiceSpec{Pools: h.Pools, Weights: h.Weights, Health: h.Health, SLO: h.SLO, Guard: h.Guard}
+	return spec, h.Pools != nil || h.Weights != nil || h.Health != nil || h.SLO != nil || h.Guard != nil
+}
+
+// Validate checks the handler-local settings (Provision checks the seed).
+func (h *Handler) Validate() error {
+	if s := h.Sticky; s != nil {
+		switch s.Mode {
+		case stickyCookie:
+			if err := (&http.Cookie{Name: h.cookieName, Value: "x"}).Valid(); err != nil {
+				return fmt.Errorf("sticky cookie name %q is not a valid cookie name", h.cookieName)
+			}
+		case stickyHeader:
+			if !httpguts.ValidHeaderFieldName(s.Name) {
+				return fmt.Errorf("sticky header needs a valid header name, not %q", s.Name)
+			}
+		default:
+			return fmt.Errorf("sticky mode %q is not cookie or header", s.Mode)
+		}
+		if s.MaxAge < 0 {
+			return fmt.Errorf("sticky max_age %s is negative", time.Duration(s.MaxAge))
+		}
+	}
+	if o := h.OverrideHeader; o != nil && !httpguts.ValidHeaderFieldName(o.Name) {
+		return fmt.Errorf("override_header needs a valid header name, not %q", o.Name)
+	}
+	return nil
+}
+
+// Cleanup releases the inner proxies (they close upgraded connections).
+func (h *Handler) Cleanup() error {
+	var errs []error
+	for _, rp := range []*reverseproxy.Handler{h.proxy, h.tlsProxy} {
+		if rp != nil {
+			errs = append(errs, rp.Cleanup())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// poolHeader is the response header set with expose_pool.
+const poolHeader = "X-Cbproxy-Pool"
+
+// noneVar is the cbproxy_pool variable of refused requests.
+var noneVar any = "none"
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	start := time.Now()
+	t := h.route.table.Load()
+	if t.split == nil {
+		caddyhttp.SetVar(r.Context(), "cbproxy_pool", noneVar)
+		t.none.record(class5xx, time.Since(start))
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(t.refusal)
+		return nil
+	}
+	i, assign := h.choosePool(t, r)
+	p := &t.pools[i]
+	if assign {
+		h.setStickyCookie(w, r, p)
+	}
+	caddyhttp.SetVar(r.Context(), poolVarKey, p)
+	caddyhttp.SetVar(r.Context(), "cbproxy_pool", p.nameVar)
+	if h.ExposePool {
+		w.Header()[poolHeader] = p.nameHeader
+	}
+	proxy := h.proxy
+	if p.tls {
+		proxy = h.tlsProxy
+	}
+	rec := newRecorder(w, p.stats, start)
+	err := proxy.ServeHTTP(rec, r, next)
+	rec.finish(err)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

@@ -1,0 +1,94 @@
+package proxymod
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// collector exposes the data plane's figures (CONTRACT §7). It reads the
+// routes' atomics at scrape time, so the hot path never touches Prometheus.
+type collector struct{ routes *routeRegistry }
+
+var (
+	requestsDesc = prometheus.NewDesc("cbproxy_requests_total",
+		"Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).",
+		[]string{"service", "pool", "code"}, nil)
+	durationDesc = prometheus.NewDesc("cbproxy_request_duration_seconds",
+		"Time from receiving a request until the backend's response header (or the proxy's failure), by pool.",
+		[]string{"service", "pool"}, nil)
+	weightDesc = prometheus.NewDesc("cbproxy_pool_weight_percent",
+		"The pool's replicated weight in percent.",
+		[]string{"service", "pool"}, nil)
+	effectiveDesc = prometheus.NewDesc("cbproxy_pool_effective_percent",
+		"The share of new requests this node sends to the pool, in percent, after moving the share of pools without available backends to the others.",
+		[]string{"service", "pool"}, nil)
+)
+
+// latencyBucketBounds are latencyBounds in seconds, as Prometheus wants them.
+var latencyBucketBounds = func() []float64 {
+	b := make([]float64, len(latencyBounds))
+	for i, d := range latencyBounds {
+		b[i] = d.Seconds()
+	}
+	return b
+}()
+
+// Describe implements prometheus.Collector.
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- requestsDesc
+	ch <- durationDesc
+	ch <- weightDesc
+	ch <- effectiveDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	for name, r := range *c.routes.byName.Load() {
+		t := r.table.Load()
+		// "none" is not a pool: its series appears once a request was
+		// refused, unless a real pool has that name and absorbs the count.
+		refused := t.none.snapshot().requests[class5xx]
+		for i := range t.pools {
+			p := &t.pools[i]
+			snap := p.stats.snapshot()
+			if p.name == "none" {
+				snap.requests[class5xx] += refused
+				refused = 0
+			}
+			for class, n := range snap.requests {
+				ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(n), name, p.name, classLabels[class])
+			}
+			buckets := make(map[float64]uint64, len(latencyBucketBounds))
+			var cumulative uint64
+			for b, bound := range latencyBucketBounds {
+				cumulative += snap.buckets[b]
+				buckets[bound] = cumulative
+			}
+			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.total(), snap.sum.Seconds(), buckets, name, p.name)
+			ch <- prometheus.MustNewConstMetric(weightDesc, prometheus.GaugeValue, percent(p.weight), name, p.name)
+			ch <- prometheus.MustNewConstMetric(effectiveDesc, prometheus.GaugeValue, percent(p.effective), name, p.name)
+		}
+		if refused > 0 {
+			ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(refused), name, "none", classLabels[class5xx])
+		}
+	}
+}
+
+func percent(w state.Weight) float64 { return float64(w) / 100 }
+
+// registerCollector adds the data plane's collector to reg. Caddy hands out a
+// new registry per config load and the node's registry outlives loads, so
+// finding it registered already is expected.
+func registerCollector(reg *prometheus.Registry) error {
+	err := reg.Register(collector{routes})
+	if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		return nil
+	}
+	return err
+}
+
+// Interface guards
+var _ prometheus.Collector = collector{}

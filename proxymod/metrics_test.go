@@ -1,0 +1,142 @@
+package proxymod
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+func TestMetrics(t *testing.T) {
+	rr := newRouteRegistry()
+	r := rr.get("shop")
+	// canary has no available backend: its 0.5 % goes to blue on this node.
+	rr.apply(&state.View{Index: 7, Services: map[string]*state.Service{
+		"shop": service("shop", map[string]state.Weight{"blue": 9950, "canary": 50}, map[string][]string{
+			"blue": {"10.0.0.1:80"}, "canary": {"~10.0.0.2:80"},
+		}),
+	}})
+	blue := r.table.Load().pools[0].stats
+	for _, rec := range []struct {
+		class int
+		d     time.Duration
+	}{{1, 3 * time.Millisecond}, {1, 40 * time.Millisecond}, {1, 600 * time.Millisecond}, {4, 2 * time.Second}, {classProxyError, 11 * time.Second}} {
+		blue.record(rec.class, rec.d)
+	}
+	r.none.record(class5xx, 0)
+	r.none.record(class5xx, 0)
+
+	want := `
+# HELP cbproxy_pool_effective_percent The share of new requests this node sends to the pool, in percent, after moving the share of pools without available backends to the others.
+# TYPE cbproxy_pool_effective_percent gauge
+cbproxy_pool_effective_percent{pool="blue",service="shop"} 100
+cbproxy_pool_effective_percent{pool="canary",service="shop"} 0
+# HELP cbproxy_pool_weight_percent The pool's replicated weight in percent.
+# TYPE cbproxy_pool_weight_percent gauge
+cbproxy_pool_weight_percent{pool="blue",service="shop"} 99.5
+cbproxy_pool_weight_percent{pool="canary",service="shop"} 0.5
+# HELP cbproxy_request_duration_seconds Time from receiving a request until the backend's response header (or the proxy's failure), by pool.
+# TYPE cbproxy_request_duration_seconds histogram
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.005"} 1
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.01"} 1
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.025"} 1
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.05"} 2
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.1"} 2
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.25"} 2
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.5"} 2
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="1"} 3
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="2"} 4
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="5"} 4
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="10"} 4
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="+Inf"} 5
+cbproxy_request_duration_seconds_sum{pool="blue",service="shop"} 13.643
+cbproxy_request_duration_seconds_count{pool="blue",service="shop"} 5
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.005"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.01"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.025"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.05"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.1"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.25"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.5"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="1"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="2"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="5"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="10"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="+Inf"} 0
+cbproxy_request_duration_seconds_sum{pool="canary",service="shop"} 0
+cbproxy_request_duration_seconds_count{pool="canary",service="shop"} 0
+# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).
+# TYPE cbproxy_requests_total counter
+cbproxy_requests_total{code="1xx",pool="blue",service="shop"} 0
+cbproxy_requests_total{code="2xx",pool="blue",service="shop"} 3
+cbproxy_requests_total{code="3xx",pool="blue",service="shop"} 0
+cbproxy_requests_total{code="4xx",pool="blue",service="shop"} 0
+cbproxy_requests_total{code="5xx",pool="blue",service="shop"} 1
+cbproxy_requests_total{code="proxy_error",pool="blue",service="shop"} 1
+cbproxy_requests_total{code="1xx",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="2xx",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="3xx",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="4xx",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="5xx",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="proxy_error",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="5xx",pool="none",service="shop"} 2
+`
+	if err := testutil.CollectAndCompare(collector{rr}, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Caddy's registry is pedantic: Describe must cover what Collect sends.
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(collector{rr}); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestMetricsPoolNamedNone(t *testing.T) {
+	rr := newRouteRegistry()
+	r := rr.get("odd")
+	rr.apply(&state.View{Index: 1, Services: map[string]*state.Service{
+		"odd": service("odd", map[string]state.Weight{"none": 10000}, map[string][]string{"none": {"10.0.0.1:80"}}),
+	}})
+	r.table.Load().pools[0].stats.record(class5xx, 0)
+	r.none.record(class5xx, 0)
+	// A real pool named "none" absorbs the refused count rather than clash.
+	want := `
+# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).
+# TYPE cbproxy_requests_total counter
+cbproxy_requests_total{code="1xx",pool="none",service="odd"} 0
+cbproxy_requests_total{code="2xx",pool="none",service="odd"} 0
+cbproxy_requests_total{code="3xx",pool="none",service="odd"} 0
+cbproxy_requests_total{code="4xx",pool="none",service="odd"} 0
+cbproxy_requests_total{code="5xx",pool="none",service="odd"} 2
+cbproxy_requests_total{code="proxy_error",pool="none",service="odd"} 0
+`
+	if err := testutil.CollectAndCompare(collector{rr}, strings.NewReader(want), "cbproxy_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRegisterCollectorTwice(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	for range 2 {
+		if err := registerCollector(reg); err != nil {
+			t.Fatalf("registering again must be a no-op: %v", err)
+		}
+	}
+}

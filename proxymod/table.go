@@ -1,0 +1,262 @@
+package proxymod
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// slotCount is the length of the exact split's cycle and the number of sticky
+// buckets: one per basis point, so every weight maps to whole slots.
+const slotCount = int(state.Total)
+
+// RoutingTable is the data plane's view of one service: everything a request
+// needs to choose a pool. It is built off the hot path, from one replicated
+// service and this node's view of backend health, and never changes after:
+// requests load it with one atomic read.
+type RoutingTable struct {
+	// service is the replicated service the table was built from; nil when
+	// the service is not (or no longer) in the replicated state.
+	service *state.Service
+
+	// pools in name order; the order fixes slot indexes and sticky ranges.
+	pools []poolRoute
+
+	// split is nil when no pool is left to take traffic: every request is
+	// then refused with refusal.
+	split   *exactSplit
+	refusal []byte
+
+	// none counts the requests refused because no pool was left.
+	none *poolStats
+}
+
+// poolRoute is one pool of a RoutingTable.
+type poolRoute struct {
+	name string
+	// weight is the replicated share, effective the share this node routes
+	// after giving the share of pools without available backends to the
+	// others; both in basis points.
+	weight, effective state.Weight
+	// Sticky buckets [lo, hi) belong to this pool.
+	lo, hi int
+
+	// backends lists every backend of the pool (draining ones included, their
+	// in-flight requests still count); available those that take new ones.
+	backends  []poolBackend
+	available []*backend
+	tls       bool
+
+	stats *poolStats
+	// Precomputed so that the hot path does not allocate: the value of the
+	// cbproxy_pool variable and of the X-Cbproxy-Pool header.
+	nameVar    any
+	nameHeader []string
+}
+
+// poolBackend is a backend as listed in a pool.
+type poolBackend struct {
+	*backend
+	draining bool
+}
+
+// backend is one backend address of a service. It outlives table rebuilds so
+// that what it learned from Caddy stays valid while a drain or an unrelated
+// change rebuilds the table.
+type backend struct {
+	address string // as in the replicated state: host:port or https://host:port
+	dial    string // host:port
+	// host is Caddy's record of the address, learned when the address is
+	// first selected; its NumRequests is the backend's in-flight count.
+	host atomic.Pointer[reverseproxy.Host]
+}
+
+// inFlight returns the number of requests this node has in flight to b.
+func (b *backend) inFlight() int64 {
+	if h := b.host.Load(); h != nil {
+		return int64(h.NumRequests())
+	}
+	return 0
+}
+
+// exactSplit deals the requests of the weighted split: request k goes to
+// slots[k % slotCount]. The slots hold each pool exactly its effective weight
+// times, spread by smooth weighted round robin.
+type exactSplit struct {
+	weights []state.Weight // effective weights per pool it was built for
+	slots   [slotCount]uint16
+	cursor  atomic.Uint64
+}
+
+// next returns the pool of the next request of the split.
+func (s *exactSplit) next() int {
+	return int(s.slots[(s.cursor.Add(1)-1)%uint64(slotCount)])
+}
+
+// newExactSplit lays out the slots with smooth weighted round robin (as
+// nginx does): each step, every pool gains its weight and the pool with the
+// most credit (the first on ties) takes the slot and pays the total. Over
+// any prefix a pool's count stays within a request or two of its share.
+func newExactSplit(weights []state.Weight) *exactSplit {
+	s := &exactSplit{weights: weights}
+	credit := make([]int, len(weights))
+	for k := range s.slots {
+		best := -1
+		for i, w := range weights {
+			if w == 0 {
+				continue
+			}
+			credit[i] += int(w)
+			if best < 0 || credit[i] > credit[best] {
+				best = i
+			}
+		}
+		credit[best] -= slotCount
+		s.slots[k] = uint16(best)
+	}
+	return s
+}
+
+// effectiveWeights returns the shares this node routes: pools that cannot
+// take traffic get 0 and their share goes to the other pools with a share,
+// in proportion to those shares, rounded by largest remainder so that the
+// sum stays exactly state.Total. It returns nil when no pool with a share can
+// take traffic.
+func effectiveWeights(weights []state.Weight, up []bool) []state.Weight {
+	var receiving int64
+	for i, w := range weights {
+		if w > 0 && up[i] {
+			receiving += int64(w)
+		}
+	}
+	if receiving == 0 {
+		return nil
+	}
+	eff := make([]state.Weight, len(weights))
+	rem := make([]int64, len(weights))
+	left := int64(state.Total)
+	for i, w := range weights {
+		if w > 0 && up[i] {
+			scaled := int64(w) * int64(state.Total)
+			eff[i] = state.Weight(scaled / receiving)
+			rem[i] = scaled % receiving
+			left -= int64(eff[i])
+		}
+	}
+	// Hand out the basis points lost to rounding: largest remainder first,
+	// the earlier pool on ties, so every node computes the same shares.
+	order := make([]int, 0, len(weights))
+	for i := range weights {
+		if rem[i] > 0 {
+			order = append(order, i)
+		}
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return int(rem[b] - rem[a]) })
+	for _, i := range order[:left] {
+		eff[i]++
+	}
+	return eff
+}
+
+// buildTable builds the table of one route from the replicated service svc
+// (nil when the service is unknown; deleted tells why). prev is the route's
+// current table: when the effective weights did not change, the new table
+// keeps its split and cursor, so a drain or a change of backends does not
+// restart the split's cycle.
+func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable) *RoutingTable {
+	t := &RoutingTable{service: svc, none: rt.none}
+	// Backend records carry over to the new table; those of addresses the
+	// service no longer has are dropped.
+	kept := make(map[string]*backend)
+	defer func() { rt.backends = kept }()
+	if svc == nil {
+		if deleted {
+			t.refusal = fmt.Appendf(nil, "cbproxy: service %q was deleted through the admin API\n", rt.name)
+		} else {
+			t.refusal = fmt.Appendf(nil, "cbproxy: service %q is not in the replicated state yet: seed it with pools in the Caddyfile or create it with the admin API\n", rt.name)
+		}
+		return t
+	}
+	names := svc.PoolNames()
+	if len(names) > math.MaxUint16 {
+		t.refusal = fmt.Appendf(nil, "cbproxy: service %q has %d pools; at most %d can be routed\n", svc.Name, len(names), math.MaxUint16)
+		return t
+	}
+	t.pools = make([]poolRoute, len(names))
+	weights := make([]state.Weight, len(names))
+	up := make([]bool, len(names))
+	for i, name := range names {
+		p := &t.pools[i]
+		p.name = name
+		p.weight = svc.Weights[name]
+		p.stats = rt.poolStats(name)
+		p.nameVar = name
+		p.nameHeader = []string{name}
+		for _, b := range svc.Pools[name].Backends {
+			be := rt.backends[b.Address]
+			if be == nil {
+				be = &backend{address: b.Address, dial: strings.TrimPrefix(b.Address, "https://")}
+			}
+			kept[b.Address] = be
+			p.backends = append(p.backends, poolBackend{backend: be, draining: b.Draining})
+			p.tls = isTLS(b.Address)
+			if !b.Draining && takesTraffic(backendHealth(svc, name, b.Address)) {
+				p.available = append(p.available, be)
+			}
+		}
+		weights[i] = p.weight
+		up[i] = len(p.available) > 0
+	}
+	eff := effectiveWeights(weights, up)
+	if eff == nil {
+		t.refusal = fmt.Appendf(nil, "cbproxy: service %q has no pool to route to: every pool with a weight above 0 has no backend that is up and not drained\n", svc.Name)
+		return t
+	}
+	lo := 0
+	for i := range t.pools {
+		p := &t.pools[i]
+		p.effective = eff[i]
+		p.lo, p.hi = lo, lo+int(eff[i])
+		lo = p.hi
+	}
+	if prev != nil && prev.split != nil && slices.Equal(prev.poolNames(), names) && slices.Equal(prev.split.weights, eff) {
+		t.split = prev.split
+	} else {
+		t.split = newExactSplit(eff)
+	}
+	return t
+}
+
+func (t *RoutingTable) poolNames() []string {
+	names := make([]string, len(t.pools))
+	for i := range t.pools {
+		names[i] = t.pools[i].name
+	}
+	return names
+}
+
+// poolForBucket returns the pool whose sticky range holds bucket. The ranges
+// cover [0, slotCount) whenever the table has a split.
+func (t *RoutingTable) poolForBucket(bucket int) int {
+	for i := range t.pools {
+		if bucket < t.pools[i].hi {
+			return i
+		}
+	}
+	return len(t.pools) - 1
+}
+
+// pool returns the index of the pool with the given name, or -1.
+func (t *RoutingTable) pool(name string) int {
+	for i := range t.pools {
+		if t.pools[i].name == name {
+			return i
+		}
+	}
+	return -1
+}
