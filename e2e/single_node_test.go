@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // node is one cbproxy process started from its own Caddyfile.
@@ -203,6 +207,39 @@ func TestSingleNode(t *testing.T) {
 	out, _, code = cli(t, n.admin(), "events", "codingbrain")
 	if code != 0 || !strings.Contains(out, "switch") {
 		t.Fatalf("events: exit %d\n%s", code, out)
+	}
+	checkMetrics(t, n.admin()+"/metrics")
+}
+
+// checkMetrics lints /metrics as promtool check metrics does and checks that
+// the series of CONTRACT §7 that exist at this stage are there.
+func checkMetrics(t *testing.T, url string) {
+	t.Helper()
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	problems, err := promlint.New(bytes.NewReader(raw)).Lint()
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	if len(problems) > 0 {
+		t.Fatalf("promlint: %v", problems)
+	}
+	for _, want := range []string{
+		`cbproxy_requests_total{code="2xx",pool="canary",service="codingbrain"}`,
+		`cbproxy_request_duration_seconds_bucket{pool="green",service="codingbrain",le=`,
+		`cbproxy_pool_weight_percent{pool="green",service="codingbrain"} 90`,
+		`cbproxy_pool_effective_percent{pool="canary",service="codingbrain"} 10`,
+		`cbproxy_raft_is_leader 1`,
+		`cbproxy_raft_applied_index`,
+		`cbproxy_raft_apply_seconds_bucket`,
+	} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
 

@@ -1,0 +1,111 @@
+package controlplane
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+var fuzzNode struct {
+	once sync.Once
+	n    *Node
+	err  error
+}
+
+// FuzzAdminAPI sends arbitrary bodies, paths and headers through the real admin
+// API of a real single-node cluster (Raft on disk). Whatever comes in, the
+// answer is never a 500, errors have the contract's JSON shape, and the
+// replicated state stays valid: every service's weights list every pool and sum
+// to 100.
+func FuzzAdminAPI(f *testing.F) {
+	seeds := []struct {
+		method, path, body, ifMatch, key string
+	}{
+		{"PUT", "/v1/services/svc", demoService, "", ""},
+		{"PUT", "/v1/services/svc/weights", `{"weights":{"blue":99,"canary":1}}`, "", "k"},
+		{"PUT", "/v1/services/svc/weights", `{"weights":{"blue":99.5,"canary":0.5},"force":true,"if_version":3}`, `"3"`, ""},
+		{"POST", "/v1/services/svc/switch", `{"to":"canary"}`, "", ""},
+		{"PUT", "/v1/services/svc/pools/green", `{"backends":["[::1]:8080","https://a.example:443"],"version":"v1"}`, "", ""},
+		{"PUT", "/v1/services/svc2", `{"pools":{"a":{"backends":[{"address":"127.0.0.1:1"}]}},"health":{"path":"/h","interval":"2s"},"slo":{"window":"30s"},"guard":"1m"}`, "", ""},
+		{"DELETE", "/v1/services/svc2", ``, "", "d"},
+		{"GET", "/v1/events?since=1&limit=10&service=svc", ``, "", ""},
+		{"PUT", "/v1/services/svc/weights", `{"weights":{"blue":1e2}}`, "W/\"x\"", ""},
+	}
+	for _, s := range seeds {
+		f.Add(s.method, s.path, []byte(s.body), s.ifMatch, s.key)
+	}
+	f.Fuzz(func(t *testing.T, method, path string, body []byte, ifMatch, key string) {
+		fuzzNode.once.Do(func() {
+			dir, err := os.MkdirTemp("", "cbproxy-fuzz")
+			if err != nil {
+				fuzzNode.err = err
+				return
+			}
+			fuzzNode.n, fuzzNode.err = Start(Config{
+				NodeID: "fuzz", DataDir: dir, ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
+				Logger: zap.NewNop(), HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLease: 50 * time.Millisecond,
+			})
+			for fuzzNode.err == nil && !fuzzNode.n.Ready() {
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+		if fuzzNode.err != nil {
+			t.Fatal(fuzzNode.err)
+		}
+		n := fuzzNode.n
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \r\n\t#") || len(path) > 512 {
+			return // not a request line net/http would accept
+		}
+		if _, err := url.ParseRequestURI(path); err != nil {
+			return
+		}
+		switch method {
+		case "GET", "PUT", "POST", "DELETE", "PATCH":
+		default:
+			return
+		}
+		if strings.HasPrefix(path, "/v1/events/stream") {
+			return // never ends by itself
+		}
+		req := httptest.NewRequest(method, "http://admin"+path, bytes.NewReader(body))
+		req.RemoteAddr = "127.0.0.1:4242"
+		if ifMatch != "" && !strings.ContainsAny(ifMatch, "\r\n") {
+			req.Header.Set("If-Match", ifMatch)
+		}
+		if key != "" && !strings.ContainsAny(key, "\r\n") {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		rec := httptest.NewRecorder()
+		n.admin.srv.Handler.ServeHTTP(rec, req)
+		if rec.Code >= 500 && rec.Code != 503 {
+			t.Fatalf("%s %s %q: status %d %s", method, path, body, rec.Code, rec.Body)
+		}
+		if rec.Code >= 400 {
+			var e apiError
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" || e.Code == "" {
+				t.Fatalf("%s %s: error body %q is not {error, code}", method, path, rec.Body)
+			}
+		}
+		for name, s := range n.View().Services {
+			var sum int
+			for pool := range s.Pools {
+				w, ok := s.Weights[pool]
+				if !ok {
+					t.Fatalf("service %s: pool %s has no weight", name, pool)
+				}
+				sum += int(w)
+			}
+			if sum != 10000 || len(s.Weights) != len(s.Pools) {
+				t.Fatalf("service %s: weights %v do not sum to 100 over its pools", name, s.Weights)
+			}
+		}
+	})
+}
