@@ -197,9 +197,11 @@ func applySetWeights(_ *View, cur *Service, index uint64, c *Command) (Result, *
 	}
 	s := *cur
 	s.Version, s.Weights = index, w
-	reason := "weights " + w.String()
+	// Before and After already show the weights; the reason says only what
+	// they cannot (the operator's own reason replaces it in Apply).
+	reason := ""
 	if action == ActionRollback {
-		reason = "back to the last known good weights " + w.String()
+		reason = "back to the last known good weights"
 	} else {
 		s.LKG = cur.Weights
 	}
