@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"reflect"
 	"strings"
 )
@@ -26,6 +27,9 @@ type handler struct {
 type effect struct {
 	service *Service
 	event   Event
+	// node, for membership commands, is the node to store (or, with an empty
+	// ClusterAddr, to forget); service is then unused.
+	node *NodeInfo
 }
 
 // handlers is the dispatch table, one entry per kind (Consul's FSM style).
@@ -35,6 +39,8 @@ var handlers = map[Kind]handler{
 	KindSetWeights:    {checkSetWeights, applySetWeights},
 	KindSetPool:       {checkSetPool, applySetPool},
 	KindSetDrain:      {checkSetDrain, applySetDrain},
+	KindNodeJoin:      {checkNode, applyNodeJoin},
+	KindNodeRemove:    {checkNode, applyNodeRemove},
 }
 
 // Validate checks the parts of c that need no state: the kind, the service
@@ -73,6 +79,12 @@ func (c *Command) handler() (handler, error) {
 func (c *Command) validateCommon() error {
 	if len(c.IdemKey) > maxIdemKeyLen {
 		return fmt.Errorf("idempotency key is longer than %d characters", maxIdemKeyLen)
+	}
+	if c.Kind == KindNodeJoin || c.Kind == KindNodeRemove {
+		if c.Service != "" {
+			return errors.New("a membership command names no service")
+		}
+		return nil
 	}
 	return ValidateServiceName(c.Service)
 }
@@ -307,4 +319,55 @@ func (p *Pool) index(a string) int {
 		}
 	}
 	return -1
+}
+
+// checkNode validates a membership command's node: an ID like a pool name
+// (but up to 64 characters) and, to join, two host:port addresses.
+func checkNode(c *Command) error {
+	n := c.Node
+	if n == nil {
+		return errors.New("a membership command needs a node")
+	}
+	if err := ValidateNodeID(n.ID); err != nil {
+		return err
+	}
+	if c.Kind == KindNodeRemove {
+		return nil
+	}
+	for what, addr := range map[string]string{"cluster_addr": n.ClusterAddr, "admin_addr": n.AdminAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil || strings.ContainsAny(addr, " /") {
+			return fmt.Errorf("node %s: %s %q is not host:port", n.ID, what, addr)
+		}
+	}
+	return nil
+}
+
+// ValidateNodeID checks a node ID: 1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'.
+func ValidateNodeID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("node id %q must be 1 to 64 characters", id)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("node id %q may hold only letters, digits, '.', '_' and '-'", id)
+		}
+	}
+	return nil
+}
+
+func applyNodeJoin(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
+	n := *c.Node
+	if old, ok := v.Nodes[n.ID]; ok && old == n {
+		return Result{}, nil
+	}
+	ev := Event{Action: ActionNodeJoin, Reason: fmt.Sprintf("node %s joined: cluster %s, admin %s", n.ID, n.ClusterAddr, n.AdminAddr)}
+	return Result{Changed: true}, &effect{node: &n, event: ev}
+}
+
+func applyNodeRemove(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
+	if _, ok := v.Nodes[c.Node.ID]; !ok {
+		return Result{}, nil
+	}
+	ev := Event{Action: ActionNodeRemove, Reason: fmt.Sprintf("node %s removed", c.Node.ID)}
+	return Result{Changed: true}, &effect{node: &NodeInfo{ID: c.Node.ID}, event: ev}
 }

@@ -20,6 +20,9 @@ const (
 	KindSetPool       Kind = 0x04
 	KindSetDrain      Kind = 0x05
 
+	KindNodeJoin   Kind = 0x06
+	KindNodeRemove Kind = 0x07
+
 	IgnoreUnknown Kind = 0x80
 )
 
@@ -56,9 +59,13 @@ type Command struct {
 	// KindSetPool: the pool's new backends and version label; creates the pool
 	// with weight 0 if it is new. KindSetDrain: the pool and the addresses to
 	// drain (Action "drain") or undrain (Action "undrain").
-	Pool        string   `json:"pool,omitempty"`
-	Backends    []string `json:"backends,omitempty"`
-	PoolVersion string   `json:"pool_version,omitempty"`
+	Pool string `json:"pool,omitempty"`
+
+	// KindNodeJoin: the node that joined the cluster; KindNodeRemove: the
+	// node that left (only its ID counts).
+	Node        *NodeInfo `json:"node,omitempty"`
+	Backends    []string  `json:"backends,omitempty"`
+	PoolVersion string    `json:"pool_version,omitempty"`
 }
 
 // ServiceSpec is what a PUT of a service (or a Caddyfile seed) defines. Omitted

@@ -18,6 +18,8 @@ type View struct {
 	// Deleted names: services removed through the API. A Caddyfile seed never
 	// re-creates them.
 	Deleted map[string]uint64
+	// Nodes of the cluster by ID.
+	Nodes map[string]NodeInfo
 }
 
 // Options tune a Machine; zero values take the defaults.
@@ -81,7 +83,7 @@ func NewMachine(opts Options) *Machine {
 		opts.IdemTTL = DefaultIdemTTL
 	}
 	m := &Machine{opts: opts, idem: map[string]idemEntry{}}
-	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}})
+	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}, Nodes: map[string]NodeInfo{}})
 	return m
 }
 
@@ -119,10 +121,19 @@ func (m *Machine) Events(service string, since uint64, limit int) []Event {
 func (m *Machine) Apply(index uint64, data []byte) Result {
 	m.mu.Lock()
 	cur := m.view.Load()
-	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted}
+	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes}
 	var added []Event
 	c, res, eff := m.apply(cur, index, data)
-	if eff != nil {
+	switch {
+	case eff == nil:
+	case eff.node != nil:
+		next.Nodes = maps.Clone(cur.Nodes)
+		if eff.node.ClusterAddr == "" {
+			delete(next.Nodes, eff.node.ID)
+		} else {
+			next.Nodes[eff.node.ID] = *eff.node
+		}
+	default:
 		next.Services = maps.Clone(cur.Services)
 		next.Deleted = maps.Clone(cur.Deleted)
 		if eff.service == nil {
@@ -132,6 +143,8 @@ func (m *Machine) Apply(index uint64, data []byte) Result {
 			next.Services[c.Service] = eff.service
 			delete(next.Deleted, c.Service)
 		}
+	}
+	if eff != nil {
 		ev := eff.event
 		ev.Index, ev.Time, ev.Actor, ev.Service = index, c.Time, c.Actor, c.Service
 		if c.Reason != "" {

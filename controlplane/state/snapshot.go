@@ -17,6 +17,7 @@ type snapshot struct {
 	Index       uint64              `json:"index"`
 	Services    map[string]*Service `json:"services"`
 	Deleted     map[string]uint64   `json:"deleted"`
+	Nodes       map[string]NodeInfo `json:"nodes,omitempty"`
 	Events      []Event             `json:"events"`
 	Idempotency []idemEntry         `json:"idempotency"`
 }
@@ -32,6 +33,7 @@ func (m *Machine) WriteSnapshot(w io.Writer) error {
 		Index:       v.Index,
 		Services:    v.Services,
 		Deleted:     v.Deleted,
+		Nodes:       v.Nodes,
 		Events:      m.events,
 		Idempotency: m.idemQueue,
 	}
@@ -61,7 +63,10 @@ func (m *Machine) Restore(r io.Reader) error {
 	if err := snap.validate(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted}
+	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted, Nodes: snap.Nodes}
+	if v.Nodes == nil {
+		v.Nodes = map[string]NodeInfo{}
+	}
 	if v.Services == nil {
 		v.Services = map[string]*Service{}
 	}

@@ -105,3 +105,12 @@ const (
 	ActionNodeJoin      = "node_join"
 	ActionNodeRemove    = "node_remove"
 )
+
+// NodeInfo is one member of the cluster as the replicated state knows it: the
+// addresses its peers reach it on. Raft's configuration holds the voters; this
+// adds the admin address the cluster status shows.
+type NodeInfo struct {
+	ID          string `json:"id"`
+	ClusterAddr string `json:"cluster_addr"`
+	AdminAddr   string `json:"admin_addr"`
+}
