@@ -96,6 +96,16 @@ func (a *adminServer) routes() http.Handler {
 			if !ok {
 				return
 			}
+			if r.Method == http.MethodGet && r.URL.Query().Has("consistent") {
+				// A linearizable read: wait until this node has applied what
+				// the leader had committed when the read came in.
+				if err := a.n.consistentRead(r.Context()); err != nil {
+					w.Header().Set("Retry-After", "2")
+					writeError(w, http.StatusServiceUnavailable, "no_quorum", "a consistent read needs a leader: "+err.Error())
+					return
+				}
+				w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(a.n.View().Index, 10))
+			}
 			m.h(w, r, actor)
 		})
 	}
@@ -111,6 +121,10 @@ func (a *adminServer) routes() http.Handler {
 	handle("/v1/events", route{"GET": {RoleRead, a.listEvents}})
 	handle("/v1/events/stream", route{"GET": {RoleRead, a.streamEvents}})
 	handle("/v1/cluster", route{"GET": {RoleRead, a.getCluster}})
+	handle("/v1/cluster/nodes/{id}", route{"DELETE": {RoleAdmin, a.deleteNode}})
+	// Peers sign these with the cluster secret instead of a token.
+	mux.HandleFunc("POST /v1/cluster/join", a.postJoin)
+	mux.HandleFunc("POST /v1/cluster/notify", a.postNotify)
 
 	mux.HandleFunc("/health/live", a.healthLive)
 	mux.HandleFunc("/health/ready", a.healthReady)

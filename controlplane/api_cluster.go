@@ -1,10 +1,16 @@
 package controlplane
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/hashicorp/raft"
 )
 
@@ -28,37 +34,47 @@ type clusterNode struct {
 }
 
 func (a *adminServer) getCluster(w http.ResponseWriter, r *http.Request, _ string) {
-	writeJSON(w, http.StatusOK, a.n.clusterStatus())
+	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
 }
 
-func (n *Node) clusterStatus() clusterBody {
+// clusterStatus asks every node of the configuration for its own view (1 s
+// each, in parallel); a node that does not answer shows as "unreachable".
+func (n *Node) clusterStatus(ctx context.Context) clusterBody {
 	_, leader := n.raft.LeaderWithID()
 	term, _ := strconv.ParseUint(n.raft.Stats()["term"], 10, 64)
 	b := clusterBody{Leader: string(leader), Term: term, CommitIndex: n.raft.CommitIndex(), Nodes: []clusterNode{}}
-	fut := n.raft.GetConfiguration()
-	if fut.Error() != nil {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
 		return b
 	}
+	servers := f.Configuration().Servers
+	b.Nodes = make([]clusterNode, len(servers))
 	voters := 0
-	for _, s := range fut.Configuration().Servers {
-		node := clusterNode{ID: string(s.ID), ClusterAddr: string(s.Address), Voter: s.Suffrage == raft.Voter, State: "unknown"}
-		if node.Voter {
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		if s.Suffrage == raft.Voter {
 			voters++
 		}
-		if s.ID == raft.ServerID(n.cfg.NodeID) {
-			node.AdminAddr = n.AdminAddr()
-			node.State = stateName(n.raft.State())
-			node.AppliedIndex = n.raft.AppliedIndex()
-			if n.raft.State() != raft.Leader {
-				if lc := n.raft.LastContact(); !lc.IsZero() {
-					node.LastContactMs = time.Since(lc).Milliseconds()
+		b.Nodes[i] = clusterNode{ID: string(s.ID), ClusterAddr: string(s.Address), AdminAddr: n.View().Nodes[string(s.ID)].AdminAddr, Voter: s.Suffrage == raft.Voter}
+		wg.Add(1)
+		go func(node *clusterNode) {
+			defer wg.Done()
+			st := n.localStatus()
+			if node.ID != n.cfg.NodeID {
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				if err := n.cluster.Call(cctx, node.ClusterAddr, rpcStatus, nil, &st); err != nil {
+					node.State, node.LastContactMs = "unreachable", -1
+					return
 				}
 			}
-		} else if s.ID == leader {
-			node.State = "leader"
-		}
-		b.Nodes = append(b.Nodes, node)
+			node.State, node.AppliedIndex, node.LastContactMs = st.State, st.AppliedIndex, st.LastContactMs
+			if st.AdminAddr != "" {
+				node.AdminAddr = st.AdminAddr
+			}
+		}(&b.Nodes[i])
 	}
+	wg.Wait()
 	if voters > 0 {
 		b.FailureTolerance = (voters - 1) / 2
 	}
@@ -77,4 +93,128 @@ func stateName(s raft.RaftState) string {
 		return "shutdown"
 	}
 	return "unknown"
+}
+
+// joinBody is the body of POST /v1/cluster/join and /v1/cluster/notify.
+type joinBody struct {
+	NodeID      string `json:"node_id"`
+	ClusterAddr string `json:"cluster_addr"`
+	AdminAddr   string `json:"admin_addr"`
+}
+
+// clusterCall authorizes a membership call: a peer signs it with the cluster
+// secret, an operator sends an admin token. It writes the error itself.
+func (a *adminServer) clusterCall(w http.ResponseWriter, r *http.Request, dst any, peersOnly bool) (actor string, ok bool) {
+	raw, err := readAll(r)
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is over %d bytes", maxBody))
+		return "", false
+	}
+	signed := strings.HasPrefix(r.Header.Get("Authorization"), clusterAuthScheme)
+	if a.n.clusterAuthorized(r, raw) {
+		actor = "cluster"
+	} else if signed || peersOnly {
+		// A bad signature never falls back to the loopback rule.
+		writeError(w, http.StatusUnauthorized, "unauthorized", "this call is for cluster peers: sign it with the cluster secret")
+		return "", false
+	} else if actor, ok = a.authorize(w, r, RoleAdmin); !ok {
+		return "", false
+	}
+	if dst != nil {
+		if len(raw) == 0 {
+			writeError(w, http.StatusBadRequest, "invalid", "request body is empty; send a JSON object")
+			return "", false
+		}
+		if err := decodeStrict(raw, dst); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid", "malformed JSON body: "+err.Error())
+			return "", false
+		}
+	}
+	return actor, true
+}
+
+func (a *adminServer) postJoin(w http.ResponseWriter, r *http.Request) {
+	var body joinBody
+	actor, ok := a.clusterCall(w, r, &body, false)
+	if !ok {
+		return
+	}
+	ni := state.NodeInfo{ID: body.NodeID, ClusterAddr: body.ClusterAddr, AdminAddr: body.AdminAddr}
+	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	join := func(ctx context.Context) error { return a.n.join(ctx, ni) }
+	var err error
+	if actor == "cluster" {
+		// A peer that is still forming the cluster asks every node in turn:
+		// answer at once when there is no leader yet, it asks again.
+		if err = join(r.Context()); errors.Is(err, raft.ErrNotLeader) {
+			err = ErrNoLeader
+		}
+	} else {
+		err = a.n.retryOnLeader(r.Context(), join)
+	}
+	if err != nil {
+		a.membershipError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
+}
+
+func (a *adminServer) postNotify(w http.ResponseWriter, r *http.Request) {
+	var body joinBody
+	if _, ok := a.clusterCall(w, r, &body, true); !ok {
+		return
+	}
+	ni := state.NodeInfo{ID: body.NodeID, ClusterAddr: body.ClusterAddr, AdminAddr: body.AdminAddr}
+	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	a.n.noteNotify(ni)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *adminServer) deleteNode(w http.ResponseWriter, r *http.Request, actor string) {
+	id := r.PathValue("id")
+	err := a.n.retryOnLeader(r.Context(), func(ctx context.Context) error { return a.n.remove(ctx, id, actor) })
+	if errors.Is(err, errNodeNotFound) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("node %q is not a member; GET /v1/cluster lists them", id))
+		return
+	}
+	if err != nil {
+		a.membershipError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
+}
+
+func (a *adminServer) membershipError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrNoLeader) {
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
+		return
+	}
+	writeError(w, http.StatusBadRequest, "invalid", err.Error())
+}
+
+// retryOnLeader runs a leader-only operation, retrying while there is no
+// leader (up to 5 s, then ErrNoLeader).
+func (n *Node) retryOnLeader(ctx context.Context, op func(context.Context) error) error {
+	deadline := time.Now().Add(noLeaderHold)
+	for {
+		err := op(ctx)
+		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return ErrNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -29,8 +29,8 @@ type serviceBody struct {
 	Rollout json.RawMessage     `json:"rollout"`
 
 	// Only on writes with ?wait=all.
-	AppliedOn  []string `json:"applied_on,omitempty"`
-	NotApplied []string `json:"not_applied,omitempty"`
+	AppliedOn  *[]string `json:"applied_on,omitempty"`
+	NotApplied *[]string `json:"not_applied,omitempty"`
 }
 
 type poolBody struct {
@@ -309,8 +309,8 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 	}
 	body := a.render(res.Service)
 	if r.URL.Query().Get("wait") == "all" {
-		// One node: it has applied the entry by the time Apply returned.
-		body.AppliedOn, body.NotApplied = []string{a.n.cfg.NodeID}, []string{}
+		on, not := a.n.waitAll(r.Context(), applied.Index)
+		body.AppliedOn, body.NotApplied = &on, &not
 	}
 	writeJSON(w, http.StatusOK, body)
 }

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ type fsm struct {
 	mu   sync.Mutex
 	subs map[int]func(*state.View)
 	next int
+	// applied is closed and replaced after every apply: waitIndex's wake-up.
+	applied chan struct{}
 
 	dirty chan struct{}
 	done  chan struct{}
@@ -46,6 +49,7 @@ func newFSM(dataDir string, snaps raft.SnapshotStore, log func() *zap.Logger) (*
 		subs:      map[int]func(*state.View){},
 		eventSubs: map[int]chan state.Event{},
 		dirty:     make(chan struct{}, 1),
+		applied:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
 	f.machine = state.NewMachine(state.Options{OnApply: f.onApply})
@@ -153,6 +157,8 @@ func (f *fsm) onApply(v *state.View, added []state.Event) {
 	for _, fn := range f.subs {
 		subs = append(subs, fn)
 	}
+	close(f.applied)
+	f.applied = make(chan struct{})
 	f.mu.Unlock()
 	for _, fn := range subs {
 		fn(v)
@@ -174,6 +180,24 @@ func (f *fsm) onApply(v *state.View, added []state.Event) {
 		}
 	}
 	f.eventsMu.Unlock()
+}
+
+// waitIndex waits until the machine has applied index; false if ctx ended
+// first.
+func (f *fsm) waitIndex(ctx context.Context, index uint64) bool {
+	for {
+		f.mu.Lock()
+		ch := f.applied
+		f.mu.Unlock()
+		if f.machine.View().Index >= index {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return f.machine.View().Index >= index
+		}
+	}
 }
 
 func (f *fsm) subscribe(fn func(*state.View)) func() {

@@ -5,6 +5,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -17,8 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/cluster"
 	"github.com/cbproxy/cbproxy/controlplane/state"
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
@@ -81,12 +82,21 @@ type Config struct {
 	Join            []string
 	Tokens          []Token
 	ClusterSecret   string
-	Logger          *zap.Logger
+	// Mutual TLS on the cluster port: this node's certificate and key, and the
+	// CA that signs every node's certificate. Optional.
+	ClusterTLSCert string
+	ClusterTLSKey  string
+	ClusterTLSCA   string
+	Logger         *zap.Logger
 
 	// Raft timings; zero takes hashicorp/raft's defaults. Tests shorten them.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 	LeaderLease      time.Duration
+	// Snapshot tuning; zero takes cbproxy's defaults (1024 entries, 4096
+	// trailing). Tests make them small to exercise catch-up by snapshot.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -115,6 +125,7 @@ type Node struct {
 	wal       *raftwal.WAL
 	walMeta   *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
+	cluster   *cluster.Transport
 	snaps     *raft.FileSnapshotStore
 
 	registry *prometheus.Registry
@@ -124,7 +135,12 @@ type Node struct {
 	// startIndex is the last log index on disk when the node started: the node
 	// is ready once it has applied at least that far with a leader known.
 	startIndex uint64
+	hadState   bool
 	ready      atomic.Bool
+	// notified collects the nodes that announced themselves while a
+	// bootstrap_expect cluster forms.
+	notifyMu sync.Mutex
+	notified map[string]state.NodeInfo
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -145,8 +161,14 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	if cfg.BootstrapExpect > 1 || len(cfg.Join) > 0 {
-		return nil, errors.New("multi-node clusters (bootstrap_expect, join) are not available in this build yet; use bootstrap or leave both unset for a single node")
+	if cfg.Bootstrap && (cfg.BootstrapExpect > 0 || len(cfg.Join) > 0) {
+		return nil, errors.New("bootstrap starts a single-node cluster; it cannot be combined with bootstrap_expect or join")
+	}
+	if cfg.BootstrapExpect > 1 && len(cfg.Join) == 0 {
+		return nil, fmt.Errorf("bootstrap_expect %d needs join with the admin addresses of the other nodes", cfg.BootstrapExpect)
+	}
+	if cfg.multiNode() && cfg.ClusterSecret == "" {
+		return nil, errors.New("a multi-node cluster needs cluster_secret: nodes prove to each other that they belong with it")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
@@ -181,8 +203,10 @@ func Start(cfg Config) (*Node, error) {
 		_ = n.raft.Shutdown().Error()
 		return nil, err
 	}
-	n.wg.Add(1)
+	n.registerRPC()
+	n.wg.Add(2)
 	go n.watchReadiness()
+	go n.maintainMembership()
 	n.log().Info("cbproxy node started",
 		zap.String("node_id", cfg.NodeID),
 		zap.String("data_dir", cfg.DataDir),
@@ -215,9 +239,12 @@ func (n *Node) openRaft() error {
 	if err != nil {
 		return err
 	}
-	if n.transport, err = newTransport(n.cfg.ClusterListen, hl); err != nil {
+	if n.cluster, err = n.openClusterPort(); err != nil {
 		return err
 	}
+	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: n.cluster.RaftStreamLayer(), MaxPool: 3, Timeout: 10 * time.Second, Logger: hl,
+	})
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeID)
@@ -230,6 +257,13 @@ func (n *Node) openRaft() error {
 	rc.SnapshotThreshold = 1024
 	rc.SnapshotInterval = 30 * time.Second
 	rc.TrailingLogs = 4096
+	if n.cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+		rc.SnapshotInterval = 200 * time.Millisecond
+	}
+	if n.cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = n.cfg.TrailingLogs
+	}
 	if n.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
 	}
@@ -250,9 +284,11 @@ func (n *Node) openRaft() error {
 	if n.raft, err = raft.NewRaft(rc, n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
+	n.hadState = hasState
 	// Bootstrap only over empty state: bootstrapping again would fork the
-	// cluster (research/raft-controlplane.md §1, pitfall 1).
-	if !hasState {
+	// cluster (research/raft-controlplane.md §1, pitfall 1). A multi-node
+	// cluster forms in maintainMembership.
+	if !hasState && !n.cfg.multiNode() {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter,
 			ID:       raft.ServerID(n.cfg.NodeID),
@@ -265,24 +301,8 @@ func (n *Node) openRaft() error {
 	return nil
 }
 
-func newTransport(listen string, hl hclog.Logger) (*raft.NetworkTransport, error) {
-	addr, err := net.ResolveTCPAddr("tcp", listen)
-	if err != nil {
-		return nil, fmt.Errorf("cluster_listen %q: %w", listen, err)
-	}
-	if addr.IP == nil || addr.IP.IsUnspecified() {
-		return nil, fmt.Errorf("cluster_listen %q: give the address peers reach this node on, not a wildcard", listen)
-	}
-	advertise := net.Addr(addr)
-	if addr.Port == 0 {
-		advertise = nil // tests listen on :0; raft then advertises the bound port
-	}
-	t, err := raft.NewTCPTransportWithLogger(listen, advertise, 3, 10*time.Second, hl)
-	if err != nil {
-		return nil, fmt.Errorf("listening on cluster_listen %s: %w", listen, err)
-	}
-	return t, nil
-}
+// multiNode reports whether the node forms or joins a cluster of several.
+func (c Config) multiNode() bool { return c.BootstrapExpect > 1 || len(c.Join) > 0 }
 
 // checkAdminListen refuses an admin API reachable from other hosts without
 // tokens: without tokens every caller is admin (CONTRACT §3).
@@ -333,8 +353,8 @@ func persistedNodeID(dir string) (string, error) {
 	return id, nil
 }
 
-// watchReadiness marks the node ready once it has a leader and has applied
-// everything its log held at start (CONTRACT §6: 503 until caught up once).
+// watchReadiness marks the node ready once it knows a leader and has applied
+// everything the leader had committed (CONTRACT §6: 503 until caught up once).
 func (n *Node) watchReadiness() {
 	defer n.wg.Done()
 	t := time.NewTicker(50 * time.Millisecond)
@@ -345,22 +365,41 @@ func (n *Node) watchReadiness() {
 			return
 		case <-t.C:
 		}
-		if _, id := n.raft.LeaderWithID(); id == "" {
+		addr, id := n.raft.LeaderWithID()
+		if id == "" {
 			continue
 		}
-		applied := n.raft.AppliedIndex()
-		if applied >= n.startIndex && applied >= n.raft.CommitIndex() {
+		target := max(n.startIndex, n.raft.CommitIndex())
+		if id != raft.ServerID(n.cfg.NodeID) {
+			var st nodeStatus
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := n.cluster.Call(ctx, string(addr), rpcStatus, nil, &st)
+			cancel()
+			if err != nil {
+				continue
+			}
+			target = max(target, st.CommitIndex)
+		}
+		if applied := n.raft.AppliedIndex(); applied >= target {
 			n.ready.Store(true)
-			n.log().Info("node caught up", zap.Uint64("applied_index", applied))
+			n.log().Info("node caught up", zap.Uint64("applied_index", applied), zap.String("leader", string(id)))
 			return
 		}
 	}
 }
 
-// Shutdown stops the admin API and Raft and closes the log store.
-func (n *Node) Shutdown() error {
+// Shutdown stops the admin API and Raft and closes the log store. A leader
+// hands leadership over first.
+func (n *Node) Shutdown() error { return n.shutdown(true) }
+
+// shutdown stops the node; without handOver it stops as abruptly as Raft
+// allows (tests use it to play a crash).
+func (n *Node) shutdown(handOver bool) error {
 	var err error
 	n.stopOnce.Do(func() {
+		if handOver {
+			n.handOverLeadership()
+		}
 		close(n.done)
 		if n.admin != nil {
 			n.admin.close()
@@ -381,6 +420,9 @@ func (n *Node) closeStores() {
 	}
 	if n.transport != nil {
 		_ = n.transport.Close()
+	}
+	if n.cluster != nil {
+		_ = n.cluster.Close()
 	}
 	if n.wal != nil {
 		_ = n.wal.Close()

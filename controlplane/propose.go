@@ -28,9 +28,11 @@ type Applied struct {
 }
 
 // Propose commits one command through Raft and returns the state machine's
-// result. It stamps the leader's time into the command. Every command gets an
+// result. On a follower it forwards the command to the leader over the
+// cluster port; the leader stamps its time into it. Every command gets an
 // idempotency key (the caller's or a fresh one), so retrying after a lost
-// leadership, whose outcome is unknown, can never apply it twice.
+// leadership or a broken connection, whose outcome is unknown, can never apply
+// it twice. Without a leader it retries for up to 5 s, then ErrNoLeader.
 func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) {
 	if cmd.IdemKey == "" {
 		cmd.IdemKey = "auto:" + randomID()
@@ -39,8 +41,13 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 	deadline := time.Now().Add(noLeaderHold)
 	backoff := 20 * time.Millisecond
 	for {
-		a, err := n.applyAsLeader(cmd)
+		a, err := n.proposeOnce(ctx, cmd)
 		if err == nil {
+			// Answer only once this node applied the change too, so a client
+			// that reads from the node it wrote to sees its write.
+			wctx, cancel := context.WithTimeout(ctx, noLeaderHold)
+			n.fsm.waitIndex(wctx, a.Index)
+			cancel()
 			return a, nil
 		}
 		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
@@ -64,10 +71,18 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 	}
 }
 
+func (n *Node) proposeOnce(ctx context.Context, cmd state.Command) (Applied, error) {
+	if n.raft.State() == raft.Leader {
+		return n.applyAsLeader(cmd)
+	}
+	var a Applied
+	err := n.forward(ctx, rpcPropose, cmd, &a)
+	return a, err
+}
+
+// applyAsLeader applies a command on this node, which must be the leader.
 func (n *Node) applyAsLeader(cmd state.Command) (Applied, error) {
 	if n.raft.State() != raft.Leader {
-		// Forwarding to a remote leader comes with the multi-node cluster; a
-		// single node is always its own leader once elected.
 		return Applied{}, raft.ErrNotLeader
 	}
 	cmd.Time = time.Now().UTC()

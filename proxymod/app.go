@@ -250,8 +250,11 @@ func (a *App) Validate() error {
 	if a.BootstrapExpect < 0 {
 		return fmt.Errorf("bootstrap_expect %d must be a number of nodes, 1 or more", a.BootstrapExpect)
 	}
-	if a.ClusterTLS != nil {
-		return errors.New("cluster_tls: mutual TLS between nodes is not available in this build yet; remove it")
+	if t := a.ClusterTLS; t != nil && (t.Cert == "" || t.Key == "" || t.CA == "") {
+		return errors.New("cluster_tls needs a certificate, a key and a CA file")
+	}
+	if (a.BootstrapExpect > 1 || len(a.Join) > 0) && a.ClusterSecret == "" {
+		return errors.New("a multi-node cluster (bootstrap_expect, join) needs cluster_secret; set it to the same secret on every node, e.g. cluster_secret {env.CBPROXY_CLUSTER_SECRET}")
 	}
 	return nil
 }
@@ -271,6 +274,9 @@ func (a *App) nodeConfig() controlplane.Config {
 	}
 	if a.AdminTLS != nil {
 		cfg.AdminTLSCert, cfg.AdminTLSKey = a.AdminTLS.Cert, a.AdminTLS.Key
+	}
+	if a.ClusterTLS != nil {
+		cfg.ClusterTLSCert, cfg.ClusterTLSKey, cfg.ClusterTLSCA = a.ClusterTLS.Cert, a.ClusterTLS.Key, a.ClusterTLS.CA
 	}
 	return cfg
 }

@@ -149,7 +149,10 @@ func TestAppValidate(t *testing.T) {
 		{"duplicate token", App{AdminListen: "127.0.0.1:7101", Tokens: append(tokens, tokens[0])}, "defined twice"},
 		{"half admin_tls", App{AdminListen: "127.0.0.1:7101", AdminTLS: &AdminTLS{Cert: "c"}}, "certificate and a key"},
 		{"bootstrap both ways", App{AdminListen: "127.0.0.1:7101", Bootstrap: true, BootstrapExpect: 3}, "not both"},
-		{"cluster_tls", App{AdminListen: "127.0.0.1:7101", ClusterTLS: &ClusterTLS{Cert: "c", Key: "k", CA: "a"}}, "not available"},
+		{"cluster_tls", App{AdminListen: "127.0.0.1:7101", ClusterTLS: &ClusterTLS{Cert: "c", Key: "k", CA: "a"}}, ""},
+		{"half cluster_tls", App{AdminListen: "127.0.0.1:7101", ClusterTLS: &ClusterTLS{Cert: "c", Key: "k"}}, "a CA file"},
+		{"cluster without secret", App{AdminListen: "127.0.0.1:7101", BootstrapExpect: 3, Join: []string{"127.0.0.1:7102"}}, "needs cluster_secret"},
+		{"cluster", App{AdminListen: "127.0.0.1:7101", BootstrapExpect: 3, Join: []string{"127.0.0.1:7102"}, ClusterSecret: "s"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

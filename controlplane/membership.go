@@ -1,0 +1,354 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+)
+
+// openClusterPort listens on cluster_listen for Raft and the node-to-node RPC,
+// authenticated with the cluster secret and, when configured, mutual TLS.
+func (n *Node) openClusterPort() (*cluster.Transport, error) {
+	auth := cluster.Auth{Secret: n.cfg.ClusterSecret}
+	if n.cfg.ClusterTLSCert != "" {
+		tc, err := clusterTLS(n.cfg)
+		if err != nil {
+			return nil, err
+		}
+		auth.TLS = tc
+	}
+	t, err := cluster.Listen(cluster.Config{Listen: n.cfg.ClusterListen, Auth: auth, Logger: n.log().Named("cluster")})
+	if err != nil {
+		return nil, fmt.Errorf("cluster_listen %s: %w", n.cfg.ClusterListen, err)
+	}
+	return t, nil
+}
+
+func clusterTLS(cfg Config) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(cfg.ClusterTLSCert, cfg.ClusterTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading cluster_tls certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(cfg.ClusterTLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("reading cluster_tls CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("cluster_tls CA %s holds no PEM certificate", cfg.ClusterTLSCA)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
+
+// self is this node as its peers see it.
+func (n *Node) self() state.NodeInfo {
+	return state.NodeInfo{ID: n.cfg.NodeID, ClusterAddr: n.cluster.Addr(), AdminAddr: n.AdminAddr()}
+}
+
+// maintainMembership forms or joins the cluster (bootstrap_expect / join) and
+// keeps this node's addresses in the replicated node list. It is the rqlite
+// bootstrapper's loop: join first (an existing cluster takes us), then announce
+// ourselves; with bootstrap_expect, the node that has heard from enough peers
+// bootstraps with exactly that set, which every peer computes alike.
+func (n *Node) maintainMembership() {
+	defer n.wg.Done()
+	for {
+		delay := 500*time.Millisecond + rand.N(500*time.Millisecond)
+		if n.inCluster() {
+			n.registerSelf()
+			delay = 2 * time.Second
+		} else if n.cfg.multiNode() {
+			n.tryToJoin()
+		}
+		select {
+		case <-n.done:
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+// inCluster reports whether Raft's configuration already holds this node.
+func (n *Node) inCluster() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(n.cfg.NodeID) {
+			return true
+		}
+	}
+	return false
+}
+
+// registerSelf records this node's addresses in the replicated state once a
+// leader can take it (after a bootstrap, a join, or an address change).
+func (n *Node) registerSelf() {
+	me := n.self()
+	if n.View().Nodes[me.ID] == me {
+		return
+	}
+	if _, leader := n.raft.LeaderWithID(); leader == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: "cluster", IdemKey: "join:" + me.ID + ":" + me.ClusterAddr + ":" + me.AdminAddr, IdemHash: "join"})
+	if err != nil {
+		n.log().Debug("registering node", zap.Error(err))
+	}
+}
+
+// tryToJoin asks each peer in join to add us; failing that, with
+// bootstrap_expect, it announces us and bootstraps once enough nodes did.
+func (n *Node) tryToJoin() {
+	me := n.self()
+	body, _ := json.Marshal(joinBody{NodeID: me.ID, ClusterAddr: me.ClusterAddr, AdminAddr: me.AdminAddr})
+	for _, peer := range n.cfg.Join {
+		if err := n.clusterPost(peer, "/v1/cluster/join", body); err == nil {
+			n.log().Info("joined the cluster", zap.String("via", peer))
+			return
+		}
+	}
+	if n.cfg.BootstrapExpect <= 1 {
+		return
+	}
+	n.noteNotify(me)
+	for _, peer := range n.cfg.Join {
+		if err := n.clusterPost(peer, "/v1/cluster/notify", body); err != nil {
+			n.log().Debug("announcing to peer", zap.String("peer", peer), zap.Error(err))
+		}
+	}
+	n.notifyMu.Lock()
+	servers := make([]raft.Server, 0, len(n.notified))
+	for _, ni := range n.notified {
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(ni.ID), Address: raft.ServerAddress(ni.ClusterAddr)})
+	}
+	n.notifyMu.Unlock()
+	if len(servers) < n.cfg.BootstrapExpect || n.hadState {
+		return
+	}
+	slices.SortFunc(servers, func(a, b raft.Server) int { return strings.Compare(string(a.ID), string(b.ID)) })
+	err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	switch {
+	case err == nil:
+		n.log().Info("bootstrapped the cluster", zap.Int("nodes", len(servers)))
+	case errors.Is(err, raft.ErrCantBootstrap):
+		n.hadState = true
+	default:
+		n.log().Warn("bootstrapping the cluster", zap.Error(err))
+	}
+}
+
+func (n *Node) noteNotify(ni state.NodeInfo) {
+	n.notifyMu.Lock()
+	defer n.notifyMu.Unlock()
+	if n.notified == nil {
+		n.notified = map[string]state.NodeInfo{}
+	}
+	n.notified[ni.ID] = ni
+}
+
+// join adds a node as a voter. It runs on the leader (followers forward it)
+// and is idempotent: a node already present with the same address is left
+// alone; one whose ID or address changed is removed and added again.
+func (n *Node) join(ctx context.Context, ni state.NodeInfo) error {
+	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+		return err
+	}
+	if n.raft.State() != raft.Leader {
+		return n.forward(ctx, rpcJoin, ni, nil)
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	present := false
+	for _, s := range f.Configuration().Servers {
+		sameID, sameAddr := s.ID == raft.ServerID(ni.ID), s.Address == raft.ServerAddress(ni.ClusterAddr)
+		switch {
+		case sameID && sameAddr:
+			present = true
+		case sameID || sameAddr:
+			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
+				return fmt.Errorf("removing the old entry of %s: %w", s.ID, err)
+			}
+		}
+	}
+	if !present {
+		// The node must answer on its cluster address, which proves it holds
+		// the cluster secret (the handshake is mutual) before it can count
+		// towards quorum.
+		var st nodeStatus
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := n.cluster.Call(cctx, ni.ClusterAddr, rpcStatus, nil, &st)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("node %s does not answer on its cluster address %s with the cluster secret: %w", ni.ID, ni.ClusterAddr, err)
+		}
+		if st.ID != ni.ID {
+			return fmt.Errorf("the node at %s calls itself %q, not %q", ni.ClusterAddr, st.ID, ni.ID)
+		}
+		if err := n.raft.AddVoter(raft.ServerID(ni.ID), raft.ServerAddress(ni.ClusterAddr), 0, 10*time.Second).Error(); err != nil {
+			return fmt.Errorf("adding %s as a voter: %w", ni.ID, err)
+		}
+	}
+	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: "cluster", IdemKey: "join:" + ni.ID + ":" + ni.ClusterAddr + ":" + ni.AdminAddr, IdemHash: "join"})
+	return err
+}
+
+// remove takes a node out of the cluster (on the leader; followers forward).
+func (n *Node) remove(ctx context.Context, id string, actor string) error {
+	if err := state.ValidateNodeID(id); err != nil {
+		return err
+	}
+	if n.raft.State() != raft.Leader {
+		return n.forward(ctx, rpcRemove, removeRequest{ID: id, Actor: actor}, nil)
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	found := false
+	for _, s := range f.Configuration().Servers {
+		found = found || s.ID == raft.ServerID(id)
+	}
+	if !found && n.View().Nodes[id].ID == "" {
+		return errNodeNotFound
+	}
+	// Forget the node first, while this leader surely has quorum.
+	if _, err := n.Propose(ctx, state.Command{Kind: state.KindNodeRemove, Node: &state.NodeInfo{ID: id}, Actor: actor}); err != nil {
+		return err
+	}
+	if found {
+		if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			return fmt.Errorf("removing %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+var errNodeNotFound = errors.New("no such node in the cluster")
+
+// handOverLeadership transfers leadership before a graceful stop, so the
+// cluster does not wait an election timeout for a new leader.
+func (n *Node) handOverLeadership() {
+	if n.raft == nil || n.raft.State() != raft.Leader {
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	voters := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	if voters < 2 {
+		return
+	}
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		n.log().Warn("handing over leadership before stopping", zap.Error(err))
+		return
+	}
+	n.log().Info("handed over leadership before stopping")
+}
+
+// Cluster-authenticated admin calls: a joining node proves it holds the
+// cluster secret with an HMAC over the request; the secret never travels.
+
+const clusterAuthScheme = "Cbproxy-Cluster "
+
+// clusterAuthSkew bounds how old a signed request may be.
+const clusterAuthSkew = 5 * time.Minute
+
+func clusterMAC(secret, method, path string, ts int64, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	sum := sha256.Sum256(body)
+	fmt.Fprintf(m, "%s\n%s\n%d\n%x", method, path, ts, sum)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// clusterPost sends a signed POST to a peer's admin API.
+func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
+	ts := time.Now().Unix()
+	scheme := "http://"
+	if n.cfg.AdminTLSCert != "" {
+		scheme = "https://"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+adminAddr+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", clusterAuthScheme+"ts="+strconv.FormatInt(ts, 10)+",mac="+clusterMAC(n.cfg.ClusterSecret, http.MethodPost, path, ts, body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := peerClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("%s%s: %d %s", adminAddr, path, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// peerClient talks to peers' admin APIs. Admin certificates of peers are
+// checked against the system roots; a private admin CA needs them installed.
+var peerClient = &http.Client{Timeout: 10 * time.Second}
+
+// clusterAuthorized checks a cluster-signed request.
+func (n *Node) clusterAuthorized(r *http.Request, body []byte) bool {
+	h := r.Header.Get("Authorization")
+	if n.cfg.ClusterSecret == "" || !strings.HasPrefix(h, clusterAuthScheme) {
+		return false
+	}
+	var ts int64
+	var mac string
+	for part := range strings.SplitSeq(strings.TrimPrefix(h, clusterAuthScheme), ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "ts":
+			ts, _ = strconv.ParseInt(v, 10, 64)
+		case "mac":
+			mac = v
+		}
+	}
+	if d := time.Since(time.Unix(ts, 0)); d > clusterAuthSkew || d < -clusterAuthSkew {
+		return false
+	}
+	want := clusterMAC(n.cfg.ClusterSecret, r.Method, r.URL.Path, ts, body)
+	return hmac.Equal([]byte(mac), []byte(want))
+}

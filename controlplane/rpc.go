@@ -1,0 +1,254 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/hashicorp/raft"
+)
+
+// The node-to-node RPC methods, served on the cluster port.
+const (
+	rpcPropose     = "propose"      // a follower forwards a write to the leader
+	rpcStatus      = "status"       // one node's view of itself (cluster status, readiness)
+	rpcWaitApplied = "wait_applied" // ?wait=all: block until an index is applied
+	rpcReadIndex   = "read_index"   // ?consistent: the leader's confirmed commit index
+	rpcJoin        = "join"
+	rpcRemove      = "remove"
+)
+
+// RPC error codes a caller may retry on another attempt or leader.
+const (
+	codeNotLeader = "not_leader"
+	codeNotFound  = "not_found"
+)
+
+// nodeStatus is what rpcStatus answers.
+type nodeStatus struct {
+	ID            string `json:"id"`
+	State         string `json:"state"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	CommitIndex   uint64 `json:"commit_index"`
+	LastContactMs int64  `json:"last_contact_ms"`
+	AdminAddr     string `json:"admin_addr"`
+}
+
+type waitRequest struct {
+	Index     uint64 `json:"index"`
+	TimeoutMs int64  `json:"timeout_ms"`
+}
+
+type waitResponse struct {
+	Applied bool   `json:"applied"`
+	Index   uint64 `json:"index"`
+}
+
+type removeRequest struct {
+	ID    string `json:"id"`
+	Actor string `json:"actor"`
+}
+
+func (n *Node) registerRPC() {
+	n.cluster.Handle(rpcPropose, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
+		var cmd state.Command
+		if err := json.Unmarshal(req, &cmd); err != nil {
+			return nil, err
+		}
+		a, err := n.applyAsLeader(cmd)
+		if err != nil {
+			return nil, rpcError(err)
+		}
+		return a, nil
+	})
+	n.cluster.Handle(rpcStatus, func(context.Context, string, json.RawMessage) (any, error) {
+		return n.localStatus(), nil
+	})
+	n.cluster.Handle(rpcWaitApplied, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
+		var w waitRequest
+		if err := json.Unmarshal(req, &w); err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(w.TimeoutMs)*time.Millisecond)
+		defer cancel()
+		ok := n.fsm.waitIndex(ctx, w.Index)
+		return waitResponse{Applied: ok, Index: n.View().Index}, nil
+	})
+	n.cluster.Handle(rpcReadIndex, func(context.Context, string, json.RawMessage) (any, error) {
+		idx, err := n.readIndexAsLeader()
+		if err != nil {
+			return nil, rpcError(err)
+		}
+		return idx, nil
+	})
+	n.cluster.Handle(rpcJoin, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
+		var ni state.NodeInfo
+		if err := json.Unmarshal(req, &ni); err != nil {
+			return nil, err
+		}
+		if n.raft.State() != raft.Leader {
+			return nil, cluster.CodedError(codeNotLeader, "not the leader")
+		}
+		return nil, n.join(ctx, ni)
+	})
+	n.cluster.Handle(rpcRemove, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
+		var r removeRequest
+		if err := json.Unmarshal(req, &r); err != nil {
+			return nil, err
+		}
+		if n.raft.State() != raft.Leader {
+			return nil, cluster.CodedError(codeNotLeader, "not the leader")
+		}
+		err := n.remove(ctx, r.ID, r.Actor)
+		if errors.Is(err, errNodeNotFound) {
+			return nil, cluster.CodedError(codeNotFound, err.Error())
+		}
+		return nil, err
+	})
+}
+
+// rpcError turns the leader-side errors a follower may retry into coded ones.
+func rpcError(err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout) {
+		return cluster.CodedError(codeNotLeader, err.Error())
+	}
+	return err
+}
+
+// forward sends an RPC to the current leader. Without a leader, or when the
+// leader says it no longer is one, it returns raft.ErrNotLeader, which callers
+// retry.
+func (n *Node) forward(ctx context.Context, method string, req, resp any) error {
+	addr, id := n.raft.LeaderWithID()
+	if id == "" || id == raft.ServerID(n.cfg.NodeID) {
+		return raft.ErrNotLeader
+	}
+	ctx, cancel := context.WithTimeout(ctx, noLeaderHold+5*time.Second)
+	defer cancel()
+	err := n.cluster.Call(ctx, string(addr), method, req, resp)
+	var re *cluster.RemoteError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		switch re.Code {
+		case codeNotLeader:
+			return raft.ErrNotLeader
+		case codeNotFound:
+			return errNodeNotFound
+		}
+		return fmt.Errorf("leader %s: %s", id, re.Message)
+	case ctx.Err() != nil:
+		return err
+	default:
+		// The connection failed: the leader may be gone. Whether a forwarded
+		// write was applied is unknown; its idempotency key makes the retry
+		// safe.
+		return raft.ErrNotLeader
+	}
+}
+
+// localStatus is this node's own view of itself.
+func (n *Node) localStatus() nodeStatus {
+	st := nodeStatus{
+		ID: n.cfg.NodeID, State: stateName(n.raft.State()), AppliedIndex: n.View().Index,
+		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.AdminAddr(),
+	}
+	if n.raft.State() != raft.Leader {
+		if lc := n.raft.LastContact(); !lc.IsZero() {
+			st.LastContactMs = time.Since(lc).Milliseconds()
+		} else {
+			st.LastContactMs = -1
+		}
+	}
+	return st
+}
+
+// readIndexAsLeader confirms leadership with a quorum and returns the commit
+// index a linearizable read must see (Raft dissertation §6.4).
+func (n *Node) readIndexAsLeader() (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, raft.ErrNotLeader
+	}
+	idx := n.raft.CommitIndex()
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return 0, err
+	}
+	return idx, nil
+}
+
+// consistentRead waits until this node has applied everything the leader had
+// committed when the read began, so the read that follows is linearizable.
+func (n *Node) consistentRead(ctx context.Context) error {
+	deadline := time.Now().Add(noLeaderHold)
+	for {
+		var idx uint64
+		var err error
+		if n.raft.State() == raft.Leader {
+			idx, err = n.readIndexAsLeader()
+		} else {
+			err = n.forward(ctx, rpcReadIndex, nil, &idx)
+		}
+		if err == nil {
+			if !n.fsm.waitIndex(ctx, idx) {
+				return ctx.Err()
+			}
+			return nil
+		}
+		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) || time.Now().After(deadline) {
+			return ErrNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// waitAll waits (up to 5 s) until every node of the configuration has applied
+// index and says which did (CONTRACT §4, ?wait=all).
+func (n *Node) waitAll(ctx context.Context, index uint64) (appliedOn, notApplied []string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil, nil
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	appliedOn, notApplied = []string{}, []string{}
+	for _, s := range f.Configuration().Servers {
+		wg.Add(1)
+		go func(s raft.Server) {
+			defer wg.Done()
+			ok := false
+			if s.ID == raft.ServerID(n.cfg.NodeID) {
+				ok = n.fsm.waitIndex(ctx, index)
+			} else {
+				var resp waitResponse
+				dl, _ := ctx.Deadline()
+				err := n.cluster.Call(ctx, string(s.Address), rpcWaitApplied, waitRequest{Index: index, TimeoutMs: time.Until(dl).Milliseconds()}, &resp)
+				ok = err == nil && resp.Applied
+			}
+			mu.Lock()
+			if ok {
+				appliedOn = append(appliedOn, string(s.ID))
+			} else {
+				notApplied = append(notApplied, string(s.ID))
+			}
+			mu.Unlock()
+		}(s)
+	}
+	wg.Wait()
+	sort.Strings(appliedOn)
+	sort.Strings(notApplied)
+	return appliedOn, notApplied
+}
