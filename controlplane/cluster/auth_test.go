@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 func TestSecretAuth(t *testing.T) {
@@ -242,4 +244,52 @@ func TestListenConfig(t *testing.T) {
 			t.Errorf("Call after Close: %v, want net.ErrClosed", err)
 		}
 	})
+}
+
+// Closing the Raft side (Raft's own shutdown does) ends Accept and refuses
+// Raft connections, while RPC goes on.
+func TestRaftStreamLayerClose(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	server := listenNode(t, Auth{Secret: "s3cret"}, time.Second)
+	client := listenNode(t, Auth{Secret: "s3cret"}, time.Second)
+	server.Handle("echo", echo)
+	stream := server.RaftStreamLayer()
+
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := stream.Accept()
+		if err == nil {
+			_ = c.Close()
+		}
+		accepted <- err
+	}()
+	c, err := client.RaftStreamLayer().Dial(raft.ServerAddress(server.Addr()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	_ = c.Close()
+	if err := <-accepted; err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+
+	if err := stream.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	c, err = client.RaftStreamLayer().Dial(raft.ServerAddress(server.Addr()), time.Second)
+	if err == nil {
+		// Authenticated, then closed unserved.
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("read on a Raft connection after the stream layer closed: %v, want EOF", err)
+		}
+		_ = c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := client.Call(ctx, server.Addr(), "echo", nil, nil); err != nil {
+		t.Errorf("RPC after the stream layer closed: %v", err)
+	}
 }

@@ -63,6 +63,9 @@ func readHello(r io.Reader) (hello, error) {
 	var h hello
 	var fixed [helloFixedSize]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		if err == io.EOF {
+			return h, err // closed without a word: a port probe, not an error
+		}
 		return h, fmt.Errorf("reading hello: %w", err)
 	}
 	if string(fixed[:len(handshakeMagic)]) != handshakeMagic {
@@ -159,12 +162,16 @@ func clientHandshake(rw io.ReadWriter, secret []byte, purpose byte, self string,
 }
 
 // serverHandshake authenticates an accepted connection and returns the
-// client's hello. The returned hello's addr is set as soon as it was read,
-// also on error, for the log.
-func serverHandshake(rw io.ReadWriter, secret []byte, binding []byte) (hello, error) {
+// client's hello. admit may refuse the client by its claimed address before
+// any answer. The returned hello's addr is set as soon as it was read, also
+// on error, for the log.
+func serverHandshake(rw io.ReadWriter, secret []byte, binding []byte, admit func(addr string) error) (hello, error) {
 	h, err := readHello(rw)
 	if err != nil {
 		return hello{}, err
+	}
+	if err := admit(h.addr); err != nil {
+		return h, err
 	}
 	if h.version != protocolVersion {
 		_, _ = rw.Write([]byte{statusBadVersion})

@@ -285,11 +285,12 @@ func (t *Transport) putConn(c *peerConn) {
 		return
 	}
 	t.idle[c.peer] = append(t.idle[c.peer], c)
-	c.idleEnd = make(chan error, 1)
+	idleEnd := make(chan error, 1)
+	c.idleEnd = idleEnd
 	t.wg.Add(1) // tracked, so Close has not started waiting
 	go func() {
 		defer t.wg.Done()
-		c.idleEnd <- c.watchIdle()
+		idleEnd <- c.watchIdle()
 	}()
 	t.mu.Unlock()
 }

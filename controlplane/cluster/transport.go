@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -389,11 +390,14 @@ func (t *Transport) serveConn(raw net.Conn) {
 	t.donePending(raw)
 	if err != nil {
 		_ = raw.Close()
-		if t.ctx.Err() == nil {
-			t.log.Warn("refused cluster connection",
-				zap.String("remote", raw.RemoteAddr().String()),
-				zap.String("peer", peer),
-				zap.Error(err))
+		fields := []zap.Field{zap.String("remote", raw.RemoteAddr().String()), zap.String("peer", peer), zap.Error(err)}
+		switch {
+		case t.ctx.Err() != nil, errors.Is(err, net.ErrClosed):
+			// Closed by Close, or dropped as the oldest pending: logged there.
+		case err == io.EOF:
+			t.log.Debug("cluster connection closed before the handshake", fields...)
+		default:
+			t.log.Warn("refused cluster connection", fields...)
 		}
 		return
 	}
@@ -428,12 +432,14 @@ func (t *Transport) acceptHandshake(raw net.Conn) (purpose byte, peer string, co
 		}
 		conn = tc
 	}
-	h, err := serverHandshake(conn, t.secret, binding)
+	h, err := serverHandshake(conn, t.secret, binding, func(addr string) error {
+		if t.isBlocked(addr) {
+			return fmt.Errorf("%w: %s is blocked", ErrUnavailable, addr)
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, h.addr, nil, err
-	}
-	if t.isBlocked(h.addr) {
-		return 0, h.addr, nil, fmt.Errorf("%w: %s is blocked", ErrUnavailable, h.addr)
 	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		return 0, h.addr, nil, err

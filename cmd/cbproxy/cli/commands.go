@@ -79,6 +79,55 @@ alone it prints only new events.`,
 		long:  `Shows the leader, the term, the commit index and every node as the answering node sees them.`,
 		run:   runClusterStatus,
 	},
+	{
+		name:   "cluster join",
+		params: []string{"NODE_ID", "CLUSTER_ADDR", "ADMIN_ADDR"},
+		short:  "Add a node to the cluster (send to any member with --admin)",
+		long: `Adds NODE_ID, reachable by its peers on CLUSTER_ADDR (its cluster_listen) and
+by operators on ADMIN_ADDR (its admin_listen), as a voter. The node must run
+with the cluster's cluster_secret: the leader checks that it answers on
+CLUSTER_ADDR before it adds it. Joining a member again changes nothing.`,
+		run: runClusterJoin,
+	},
+	{
+		name:   "cluster remove",
+		params: []string{"NODE_ID"},
+		short:  "Remove a node from the cluster",
+		long:   `Removes NODE_ID from the cluster's voters and its node list.`,
+		run:    runClusterRemove,
+	},
+}
+
+func runClusterJoin(ctx context.Context, inv *invocation) error {
+	return inv.clusterChange(ctx, request{
+		method: http.MethodPost,
+		path:   "/v1/cluster/join",
+		body: struct {
+			NodeID      string `json:"node_id"`
+			ClusterAddr string `json:"cluster_addr"`
+			AdminAddr   string `json:"admin_addr"`
+		}{inv.args[0], inv.args[1], inv.args[2]},
+	})
+}
+
+func runClusterRemove(ctx context.Context, inv *invocation) error {
+	return inv.clusterChange(ctx, request{method: http.MethodDelete, path: pathf("/v1/cluster/nodes/%s", inv.args[0])})
+}
+
+// clusterChange sends a membership change and prints the cluster it left.
+func (inv *invocation) clusterChange(ctx context.Context, req request) error {
+	body, err := inv.client.do(ctx, req)
+	if err != nil {
+		return err
+	}
+	if inv.json {
+		return writeJSON(inv.out, body)
+	}
+	var cluster clusterBody
+	if err := decode(body, &cluster); err != nil {
+		return err
+	}
+	return writeCluster(inv.out, cluster)
 }
 
 func runStatus(ctx context.Context, inv *invocation) error {
