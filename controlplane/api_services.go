@@ -272,7 +272,7 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		if ifVersion != nil {
 			iv = strconv.FormatUint(*ifVersion, 10)
 		}
-		cmd.IdemHash = digest([]byte(r.Method + " " + r.URL.Path + "\n" + iv + "\n" + string(raw)))
+		cmd.IdemHash = digest([]byte(r.Method + " " + r.URL.Path + "\n" + iv + "\n" + canonicalJSON(raw)))
 	}
 	applied, err := a.n.Propose(r.Context(), cmd)
 	if err != nil {
@@ -356,4 +356,19 @@ func decodeStrict(raw []byte, dst any) error {
 		return errors.New("unexpected data after the JSON object")
 	}
 	return nil
+}
+
+// canonicalJSON re-encodes a body with sorted keys and no insignificant
+// space, so that the same request sent with other formatting counts as the
+// same request for its idempotency key.
+func canonicalJSON(raw []byte) string {
+	var v any
+	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
+		return string(raw)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return string(raw)
+	}
+	return string(b)
 }

@@ -350,16 +350,23 @@ func TestClusterJoinRemoveAndSecret(t *testing.T) {
 	if code, _, b := c.client(2).do("DELETE", "/v1/cluster/nodes/node4", ""); code != 200 || len(b["nodes"].([]any)) != 3 {
 		t.Fatalf("remove: %d %v", code, b)
 	}
+	// Joining again after a removal records the node again.
+	if code, _, b := c.client(0).do("POST", "/v1/cluster/join", body); code != 200 || len(b["nodes"].([]any)) != 4 {
+		t.Fatalf("rejoin: %d %v", code, b)
+	}
+	if l := c.nodes[c.leader(10*time.Second)]; l.View().Nodes["node4"].AdminAddr == "" {
+		t.Fatalf("node4 missing from the node list after rejoining: %v", l.View().Nodes)
+	}
 	if code, _, _ := c.client(2).do("DELETE", "/v1/cluster/nodes/nobody", ""); code != 404 {
 		t.Fatalf("remove unknown: %d", code)
 	}
-	_, _, ev := c.client(0).do("GET", "/v1/events?limit=1000", "")
+	_, _, ev := c.client(0).do("GET", "/v1/events?limit=1000&consistent", "")
 	var actions []string
 	for _, e := range ev["events"].([]any) {
 		actions = append(actions, e.(map[string]any)["action"].(string))
 	}
 	if got := strings.Join(actions, ","); !strings.Contains(got, "node_join") || !strings.Contains(got, "node_remove") {
-		t.Fatalf("events %s", got)
+		t.Fatalf("events %s: %v", got, ev["events"])
 	}
 }
 

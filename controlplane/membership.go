@@ -120,7 +120,7 @@ func (n *Node) registerSelf() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: "cluster", IdemKey: "join:" + me.ID + ":" + me.ClusterAddr + ":" + me.AdminAddr, IdemHash: "join"})
+	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: "cluster"})
 	if err != nil {
 		n.log().Debug("registering node", zap.Error(err))
 	}
@@ -220,7 +220,7 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo) error {
 			return fmt.Errorf("adding %s as a voter: %w", ni.ID, err)
 		}
 	}
-	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: "cluster", IdemKey: "join:" + ni.ID + ":" + ni.ClusterAddr + ":" + ni.AdminAddr, IdemHash: "join"})
+	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: "cluster"})
 	return err
 }
 

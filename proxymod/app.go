@@ -215,6 +215,9 @@ func (a *App) checkRestart(running controlplane.Config) error {
 	if next.ClusterSecret != running.ClusterSecret {
 		later = append(later, "cluster_secret")
 	}
+	if next.ClusterTLSCert != running.ClusterTLSCert || next.ClusterTLSKey != running.ClusterTLSKey || next.ClusterTLSCA != running.ClusterTLSCA {
+		later = append(later, "cluster_tls")
+	}
 	if len(later) > 0 {
 		a.logger.Warn("changed settings take effect at the next restart", zap.Strings("settings", later))
 	}

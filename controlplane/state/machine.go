@@ -41,7 +41,7 @@ const (
 	DefaultMaxEvents = 10000
 	DefaultIdemTTL   = 24 * time.Hour
 	maxIdemKeys      = 100000
-	maxIdemKeyLen    = 256
+	maxIdemKeyLen    = 512
 )
 
 // Machine is the replicated state machine. Apply and Restore must be called from
@@ -185,7 +185,7 @@ func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *e
 	if c.IdemKey != "" {
 		if e, ok := m.idem[c.IdemKey]; ok {
 			if e.Hash != c.IdemHash {
-				return c, refuse(CodeIdempotencyReuse, cur, "idempotency key %q was already used for a different request; use a new key", c.IdemKey), nil
+				return c, refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
 			}
 			r := e.Result
 			r.Replayed = true

@@ -334,7 +334,7 @@ func TestIdempotency(t *testing.T) {
 	reused := keyed
 	reused.IdemHash = "h2"
 	r := h.apply(reused)
-	if r.Code != CodeIdempotencyReuse || r.Err != `idempotency key "k1" was already used for a different request; use a new key` || r.Service != before {
+	if r.Code != CodeIdempotencyReuse || r.Err != "this idempotency key was already used for a different request; use a new key" || r.Service != before {
 		t.Errorf("reuse = %+v", r)
 	}
 

@@ -302,7 +302,7 @@ func TestCommandValidate(t *testing.T) {
 		{name: "drain bad address", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Action: ActionUndrain, Backends: []string{"h"}}, wantErr: "not host:port"},
 		{name: "drain bad action", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Backends: []string{"h:1"}}, wantErr: "drain action"},
 		{name: "unknown kind", c: Command{Kind: 0x7f, Service: "svc"}, wantErr: "unknown command kind 0x7f"},
-		{name: "long idempotency key", c: Command{Kind: KindDeleteService, Service: "svc", IdemKey: strings.Repeat("k", 300)}, wantErr: "idempotency key is longer"},
+		{name: "long idempotency key", c: Command{Kind: KindDeleteService, Service: "svc", IdemKey: strings.Repeat("k", 600)}, wantErr: "idempotency key is longer"},
 	} {
 		err := tc.c.Validate()
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {

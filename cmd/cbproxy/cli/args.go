@@ -230,3 +230,12 @@ func trimLeadingZeros(pct string) string {
 	}
 	return sign + digits
 }
+
+// eventLimit checks --limit: the server keeps 1 to 1000 events per answer.
+func eventLimit(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		return fmt.Errorf("must be a number from 1 to 1000, not %q", v)
+	}
+	return nil
+}

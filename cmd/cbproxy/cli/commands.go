@@ -64,7 +64,7 @@ port, or https://host:port for TLS to the backend.`,
 		params: []string{"[SERVICE]"},
 		flags: []flagSpec{
 			{name: "follow", usage: "print new events as they happen, until Ctrl-C"},
-			{name: "limit", value: "N", usage: "print the newest N events (server default 100)", check: nonNegativeInt},
+			{name: "limit", value: "N", usage: "print the newest N events, 1 to 1000 (server default 100)", check: eventLimit},
 		},
 		short: "Show the audit trail of changes",
 		long: `Prints the audit trail (of SERVICE only, if given), oldest first, one line per

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -178,7 +179,11 @@ func writeCluster(w io.Writer, c clusterBody) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tVOTER\tCLUSTER ADDR\tADMIN ADDR\tLAST CONTACT\tAPPLIED")
 	for _, n := range c.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%dms\t%d\n", n.ID, n.State, yesNo(n.Voter), n.ClusterAddr, n.AdminAddr, n.LastContactMs, n.AppliedIndex)
+		contact := "-"
+		if n.LastContactMs >= 0 {
+			contact = strconv.FormatInt(n.LastContactMs, 10) + "ms"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", n.ID, n.State, yesNo(n.Voter), n.ClusterAddr, n.AdminAddr, contact, n.AppliedIndex)
 	}
 	return tw.Flush()
 }
