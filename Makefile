@@ -5,7 +5,7 @@ BIN   := bin
 PKGS  := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build run test vet lint unit e2e bench bench-go fuzz clean
+.PHONY: all build run test vet unit e2e bench bench-go soak fuzz clean
 
 all: build
 
@@ -42,6 +42,13 @@ bench: build bench-go
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/
+
+# Repeated trials the issues ask figures for (not part of make test): leader
+# failover of a real three-node cluster 10 times, and the porcupine
+# linearizability check 20 times.
+soak:
+	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 20m -v -run 'TestFailoverTrials' ./e2e/ | grep -E 'trial|failover|^(---|ok|FAIL)'
+	$(GO) test -count=20 -timeout 20m -run 'TestClusterLinearizable' ./controlplane/
 
 # Run every native fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
 fuzz:

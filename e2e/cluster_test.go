@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -303,4 +304,50 @@ func apiQuietJSON(url string) (int, map[string]any) {
 	var out map[string]any
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	return resp.StatusCode, out
+}
+
+// TestFailoverTrials kills the leader of a real three-node cluster again and
+// again and reports how long the cluster takes to accept a write (default Raft
+// timings). It is a measurement, run by `make soak` (CBPROXY_SOAK=1), not part
+// of `make test`; it asserts only the generous invariant: a new leader within
+// 30 s, and the killed node converges after its restart.
+func TestFailoverTrials(t *testing.T) {
+	if os.Getenv("CBPROXY_SOAK") == "" {
+		t.Skip("set CBPROXY_SOAK=1 (make soak) to run the failover trials")
+	}
+	trials := 10
+	c := newTestCluster(t)
+	var times []time.Duration
+	for trial := 1; trial <= trials; trial++ {
+		leader, followers := c.roles(c.nodes...)
+		killedAt := time.Now()
+		leader.proc.stop(syscall.SIGKILL)
+		body := fmt.Sprintf(`{"weights":{"blue":%d,"canary":%d}}`, 100-trial, trial)
+		waitFor(t, "a write after failover", 30*time.Second, func() bool {
+			for _, f := range followers {
+				if code, _ := apiQuietPut(f.admin()+"/v1/services/codingbrain/weights", body); code == 200 {
+					return true
+				}
+			}
+			return false
+		})
+		d := time.Since(killedAt)
+		times = append(times, d)
+		t.Logf("trial %d: killed %s, first write accepted after %s", trial, leader.id, d)
+		c.start(leader)
+		c.waitReady(leader)
+	}
+	slices.Sort(times)
+	t.Logf("failover over %d trials: min %s, p50 %s, max %s", trials, times[0], times[len(times)/2], times[len(times)-1])
+}
+
+// apiQuietPut is a PUT for polling that reports failure as status 0.
+func apiQuietPut(url, body string) (int, error) {
+	req, _ := http.NewRequest("PUT", url, strings.NewReader(body))
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
