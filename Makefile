@@ -5,7 +5,7 @@ BIN   := bin
 PKGS  := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build run test vet unit e2e bench bench-go soak fuzz clean
+.PHONY: all build run run-cluster test vet unit e2e bench bench-go bench-propagation soak fuzz clean
 
 all: build
 
@@ -17,6 +17,11 @@ build:
 # 127.0.0.1:9001-9003, the proxy on :8080, the admin API on 127.0.0.1:7101.
 run: build
 	./configs/demo.sh
+
+# A local three-node cluster: backends on 127.0.0.1:9001-9003, proxies on
+# :8081-8083, admin APIs on 127.0.0.1:7101-7103 (configs/cluster/README.md).
+run-cluster: build
+	./configs/cluster/run.sh
 
 # Everything CI checks (.ci/run calls this and nothing else).
 test: vet unit e2e
@@ -37,8 +42,13 @@ e2e:
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
-bench: build bench-go
+bench: build bench-go bench-propagation
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
+
+# How fast a weight change reaches every node of a local three-node cluster,
+# and failed requests per switch (bench/README.md).
+bench-propagation: build
+	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/propagation.sh
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/

@@ -30,8 +30,10 @@ type fsm struct {
 	mu   sync.Mutex
 	subs map[int]func(*state.View)
 	next int
-	// applied is closed and replaced after every apply: waitIndex's wake-up.
-	applied chan struct{}
+	// published is the index of the last view every subscriber has seen;
+	// applied is closed and replaced each time it moves: waitIndex's wake-up.
+	published uint64
+	applied   chan struct{}
 
 	dirty chan struct{}
 	done  chan struct{}
@@ -157,12 +159,17 @@ func (f *fsm) onApply(v *state.View, added []state.Event) {
 	for _, fn := range f.subs {
 		subs = append(subs, fn)
 	}
-	close(f.applied)
-	f.applied = make(chan struct{})
 	f.mu.Unlock()
 	for _, fn := range subs {
 		fn(v)
 	}
+	// Only now, with the data plane's tables rebuilt, is the index applied
+	// for waitIndex (?wait=all promises the proxy already uses it).
+	f.mu.Lock()
+	f.published = v.Index
+	close(f.applied)
+	f.applied = make(chan struct{})
+	f.mu.Unlock()
 	if len(added) == 0 {
 		return
 	}
@@ -187,15 +194,17 @@ func (f *fsm) onApply(v *state.View, added []state.Event) {
 func (f *fsm) waitIndex(ctx context.Context, index uint64) bool {
 	for {
 		f.mu.Lock()
-		ch := f.applied
+		ch, published := f.applied, f.published
 		f.mu.Unlock()
-		if f.machine.View().Index >= index {
+		if published >= index {
 			return true
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return f.machine.View().Index >= index
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.published >= index
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -288,4 +289,26 @@ func FuzzParseArgs(f *testing.F) {
 			t.Fatalf("accepted weights do not encode: %v", err)
 		}
 	})
+}
+
+func TestPickSubcommandAfterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		top  string
+		argv []string
+		want string
+		rest []string
+	}{
+		{"cluster", []string{"--admin", "http://x", "status"}, "cluster status", []string{"--admin", "http://x"}},
+		{"cluster", []string{"--json", "join", "n4", "a:1", "b:2"}, "cluster join", []string{"--json", "n4", "a:1", "b:2"}},
+		{"pool", []string{"--version=v2", "set", "svc", "blue", "a:1"}, "pool set", []string{"--version=v2", "svc", "blue", "a:1"}},
+		{"pool", []string{"--version", "v2", "set", "svc"}, "pool set", []string{"--version", "v2", "svc"}},
+	} {
+		cmd, rest, err := pick(tc.top, tc.argv)
+		if err != nil || cmd.name != tc.want || fmt.Sprint(rest) != fmt.Sprint(tc.rest) {
+			t.Errorf("pick(%q, %q) = %v, %q, %v; want %s %q", tc.top, tc.argv, cmd, rest, err, tc.want, tc.rest)
+		}
+	}
+	if _, _, err := pick("cluster", []string{"--admin", "status"}); err == nil {
+		t.Error("the value of --admin was taken for the subcommand")
+	}
 }

@@ -180,18 +180,40 @@ func pick(top string, argv []string) (*command, []string, error) {
 	if len(cmds) == 1 && cmds[0].name == top {
 		return cmds[0], argv, nil
 	}
-	if len(argv) == 0 {
-		return nil, nil, usagef("missing subcommand")
-	}
-	if isHelp(argv[0]) {
-		return nil, nil, errHelp
-	}
+	// Flags may come before the subcommand too (cbproxy --admin URL cluster
+	// status): the subcommand is the first word that is neither a flag nor a
+	// flag's value.
+	valued := map[string]bool{"admin": true, "token": true}
 	for _, c := range cmds {
-		if c.name == top+" "+argv[0] {
-			return c, argv[1:], nil
+		for _, f := range c.flags {
+			valued[f.name] = valued[f.name] || f.value != ""
 		}
 	}
-	return nil, nil, usagef("unknown subcommand %q", argv[0])
+	for i := 0; i < len(argv); i++ {
+		a := argv[i]
+		if isHelp(a) {
+			return nil, nil, errHelp
+		}
+		if a == "--" {
+			break
+		}
+		if name, ok := strings.CutPrefix(strings.TrimPrefix(a, "-"), "-"); ok || strings.HasPrefix(a, "-") && a != "-" {
+			if !ok {
+				name = a[1:]
+			}
+			if !strings.Contains(name, "=") && valued[name] {
+				i++
+			}
+			continue
+		}
+		for _, c := range cmds {
+			if c.name == top+" "+a {
+				return c, append(argv[:i:i], argv[i+1:]...), nil
+			}
+		}
+		return nil, nil, usagef("unknown subcommand %q", a)
+	}
+	return nil, nil, usagef("missing subcommand")
 }
 
 // usageOf is the usage for a one-line error: the command's own, or every

@@ -1,0 +1,459 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// service is the cbproxy service every node proxies; its pools blue and
+// canary are the two backends.
+const service = "demo"
+
+// target is one side of the alternating change: all traffic to pool.
+type target struct {
+	pool string
+	body string
+}
+
+// targets alternate, starting from the seeded blue=100: a full switch, so the
+// pool of every proxied answer shows which weights the node applied.
+var targets = [2]target{
+	{"canary", `{"weights":{"blue":0,"canary":100}}`},
+	{"blue", `{"weights":{"blue":100,"canary":0}}`},
+}
+
+// proc is one process the run started.
+type proc struct {
+	name string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail is the end of the process's log, for error messages.
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.log)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "the end of " + p.name + "'s log:\n\t" + strings.Join(lines, "\n\t")
+}
+
+type node struct {
+	*proc
+	id    string
+	admin string // host:port of its admin API
+	proxy string // host:port of its cbproxy site
+}
+
+type cluster struct {
+	dir     string
+	backend *proc
+	nodes   []*node
+	leader  string
+	client  *http.Client // admin calls and probes
+}
+
+// ports of the run, from -port-base.
+func clusterPort(base, i int) int { return base + 1 + i }
+func adminPort(base, i int) int   { return base + 11 + i }
+func proxyPort(base, i int) int   { return base + 21 + i }
+func caddyPort(base, i int) int   { return base + 31 + i }
+func bluePort(base int) int       { return base + 41 }
+func canaryPort(base int) int     { return base + 42 }
+
+// nodeCaddyfile is one node's config: the cluster global option and the demo
+// service with both pools, 100 % blue, answering with X-Cbproxy-Pool.
+const nodeCaddyfile = `{
+	admin 127.0.0.1:%d
+	persist_config off
+	cbproxy {
+		node_id          %s
+		data_dir         %s
+		cluster_listen   127.0.0.1:%d
+		admin_listen     127.0.0.1:%d
+		bootstrap_expect 3
+		join             %s
+		cluster_secret   {env.CBPROXY_CLUSTER_SECRET}
+	}
+}
+
+http://:%d {
+	bind 127.0.0.1
+	cbproxy ` + service + ` {
+		pool blue   127.0.0.1:%d
+		pool canary 127.0.0.1:%d
+		weights blue=100
+		expose_pool
+	}
+}
+`
+
+// startCluster checks the ports, then starts the backends and three nodes in
+// a new temporary directory. The cluster it returns, also with an error,
+// must be stopped.
+func startCluster(s settings) (*cluster, error) {
+	base := s.portBase
+	var ports []int
+	for i := range 3 {
+		ports = append(ports, clusterPort(base, i), adminPort(base, i), proxyPort(base, i), caddyPort(base, i))
+	}
+	ports = append(ports, bluePort(base), canaryPort(base))
+	for _, p := range ports {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return nil, fmt.Errorf("port %d on 127.0.0.1 is in use (the run needs %d to %d): set PORT_BASE to another range", p, base+1, base+42)
+		}
+		ln.Close()
+	}
+	for _, bin := range []string{s.cbproxy, s.backend} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("no executable %s: run 'make build' first", bin)
+		}
+	}
+	dir, err := os.MkdirTemp("", "cbproxy-propagation-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{
+		dir:    dir,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+	}
+	secret := make([]byte, 16)
+	rand.Read(secret)
+	env := append(os.Environ(),
+		"CBPROXY_CLUSTER_SECRET="+hex.EncodeToString(secret),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), // Caddy keeps nothing of the run in $HOME
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"))
+
+	c.backend, err = c.start("backend", env, s.backend,
+		"-backends", fmt.Sprintf("blue=127.0.0.1:%d,canary=127.0.0.1:%d", bluePort(base), canaryPort(base)),
+		"-version", "blue=stable,canary=candidate")
+	if err != nil {
+		return c, err
+	}
+	for i := range 3 {
+		id := fmt.Sprintf("node%d", i+1)
+		var join []string
+		for j := range 3 {
+			if j != i {
+				join = append(join, fmt.Sprintf("127.0.0.1:%d", adminPort(base, j)))
+			}
+		}
+		conf := fmt.Sprintf(nodeCaddyfile, caddyPort(base, i), id, filepath.Join(dir, id),
+			clusterPort(base, i), adminPort(base, i), strings.Join(join, " "),
+			proxyPort(base, i), bluePort(base), canaryPort(base))
+		file := filepath.Join(dir, id+".Caddyfile")
+		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+			return c, err
+		}
+		p, err := c.start(id, env, s.cbproxy, "run", "--adapter", "caddyfile", "--config", file)
+		if err != nil {
+			return c, err
+		}
+		c.nodes = append(c.nodes, &node{proc: p, id: id,
+			admin: fmt.Sprintf("127.0.0.1:%d", adminPort(base, i)),
+			proxy: fmt.Sprintf("127.0.0.1:%d", proxyPort(base, i))})
+	}
+	return c, nil
+}
+
+func (c *cluster) start(name string, env []string, bin string, args ...string) (*proc, error) {
+	log, err := os.Create(filepath.Join(c.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close() // the child has its own copy
+	cmd := exec.Command(bin, args...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, log, log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, log: log.Name(), cmd: cmd, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (c *cluster) procs() []*proc {
+	var ps []*proc
+	for _, n := range c.nodes {
+		ps = append(ps, n.proc)
+	}
+	if c.backend != nil {
+		ps = append(ps, c.backend)
+	}
+	return ps
+}
+
+// stop ends every process politely, after 5 s for sure, then removes the
+// temporary directory.
+func (c *cluster) stop() {
+	ps := c.procs()
+	for _, p := range ps {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.After(5 * time.Second)
+	for _, p := range ps {
+		select {
+		case <-p.done:
+		case <-deadline:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	os.RemoveAll(c.dir)
+}
+
+// alive fails, with the end of its log, if a process has exited.
+func (c *cluster) alive() error {
+	for _, p := range c.procs() {
+		if p.exited() {
+			return fmt.Errorf("%s exited (%v); %s", p.name, p.cmd.ProcessState, p.tail())
+		}
+	}
+	return nil
+}
+
+// waitReady waits until every node is ready (GET /health/ready is 200), its
+// proxy answers 200 from blue, and the cluster has a leader and three nodes.
+func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var why string
+	for {
+		if err := c.alive(); err != nil {
+			return err
+		}
+		why = c.notReady(ctx)
+		if why == "" {
+			return nil
+		}
+		sleep(ctx, 100*time.Millisecond)
+		if ctx.Err() != nil {
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("the cluster was not ready within %s: %s", limit, why)
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// notReady says what is not ready yet, or "".
+func (c *cluster) notReady(ctx context.Context) string {
+	for _, n := range c.nodes {
+		status, _, err := c.get(ctx, "http://"+n.admin+"/health/ready")
+		if err != nil || status != http.StatusOK {
+			return fmt.Sprintf("%s: GET /health/ready: %s; %s", n.id, statusOrErr(status, err), n.tail())
+		}
+		status, pool, err := c.get(ctx, "http://"+n.proxy+"/ready")
+		if err != nil || status != http.StatusOK || pool != "blue" {
+			return fmt.Sprintf("%s: GET / on its proxy: %s, pool %q (want 200 from blue); %s", n.id, statusOrErr(status, err), pool, n.tail())
+		}
+	}
+	cl, err := c.clusterBody(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	if cl.Leader == "" || len(cl.Nodes) != 3 {
+		return fmt.Sprintf("GET /v1/cluster: leader %q and %d nodes, want a leader and 3", cl.Leader, len(cl.Nodes))
+	}
+	return ""
+}
+
+func statusOrErr(status int, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("status %d", status)
+}
+
+// get fetches url and answers its status and X-Cbproxy-Pool.
+func (c *cluster) get(ctx context.Context, url string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-Cbproxy-Pool"), nil
+}
+
+type clusterBody struct {
+	Leader string `json:"leader"`
+	Nodes  []struct {
+		ID        string `json:"id"`
+		AdminAddr string `json:"admin_addr"`
+		State     string `json:"state"`
+	} `json:"nodes"`
+}
+
+func (c *cluster) clusterBody(ctx context.Context) (clusterBody, error) {
+	var cl clusterBody
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.nodes[0].admin+"/v1/cluster", nil)
+	if err != nil {
+		return cl, err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return cl, fmt.Errorf("GET /v1/cluster: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cl, fmt.Errorf("GET /v1/cluster: status %d", resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&cl); err != nil {
+		return cl, fmt.Errorf("GET /v1/cluster: %w", err)
+	}
+	return cl, nil
+}
+
+// follower picks a node the cluster lists as a follower.
+func (c *cluster) follower(ctx context.Context) (*node, error) {
+	cl, err := c.clusterBody(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.leader = cl.Leader
+	for _, m := range cl.Nodes {
+		if m.State != "follower" {
+			continue
+		}
+		for _, n := range c.nodes {
+			if n.id == m.ID {
+				return n, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("GET /v1/cluster lists no follower among %v", cl.Nodes)
+}
+
+func (c *cluster) proxyURLs() []string {
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, "http://"+n.proxy+"/load")
+	}
+	return urls
+}
+
+// change is one weight change sent with ?wait=all.
+type change struct {
+	target     string    // the pool that gets all traffic
+	start, end time.Time // of the call
+	err        string    // why the call is not a confirmed change, or ""
+	stale      []string  // nodes whose proxy answered another pool just after the call
+}
+
+// problem says why the change was not confirmed on every node, or "".
+func (ch change) problem() string {
+	if ch.err != "" {
+		return ch.err
+	}
+	if len(ch.stale) > 0 {
+		return "the call returned but the proxy of " + strings.Join(ch.stale, ", ") + " still answered from another pool"
+	}
+	return ""
+}
+
+// change sets the weights of target through n with ?wait=all, checks that
+// the answer names every node in applied_on, then asks each node's proxy once
+// which pool it serves.
+func (c *cluster) change(ctx context.Context, n *node, t target) change {
+	ch := change{target: t.pool}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut,
+		"http://"+n.admin+"/v1/services/"+service+"/weights?wait=all", strings.NewReader(t.body))
+	if err != nil {
+		ch.err = err.Error()
+		return ch
+	}
+	req.Header.Set("Content-Type", "application/json")
+	ch.start = time.Now()
+	resp, err := c.client.Do(req)
+	var raw []byte
+	if err == nil {
+		raw, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	ch.end = time.Now()
+	if err != nil {
+		ch.err = err.Error()
+		return ch
+	}
+	ch.err = checkAnswer(resp.StatusCode, raw, t.pool, c.ids())
+	if ch.err != "" {
+		return ch
+	}
+	for _, m := range c.nodes {
+		status, pool, err := c.get(ctx, "http://"+m.proxy+"/probe")
+		if err != nil || status != http.StatusOK || pool != t.pool {
+			ch.stale = append(ch.stale, m.id)
+		}
+	}
+	return ch
+}
+
+func (c *cluster) ids() []string {
+	var ids []string
+	for _, n := range c.nodes {
+		ids = append(ids, n.id)
+	}
+	return ids
+}
+
+// checkAnswer says what is wrong with the answer to a weight change with
+// ?wait=all that gave pool all traffic, or "".
+func checkAnswer(status int, raw []byte, pool string, ids []string) string {
+	var body struct {
+		Weights    map[string]float64 `json:"weights"`
+		AppliedOn  []string           `json:"applied_on"`
+		NotApplied []string           `json:"not_applied"`
+		Error      string             `json:"error"`
+	}
+	err := json.Unmarshal(raw, &body)
+	switch {
+	case status != http.StatusOK && body.Error != "":
+		return fmt.Sprintf("status %d: %s", status, body.Error)
+	case status != http.StatusOK:
+		return fmt.Sprintf("status %d: %s", status, bytes.TrimSpace(raw))
+	case err != nil:
+		return "the answer is not JSON: " + err.Error()
+	case body.Weights[pool] != 100:
+		return fmt.Sprintf("the answer's weights are %v, want %s at 100", body.Weights, pool)
+	}
+	on := slices.Sorted(slices.Values(body.AppliedOn))
+	if !slices.Equal(on, ids) || len(body.NotApplied) > 0 {
+		return fmt.Sprintf("applied_on %v, not_applied %v: want every node of %v applied", body.AppliedOn, body.NotApplied, ids)
+	}
+	return ""
+}

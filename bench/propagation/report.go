@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// goal is the issue's bound on the p99 of a ?wait=all change.
+const goal = 100 * time.Millisecond
+
+// report holds the figures of one run.
+type report struct {
+	s           settings
+	machine     machine
+	follower    string
+	changes     int
+	calls       []time.Duration // ?wait=all call times of the confirmed changes, sorted
+	unconfirmed int
+	problems    []string // the first few, for the reader
+	load        *loadSummary
+}
+
+type loadSummary struct {
+	requests, failed, unsent int
+	duration                 time.Duration
+	failures                 map[string]int // failed requests by status or error
+	staleAnswers             int            // see summarizeLoad
+	staleSamples             []string       // the first few
+}
+
+func analyze(s settings, m machine, follower string, changes []change, lr loadResult) *report {
+	rep := &report{s: s, machine: m, follower: follower, changes: len(changes)}
+	for i, ch := range changes {
+		if p := ch.problem(); p != "" {
+			rep.unconfirmed++
+			if len(rep.problems) < 5 {
+				rep.problems = append(rep.problems, fmt.Sprintf("change %d (to %s): %s", i+1, ch.target, p))
+			}
+			continue
+		}
+		rep.calls = append(rep.calls, ch.end.Sub(ch.start))
+	}
+	slices.Sort(rep.calls)
+	if s.rate > 0 {
+		rep.load = summarizeLoad(changes, lr)
+	}
+	return rep
+}
+
+// summarizeLoad counts the load's failures, and its answers from the old
+// pool to requests sent after the change's call had returned (and answered
+// before the next change started): once ?wait=all has answered, every node
+// must proxy with the new weights.
+func summarizeLoad(changes []change, lr loadResult) *loadSummary {
+	ls := &loadSummary{requests: len(lr.records), unsent: lr.unsent, duration: lr.duration, failures: map[string]int{}}
+	for _, r := range lr.records {
+		if r.fail != "" {
+			ls.failed++
+			ls.failures[r.fail]++
+		}
+	}
+	for i, ch := range changes {
+		if ch.problem() != "" {
+			continue
+		}
+		var next time.Time // the next change's start; none after the last
+		if i+1 < len(changes) {
+			next = changes[i+1].start
+		}
+		for _, r := range lr.records {
+			if r.fail == "" && r.pool != ch.target && !r.sent.Before(ch.end) && (next.IsZero() || r.recv.Before(next)) {
+				ls.staleAnswers++
+				if len(ls.staleSamples) < 5 {
+					ls.staleSamples = append(ls.staleSamples, fmt.Sprintf("change %d (to %s): node%d answered from %s a request sent %s ms after the call returned",
+						i+1, ch.target, r.node+1, r.pool, ms(r.sent.Sub(ch.end))))
+				}
+			}
+		}
+	}
+	return ls
+}
+
+// percentile is the nearest-rank p-quantile (0 < p ≤ 1) of sorted values.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
+
+func (rep *report) goalMet() bool {
+	return rep.unconfirmed == 0 && percentile(rep.calls, 0.99) <= goal
+}
+
+// invalid says why the run does not show what ?wait=all promises, or "".
+func (rep *report) invalid() string {
+	var why []string
+	if rep.unconfirmed > 0 {
+		why = append(why, fmt.Sprintf("%d of %d changes were not confirmed on all three nodes", rep.unconfirmed, rep.changes))
+	}
+	if rep.load != nil && rep.load.staleAnswers > 0 {
+		why = append(why, fmt.Sprintf("%d proxied answers came from the old pool after ?wait=all had returned: a node answered before its data plane applied the change", rep.load.staleAnswers))
+	}
+	return strings.Join(why, "; ")
+}
+
+func (rep *report) perSwitch() float64 {
+	return float64(rep.load.failed) / float64(rep.changes)
+}
+
+func (rep *report) print(w io.Writer) {
+	c := rep.calls
+	fmt.Fprintf(w, "\n?wait=all call, %d changes to follower %s (ms): p50 %s  p90 %s  p99 %s  max %s\n",
+		rep.changes, rep.follower, ms(percentile(c, 0.5)), ms(percentile(c, 0.9)), ms(percentile(c, 0.99)), ms(percentile(c, 1)))
+	fmt.Fprintf(w, "confirmed on all 3 nodes (applied_on complete, each proxy answered the new pool right after): %d of %d\n",
+		len(c), rep.changes)
+	for _, p := range rep.problems {
+		fmt.Fprintln(w, "  ", p)
+	}
+	verdict := "met"
+	if !rep.goalMet() {
+		verdict = "NOT met"
+	}
+	fmt.Fprintf(w, "goal p99 ≤ %s: %s\n", ms(goal)+" ms", verdict)
+	if ls := rep.load; ls != nil {
+		fmt.Fprintf(w, "load: %d requests in %.1f s (%.0f req/s over 3 nodes), %d failed = %.2f per switch; old-pool answers after a call returned: %d; not sent (every worker busy): %d\n",
+			ls.requests, ls.duration.Seconds(), float64(ls.requests)/ls.duration.Seconds(), ls.failed, rep.perSwitch(), ls.staleAnswers, ls.unsent)
+		for _, f := range append(topFailures(ls.failures, 5), ls.staleSamples...) {
+			fmt.Fprintln(w, "  ", f)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// topFailures lists the n most frequent failures, "count × what".
+func topFailures(failures map[string]int, n int) []string {
+	kinds := make([]string, 0, len(failures))
+	for k := range failures {
+		kinds = append(kinds, k)
+	}
+	slices.SortFunc(kinds, func(a, b string) int {
+		return cmp.Or(cmp.Compare(failures[b], failures[a]), cmp.Compare(a, b))
+	})
+	var out []string
+	for _, k := range kinds[:min(n, len(kinds))] {
+		out = append(out, fmt.Sprintf("%d × %s", failures[k], k))
+	}
+	return out
+}
+
+// write puts the report in dir/propagation-<UTC time>.md.
+func (rep *report) write(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	now := time.Now().UTC()
+	path := filepath.Join(dir, "propagation-"+now.Format("2006-01-02T150405Z")+".md")
+	var b bytes.Buffer
+	m, s, c := rep.machine, rep.s, rep.calls
+	fmt.Fprintf(&b, "# Weight propagation: a change sent to a follower, applied on all three nodes\n\n")
+	fmt.Fprintf(&b, "- date: %s\n", now.Format(time.RFC3339))
+	fmt.Fprintf(&b, "- command: `%s`\n", s.command)
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s, benchmark built with %s\n", m.cpus, m.model, m.kernel, runtime.Version())
+	fmt.Fprintf(&b, "- binary: `%s`, git HEAD %s\n", m.version, m.gitHead)
+	fmt.Fprintf(&b, "- other work: the CPUs were %d %% busy in the second before the cluster started\n", m.busy)
+	if m.busy > busyWarning {
+		fmt.Fprintf(&b, "  **(other work above %d %% makes the tail figures, p99 and max, longer and noisier)**\n", busyWarning)
+	}
+	fmt.Fprintf(&b, "- cluster: three `cbproxy run` processes on loopback (`bootstrap_expect 3`, ports from %d), one `cbproxy-backend` serving the pools blue and canary of the service `%s`\n", s.portBase, service)
+	fmt.Fprintf(&b, "- changes: %d sequential `PUT /v1/services/%s/weights?wait=all` to follower %s, alternating canary=100 and blue=100, %s apart, after %d unmeasured ones; after each, one GET to each node's proxy must come from the new pool\n",
+		rep.changes, service, rep.follower, s.gap, s.warmup)
+	if s.rate > 0 {
+		fmt.Fprintf(&b, "- load: %d req/s of keep-alive GETs, round robin over the three proxies, open loop with up to %d in flight, from %s before the first change to %s after the last\n",
+			s.rate, loadWorkers, loadMargin, loadMargin)
+	} else {
+		fmt.Fprintf(&b, "- load: none (-rate 0)\n")
+	}
+
+	fmt.Fprintf(&b, "\n## Results\n\n| figure (ms) | p50 | p90 | p99 | max | changes |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| `?wait=all` call to the follower: answered after every node applied the change | %s | %s | %s | %s | %d |\n",
+		ms(percentile(c, 0.5)), ms(percentile(c, 0.9)), ms(percentile(c, 0.99)), ms(percentile(c, 1)), len(c))
+	verdict := "**met**"
+	if !rep.goalMet() {
+		verdict = "**not met**"
+	}
+	fmt.Fprintf(&b, "\n- goal, p99 of the `?wait=all` call ≤ %s ms: %s\n", ms(goal), verdict)
+	fmt.Fprintf(&b, "- confirmed: %d of %d changes had all three nodes in `applied_on`, none in `not_applied`, and each node's proxy answering from the new pool right after\n", len(c), rep.changes)
+	for _, p := range rep.problems {
+		fmt.Fprintf(&b, "  - %s\n", p)
+	}
+	perSwitch := "–"
+	if ls := rep.load; ls != nil {
+		perSwitch = fmt.Sprintf("%.2f", rep.perSwitch())
+		fmt.Fprintf(&b, "- load: %d requests in %.1f s (%.0f req/s), %d failed (non-200 or transport error) = **%s per switch**; old-pool answers to requests sent after a call had returned: %d; requests not sent (every worker busy): %d\n",
+			ls.requests, ls.duration.Seconds(), float64(ls.requests)/ls.duration.Seconds(), ls.failed, perSwitch, ls.staleAnswers, ls.unsent)
+		for _, f := range append(topFailures(ls.failures, 5), ls.staleSamples...) {
+			fmt.Fprintf(&b, "  - %s\n", f)
+		}
+	}
+
+	if why := rep.invalid(); why != "" {
+		fmt.Fprintf(&b, "\n**These figures are not valid: %s.**\n", why)
+	}
+
+	fmt.Fprintf(&b, "\n## Compared with the peers\n\n")
+	fmt.Fprintf(&b, "| system | how weights change | new weights apply after | failed requests per switch | source |\n|---|---|---|---:|---|\n")
+	fmt.Fprintf(&b, "| cbproxy, 3 nodes | `PUT …/weights?wait=all` to a follower: Raft commit, then applied on every node | p50 %s ms, p99 %s ms (max %s) on all three | %s | this run, %d req/s |\n",
+		ms(percentile(c, 0.5)), ms(percentile(c, 0.99)), ms(percentile(c, 1)), perSwitch, s.rate)
+	fmt.Fprintf(&b, "| HAProxy 2.6, one node | runtime API `set weight` | 5 ms (max 8) | 0 | research figure |\n")
+	fmt.Fprintf(&b, "| Caddy 2.11.9, one node | `POST /load` with the whole config | 14 ms (max 24) | 2.4 | research figure |\n")
+	fmt.Fprintf(&b, "| nginx 1.22, one node | rewrite the upstream file, `nginx -s reload` | 109 ms | 0.8 | research figure |\n")
+	fmt.Fprintf(&b, "\nThe research figures come from the project's research notes (`research/peers-baseline.md`): they were measured earlier on a similar 2-CPU machine under 2,000 req/s over 64 keep-alive connections, 72 switches each, **not in this run**. The peers change one node and replicate nothing; cbproxy's figure is a Raft commit plus every node of the cluster applying it. Machines are noisy: compare figures taken side by side, not absolute numbers across runs.\n")
+
+	if err := os.WriteFile(path+".tmp", b.Bytes(), 0o644); err != nil {
+		return "", err
+	}
+	return path, os.Rename(path+".tmp", path)
+}
+
+// busyWarning is the share of CPU time used by other work above which the
+// figures are marked as disturbed.
+const busyWarning = 25
+
+// machine describes where the run happened.
+type machine struct {
+	cpus                            int
+	model, kernel, version, gitHead string
+	busy                            int // % of CPU time busy with other work just before the run
+}
+
+// describeMachine reads the machine's description and, over one second, how
+// busy its CPUs are with other work.
+func describeMachine(cbproxy string) machine {
+	m := machine{cpus: runtime.NumCPU(), model: "unknown CPU", kernel: runtime.GOOS, version: "unknown", gitHead: "unknown"}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command(cbproxy, "version").Output(); err == nil {
+		m.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.gitHead = strings.TrimSpace(string(out))
+		if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
+			m.gitHead += " with uncommitted changes"
+		}
+	}
+	busy0, total0 := cpuTimes()
+	time.Sleep(time.Second)
+	busy1, total1 := cpuTimes()
+	if total1 > total0 {
+		m.busy = int(math.Round(100 * float64(busy1-busy0) / float64(total1-total0)))
+	}
+	return m
+}
+
+// cpuTimes reads the busy and total CPU time of the machine from /proc/stat,
+// in clock ticks; zeros where there is none.
+func cpuTimes() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 9 {
+		return 0, 0
+	}
+	// user nice system idle iowait irq softirq steal; guest time is already
+	// counted in user and nice.
+	for i, f := range fields[1:9] {
+		var v uint64
+		fmt.Sscan(f, &v)
+		total += v
+		if i != 3 && i != 4 { // idle and iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
