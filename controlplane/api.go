@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
@@ -118,6 +119,10 @@ func (a *adminServer) routes() http.Handler {
 	handle("/v1/services/{svc}/weights", route{"PUT": {RoleOperate, a.putWeights}})
 	handle("/v1/services/{svc}/switch", route{"POST": {RoleOperate, a.postSwitch}})
 	handle("/v1/services/{svc}/pools/{pool}", route{"PUT": {RoleAdmin, a.putPool}})
+	handle("/v1/services/{svc}/pools/{pool}/backends/{addr}/drain", route{
+		"POST":   {RoleOperate, a.drain(state.ActionDrain)},
+		"DELETE": {RoleOperate, a.drain(state.ActionUndrain)},
+	})
 	handle("/v1/events", route{"GET": {RoleRead, a.listEvents}})
 	handle("/v1/events/stream", route{"GET": {RoleRead, a.streamEvents}})
 	handle("/v1/cluster", route{"GET": {RoleRead, a.getCluster}})

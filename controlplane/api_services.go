@@ -248,6 +248,32 @@ func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor stri
 	a.write(w, r, raw, body.IfVersion, cmd)
 }
 
+// drain answers POST (drain) and DELETE (undrain) on a backend: no new
+// requests go to it; requests in flight finish. The body is optional
+// ({"if_version": N}).
+func (a *adminServer) drain(action string) func(http.ResponseWriter, *http.Request, string) {
+	return func(w http.ResponseWriter, r *http.Request, actor string) {
+		var body struct {
+			IfVersion *uint64 `json:"if_version"`
+		}
+		raw, err := readAll(r)
+		if err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is over %d bytes", maxBody))
+			return
+		}
+		if len(bytes.TrimSpace(raw)) > 0 {
+			if err := decodeStrict(raw, &body); err != nil {
+				writeError(w, http.StatusBadRequest, "invalid", "malformed JSON body: "+err.Error())
+				return
+			}
+		}
+		a.write(w, r, raw, body.IfVersion, state.Command{
+			Kind: state.KindSetDrain, Service: r.PathValue("svc"), Pool: r.PathValue("pool"),
+			Backends: []string{r.PathValue("addr")}, Action: action, Actor: actor,
+		})
+	}
+}
+
 // write commits a command for one of the write endpoints and answers with the
 // service body, or the error the state machine returned. It applies the
 // expected version (If-Match or "if_version") and the idempotency key.

@@ -60,6 +60,22 @@ port, or https://host:port for TLS to the backend.`,
 		run: runPoolSet,
 	},
 	{
+		name:   "backend drain",
+		params: []string{"SERVICE", "POOL", "ADDR"},
+		short:  "Stop new requests to one backend; requests in flight finish",
+		long: `Drains ADDR in SERVICE's POOL on every node: it gets no new requests, the
+requests in flight to it finish ('cbproxy status' shows how many are left).
+Use it before restarting a backend; 'backend undrain' puts it back.`,
+		run: runDrain(http.MethodPost),
+	},
+	{
+		name:   "backend undrain",
+		params: []string{"SERVICE", "POOL", "ADDR"},
+		short:  "Put a drained backend back into rotation",
+		long:   `Undrains ADDR in SERVICE's POOL on every node: it gets new requests again.`,
+		run:    runDrain(http.MethodDelete),
+	},
+	{
 		name:   "events",
 		params: []string{"[SERVICE]"},
 		flags: []flagSpec{
@@ -96,6 +112,16 @@ CLUSTER_ADDR before it adds it. Joining a member again changes nothing.`,
 		long:   `Removes NODE_ID from the cluster's voters and its node list.`,
 		run:    runClusterRemove,
 	},
+}
+
+func runDrain(method string) func(context.Context, *invocation) error {
+	return func(ctx context.Context, inv *invocation) error {
+		pool, addr := inv.args[1], inv.args[2]
+		return inv.write(ctx, request{
+			method: method,
+			path:   pathf("/v1/services/%s/pools/%s/backends/%s/drain", inv.args[0], pool, addr),
+		}, func(s serviceBody) string { return poolLine(pool, s.Pools[pool]) })
+	}
 }
 
 func runClusterJoin(ctx context.Context, inv *invocation) error {
