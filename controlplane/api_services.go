@@ -55,13 +55,12 @@ func (a *adminServer) render(s *state.Service) serviceBody {
 	for name, p := range s.Pools {
 		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
 		for _, be := range p.Backends {
-			health, inFlight := "unknown", int64(0)
+			var inFlight int64
 			if dp != nil {
-				health, inFlight = dp.BackendStatus(s.Name, name, be.Address)
-			} else if s.Health == nil {
-				health = "healthy"
+				inFlight = dp.InFlight(s.Name, name, be.Address)
 			}
-			pb.Backends = append(pb.Backends, backendBody{Address: be.Address, Health: health, Draining: be.Draining, InFlight: inFlight})
+			health := a.n.health.Get(s.Name, name, be.Address)
+			pb.Backends = append(pb.Backends, backendBody{Address: be.Address, Health: string(health.Status), Draining: be.Draining, InFlight: inFlight})
 		}
 		b.Pools[name] = pb
 	}
@@ -196,6 +195,9 @@ func (a *adminServer) putWeights(w http.ResponseWriter, r *http.Request, actor s
 		writeError(w, http.StatusBadRequest, "invalid", `"weights" is missing or empty; send {"weights":{"blue":99,"canary":1}}`)
 		return
 	}
+	if !a.checkGate(w, r, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
+		return
+	}
 	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: body.Weights, Action: state.ActionWeights, Actor: actor})
 }
 
@@ -213,6 +215,9 @@ func (a *adminServer) postSwitch(w http.ResponseWriter, r *http.Request, actor s
 	}
 	if body.To == "" {
 		writeError(w, http.StatusBadRequest, "invalid", `"to" is missing; send {"to":"green"}`)
+		return
+	}
+	if !a.checkGate(w, r, r.PathValue("svc"), onePool(body.To), body.Force) {
 		return
 	}
 	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: state.Weights{body.To: state.Total}, Action: state.ActionSwitch, Actor: actor})

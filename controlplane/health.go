@@ -15,13 +15,14 @@ func (a *adminServer) healthLive(w http.ResponseWriter, r *http.Request) {
 }
 
 type dependency struct {
-	Status   string `json:"status"`
-	State    string `json:"state,omitempty"`
-	Leader   string `json:"leader,omitempty"`
-	Applied  uint64 `json:"applied_index,omitempty"`
-	Health   string `json:"health,omitempty"`
-	InFlight *int64 `json:"in_flight,omitempty"`
-	Draining bool   `json:"draining,omitempty"`
+	Status    string   `json:"status"`
+	State     string   `json:"state,omitempty"`
+	Leader    string   `json:"leader,omitempty"`
+	Applied   uint64   `json:"applied_index,omitempty"`
+	LatencyMs *float64 `json:"latency_ms,omitempty"`
+	Error     string   `json:"error,omitempty"`
+	InFlight  *int64   `json:"in_flight,omitempty"`
+	Draining  bool     `json:"draining,omitempty"`
 }
 
 // raftDependency is healthy with a known leader, degraded without one (the
@@ -36,23 +37,24 @@ func (n *Node) raftDependency() dependency {
 }
 
 // dependencies lists raft and every backend as this node sees it, keyed
-// "service/pool/address".
+// "service/pool/address" (CONTRACT §6).
 func (n *Node) dependencies() map[string]dependency {
 	deps := map[string]dependency{"raft": n.raftDependency()}
 	dp := n.dataPlane()
 	for name, s := range n.View().Services {
 		for pname, p := range s.Pools {
 			for _, be := range p.Backends {
-				health, inFlight := "unknown", int64(0)
+				h := n.health.Get(name, pname, be.Address)
+				var in int64
 				if dp != nil {
-					health, inFlight = dp.BackendStatus(name, pname, be.Address)
+					in = dp.InFlight(name, pname, be.Address)
 				}
-				status := health
-				if status != "healthy" && status != "degraded" && status != "unhealthy" {
-					status = "unknown"
+				d := dependency{Status: string(h.Status), InFlight: &in, Draining: be.Draining, Error: h.LastError}
+				if !h.Checked.IsZero() {
+					ms := h.LatencyMs
+					d.LatencyMs = &ms
 				}
-				in := inFlight
-				deps[name+"/"+pname+"/"+be.Address] = dependency{Status: status, InFlight: &in, Draining: be.Draining}
+				deps[name+"/"+pname+"/"+be.Address] = d
 			}
 		}
 	}

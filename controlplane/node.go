@@ -20,6 +20,7 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane/cluster"
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
@@ -106,9 +107,9 @@ const (
 )
 
 // DataPlane is what the admin API asks the local data plane about a backend:
-// its health as this node sees it and the requests in flight to it.
+// the requests in flight to it. (Its health comes from the node's checker.)
 type DataPlane interface {
-	BackendStatus(service, pool, address string) (health string, inFlight int64)
+	InFlight(service, pool, address string) int64
 }
 
 // Node is one running cbproxy control-plane node: Raft with its on-disk log,
@@ -128,6 +129,7 @@ type Node struct {
 	cluster   *cluster.Transport
 	snaps     *raft.FileSnapshotStore
 
+	health   *healthcheck.Checker
 	registry *prometheus.Registry
 	metrics  *nodeMetrics
 	admin    *adminServer
@@ -197,6 +199,10 @@ func Start(cfg Config) (*Node, error) {
 	if err = n.openRaft(); err != nil {
 		return nil, err
 	}
+	// Every node checks every backend itself (CONTRACT §6); the checker
+	// follows the replicated services.
+	n.health = healthcheck.New(healthcheck.Config{Logger: n.log().Named("health")})
+	n.OnChange(n.health.Update)
 	n.metrics = newNodeMetrics(n)
 	n.registry.MustRegister(n.metrics)
 	if n.admin, err = newAdminServer(n); err != nil {
@@ -421,6 +427,9 @@ func (n *Node) shutdown(handOver bool) error {
 }
 
 func (n *Node) closeStores() {
+	if n.health != nil {
+		n.health.Close()
+	}
 	if n.fsm != nil {
 		n.fsm.close()
 	}
@@ -478,6 +487,9 @@ func (n *Node) View() *state.View { return n.fsm.machine.View() }
 func (n *Node) OnChange(fn func(*state.View)) (cancel func()) {
 	return n.fsm.subscribe(fn)
 }
+
+// Health is this node's view of every backend's health.
+func (n *Node) Health() *healthcheck.Checker { return n.health }
 
 // Registry is the Prometheus registry served on the admin listener at /metrics.
 func (n *Node) Registry() *prometheus.Registry { return n.registry }

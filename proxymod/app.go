@@ -15,6 +15,7 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane"
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
 func init() {
@@ -114,6 +115,7 @@ type controlNode interface {
 	OnChange(func(*state.View)) (cancel func())
 	Seed(name string, spec state.ServiceSpec)
 	Registry() *prometheus.Registry
+	Health() *healthcheck.Checker
 }
 
 // startNode starts the process's node; a variable so tests can run the app
@@ -328,7 +330,9 @@ func (a *App) Start() error {
 	// Caddy closes this config's log writers when it unloads.
 	n.SetLogger(a.logger)
 	n.SetTokens(a.controlTokens())
-	a.stopWatching = n.OnChange(routes.apply)
+	stopViews := n.OnChange(routes.apply)
+	stopHealth := routes.useHealth(n.Health())
+	a.stopWatching = func() { stopViews(); stopHealth() }
 	for _, name := range slices.Sorted(maps.Keys(a.seeds)) {
 		n.Seed(name, a.seeds[name])
 	}

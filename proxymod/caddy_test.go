@@ -17,6 +17,7 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane"
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
 func TestMain(m *testing.M) {
@@ -39,6 +40,7 @@ func TestMain(m *testing.M) {
 type fakeNode struct {
 	cfg      controlplane.Config
 	registry *prometheus.Registry
+	health   *healthcheck.Checker
 
 	mu        sync.Mutex
 	tokens    []controlplane.Token
@@ -55,7 +57,7 @@ var (
 )
 
 func startFakeNode(cfg controlplane.Config) (controlNode, error) {
-	n := &fakeNode{cfg: cfg, registry: prometheus.NewRegistry(), seeds: map[string]state.ServiceSpec{}}
+	n := &fakeNode{cfg: cfg, registry: prometheus.NewRegistry(), seeds: map[string]state.ServiceSpec{}, health: healthcheck.New(healthcheck.Config{})}
 	nodesStarted.Add(1)
 	lastNode.Store(n)
 	return n, nil
@@ -69,6 +71,8 @@ func (n *fakeNode) Shutdown() error {
 }
 
 func (n *fakeNode) Config() controlplane.Config { return n.cfg }
+
+func (n *fakeNode) Health() *healthcheck.Checker { return n.health }
 
 func (n *fakeNode) SetLogger(l *zap.Logger) {
 	n.mu.Lock()

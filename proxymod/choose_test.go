@@ -22,7 +22,7 @@ func canaryTable(r *route, canary state.Weight) *RoutingTable {
 	svc := service(r.name, map[string]state.Weight{"blue": state.Total - canary, "canary": canary, "green": 0}, map[string][]string{
 		"blue": {"10.0.0.1:80"}, "canary": {"10.0.0.2:80"}, "green": {"10.0.0.3:80"},
 	})
-	return r.buildTable(svc, false, nil)
+	return r.buildTable(svc, false, nil, newRouteRegistry().backendHealth)
 }
 
 // provisioned returns h with its choice settings prepared as Provision does.
@@ -111,7 +111,7 @@ func TestChoosePoolOverride(t *testing.T) {
 	svc := service("svc", map[string]state.Weight{"blue": 10000, "canary": 0, "green": 0}, map[string][]string{
 		"blue": {"10.0.0.1:80"}, "canary": {"10.0.0.2:80"}, "green": {"~10.0.0.3:80"},
 	})
-	tbl := r.buildTable(svc, false, nil)
+	tbl := r.buildTable(svc, false, nil, newRouteRegistry().backendHealth)
 	plain := provisioned(t, &Handler{OverrideHeader: &OverrideHeader{Name: "x-cbproxy-pool"}})
 	secret := provisioned(t, &Handler{OverrideHeader: &OverrideHeader{Name: "X-Cbproxy-Pool", Secret: "s3cret"}})
 	tests := []struct {

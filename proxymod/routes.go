@@ -8,6 +8,7 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane"
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
 // routes is the process's registry of routes, one per service. It lives
@@ -24,6 +25,8 @@ type route struct {
 	built struct {
 		service *state.Service
 		deleted bool
+		// healthGen is the registry's healthGen[service] the table saw.
+		healthGen uint64
 	}
 	stats    map[string]*poolStats // by pool name, kept for good
 	backends map[string]*backend   // by address, those of the current table
@@ -36,10 +39,15 @@ type routeRegistry struct {
 	mu     sync.Mutex
 	byName atomic.Pointer[map[string]*route]
 	view   *state.View // the last view applied
+	// health is the node's view of backend health (nil before a node runs:
+	// backends then count as the contract's defaults say). healthGen counts
+	// health changes per service, so a change rebuilds only that table.
+	health    *healthcheck.Checker
+	healthGen map[string]uint64
 }
 
 func newRouteRegistry() *routeRegistry {
-	rr := new(routeRegistry)
+	rr := &routeRegistry{healthGen: map[string]uint64{}}
 	rr.byName.Store(&map[string]*route{})
 	return rr
 }
@@ -106,11 +114,12 @@ func (rr *routeRegistry) rebuildLocked(r *route) {
 		deleted = rr.view.Deleted[r.name] != 0
 	}
 	prev := r.table.Load()
-	if prev != nil && r.built.service == svc && r.built.deleted == deleted {
+	gen := rr.healthGen[r.name]
+	if prev != nil && r.built.service == svc && r.built.deleted == deleted && r.built.healthGen == gen {
 		return
 	}
-	r.built.service, r.built.deleted = svc, deleted
-	r.table.Store(r.buildTable(svc, deleted, prev))
+	r.built.service, r.built.deleted, r.built.healthGen = svc, deleted, gen
+	r.table.Store(r.buildTable(svc, deleted, prev, rr.backendHealth))
 }
 
 // poolStats returns the counters of one pool, creating them once: they
@@ -126,51 +135,64 @@ func (r *route) poolStats(pool string) *poolStats {
 
 func isTLS(address string) bool { return strings.HasPrefix(address, "https://") }
 
-// Backend health as this node sees it (CONTRACT §4).
-const (
-	healthHealthy   = "healthy"
-	healthUnhealthy = "unhealthy"
-	healthUnknown   = "unknown"
-)
+// useHealth plugs the node's health checker in: from now on tables follow
+// it, and a health change rebuilds the table of its service.
+func (rr *routeRegistry) useHealth(h *healthcheck.Checker) (cancel func()) {
+	rr.mu.Lock()
+	rr.health = h
+	rr.mu.Unlock()
+	cancel = h.OnChange(rr.healthChanged)
+	rr.healthChanged("")
+	return cancel
+}
+
+// healthChanged rebuilds the table of service ("" = every service).
+func (rr *routeRegistry) healthChanged(service string) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	for name, r := range *rr.byName.Load() {
+		if service == "" || name == service {
+			rr.healthGen[name]++
+			rr.rebuildLocked(r)
+		}
+	}
+}
 
 // backendHealth is the one place that decides a backend's health on this
-// node; the table builder and BackendStatus both ask it. Without a health
-// check only passive checks run and backends count as healthy (CONTRACT §3).
-// With one, the answer is "unknown" until active checks (a later issue) plug
-// their view in here.
-func backendHealth(svc *state.Service, pool, address string) string {
-	if svc.Health == nil {
-		return healthHealthy
+// node for routing. Without a checker (no node yet), backends of a service
+// without a health check count as healthy and the others as unknown.
+func (rr *routeRegistry) backendHealth(svc *state.Service, pool, address string) healthcheck.Status {
+	if rr.health != nil {
+		return rr.health.Get(svc.Name, pool, address).Status
 	}
-	return healthUnknown
+	if svc.Health == nil {
+		return healthcheck.StatusHealthy
+	}
+	return healthcheck.StatusUnknown
 }
 
 // takesTraffic reports whether a backend in the given health receives new
 // requests: healthy, degraded and unknown ones do (CONTRACT §4).
-func takesTraffic(health string) bool { return health != healthUnhealthy }
+func takesTraffic(health healthcheck.Status) bool { return health != healthcheck.StatusUnhealthy }
 
 // dataPlane answers the admin API's questions about backends from the routes.
 type dataPlane struct{}
 
-// BackendStatus implements controlplane.DataPlane.
-func (dataPlane) BackendStatus(service, pool, address string) (health string, inFlight int64) {
+// InFlight implements controlplane.DataPlane.
+func (dataPlane) InFlight(service, pool, address string) int64 {
 	r := routes.lookup(service)
 	if r == nil {
-		return healthUnknown, 0
+		return 0
 	}
 	t := r.table.Load()
-	if t.service == nil {
-		return healthUnknown, 0
-	}
-	health = backendHealth(t.service, pool, address)
 	if i := t.pool(pool); i >= 0 {
 		for _, b := range t.pools[i].backends {
 			if b.address == address {
-				return health, b.inFlight()
+				return b.inFlight()
 			}
 		}
 	}
-	return health, 0
+	return 0
 }
 
 // Interface guards

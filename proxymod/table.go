@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
 // slotCount is the length of the exact split's cycle and the number of sticky
@@ -168,7 +169,7 @@ func effectiveWeights(weights []state.Weight, up []bool) []state.Weight {
 // current table: when the effective weights did not change, the new table
 // keeps its split and cursor, so a drain or a change of backends does not
 // restart the split's cycle.
-func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable) *RoutingTable {
+func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable, health func(svc *state.Service, pool, address string) healthcheck.Status) *RoutingTable {
 	t := &RoutingTable{service: svc, none: rt.none}
 	// Backend records carry over to the new table; those of addresses the
 	// service no longer has are dropped.
@@ -205,7 +206,7 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 			kept[b.Address] = be
 			p.backends = append(p.backends, poolBackend{backend: be, draining: b.Draining})
 			p.tls = isTLS(b.Address)
-			if !b.Draining && takesTraffic(backendHealth(svc, name, b.Address)) {
+			if !b.Draining && takesTraffic(health(svc, name, b.Address)) {
 				p.available = append(p.available, be)
 			}
 		}

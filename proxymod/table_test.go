@@ -156,7 +156,7 @@ func TestBuildTable(t *testing.T) {
 		"canary": {"https://10.0.0.3:443"},
 		"green":  {},
 	})
-	tbl := r.buildTable(svc, false, nil)
+	tbl := r.buildTable(svc, false, nil, newRouteRegistry().backendHealth)
 	if tbl.split == nil {
 		t.Fatalf("no split: %s", tbl.refusal)
 	}
@@ -182,7 +182,7 @@ func TestBuildTable(t *testing.T) {
 		"canary": {"https://10.0.0.3:443"},
 		"green":  {},
 	})
-	tbl2 := r.buildTable(svc2, false, tbl)
+	tbl2 := r.buildTable(svc2, false, tbl, newRouteRegistry().backendHealth)
 	if tbl2.split != tbl.split {
 		t.Error("unchanged effective weights must keep the split and its cursor")
 	}
@@ -197,7 +197,7 @@ func TestBuildTable(t *testing.T) {
 	svc3 := service("svc", map[string]state.Weight{"blue": 9900, "canary": 100, "green": 0}, map[string][]string{
 		"blue": {"10.0.0.1:80"}, "canary": {"~https://10.0.0.3:443"}, "green": {},
 	})
-	tbl3 := r.buildTable(svc3, false, tbl2)
+	tbl3 := r.buildTable(svc3, false, tbl2, newRouteRegistry().backendHealth)
 	if tbl3.split == tbl2.split || tbl3.pools[0].effective != 10000 || tbl3.pools[1].effective != 0 {
 		t.Errorf("canary without backends: effective blue %d canary %d", tbl3.pools[0].effective, tbl3.pools[1].effective)
 	}
@@ -209,7 +209,7 @@ func TestBuildTable(t *testing.T) {
 	svc4 := service("svc", map[string]state.Weight{"blue": 10000, "green": 0}, map[string][]string{
 		"blue": {"~10.0.0.1:80"}, "green": {"10.0.0.9:80"},
 	})
-	if tbl4 := r.buildTable(svc4, false, tbl3); tbl4.split != nil || len(tbl4.refusal) == 0 {
+	if tbl4 := r.buildTable(svc4, false, tbl3, newRouteRegistry().backendHealth); tbl4.split != nil || len(tbl4.refusal) == 0 {
 		t.Errorf("no pool left must refuse, got split=%v refusal=%q", tbl4.split != nil, tbl4.refusal)
 	}
 	if _, ok := r.backends["https://10.0.0.3:443"]; ok || len(r.backends) != 2 {
@@ -219,7 +219,7 @@ func TestBuildTable(t *testing.T) {
 		deleted bool
 		want    string
 	}{{false, "not in the replicated state yet"}, {true, "was deleted"}} {
-		tbl := r.buildTable(nil, tc.deleted, nil)
+		tbl := r.buildTable(nil, tc.deleted, nil, newRouteRegistry().backendHealth)
 		if tbl.split != nil || !strings.Contains(string(tbl.refusal), tc.want) {
 			t.Errorf("unknown service (deleted=%v): refusal %q, want it to say %q", tc.deleted, tbl.refusal, tc.want)
 		}
