@@ -332,6 +332,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rec := newRecorder(w, p.stats, start)
 	err := proxy.ServeHTTP(rec, r, next)
 	rec.finish(err)
+	if err != nil {
+		reportProxyError(r, p, err)
+	}
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
 // collector exposes the data plane's figures (CONTRACT §7). It reads the
@@ -25,6 +26,9 @@ var (
 	effectiveDesc = prometheus.NewDesc("cbproxy_pool_effective_percent",
 		"The share of new requests this node sends to the pool, in percent, after moving the share of pools without available backends to the others.",
 		[]string{"service", "pool"}, nil)
+	healthyDesc = prometheus.NewDesc("cbproxy_backend_healthy",
+		"1 if this node sees the backend healthy or degraded, 0 otherwise (unhealthy, or not checked yet).",
+		[]string{"service", "pool", "backend"}, nil)
 )
 
 // latencyBucketBounds are latencyBounds in seconds, as Prometheus wants them.
@@ -42,6 +46,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- durationDesc
 	ch <- weightDesc
 	ch <- effectiveDesc
+	ch <- healthyDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -70,6 +75,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.total(), snap.sum.Seconds(), buckets, name, p.name)
 			ch <- prometheus.MustNewConstMetric(weightDesc, prometheus.GaugeValue, percent(p.weight), name, p.name)
 			ch <- prometheus.MustNewConstMetric(effectiveDesc, prometheus.GaugeValue, percent(p.effective), name, p.name)
+			for _, b := range p.backends {
+				healthy := 0.0
+				switch c.routes.backendHealth(t.service, p.name, b.address) {
+				case healthcheck.StatusHealthy, healthcheck.StatusDegraded:
+					healthy = 1
+				}
+				ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, name, p.name, b.address)
+			}
 		}
 		if refused > 0 {
 			ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(refused), name, "none", classLabels[class5xx])

@@ -32,6 +32,10 @@ func TestMetrics(t *testing.T) {
 	r.none.record(class5xx, 0)
 
 	want := `
+# HELP cbproxy_backend_healthy 1 if this node sees the backend healthy or degraded, 0 otherwise (unhealthy, or not checked yet).
+# TYPE cbproxy_backend_healthy gauge
+cbproxy_backend_healthy{backend="10.0.0.1:80",pool="blue",service="shop"} 1
+cbproxy_backend_healthy{backend="10.0.0.2:80",pool="canary",service="shop"} 1
 # HELP cbproxy_pool_effective_percent The share of new requests this node sends to the pool, in percent, after moving the share of pools without available backends to the others.
 # TYPE cbproxy_pool_effective_percent gauge
 cbproxy_pool_effective_percent{pool="blue",service="shop"} 100

@@ -42,7 +42,7 @@ type routeRegistry struct {
 	// health is the node's view of backend health (nil before a node runs:
 	// backends then count as the contract's defaults say). healthGen counts
 	// health changes per service, so a change rebuilds only that table.
-	health    *healthcheck.Checker
+	health    atomic.Pointer[healthcheck.Checker]
 	healthGen map[string]uint64
 }
 
@@ -138,9 +138,7 @@ func isTLS(address string) bool { return strings.HasPrefix(address, "https://") 
 // useHealth plugs the node's health checker in: from now on tables follow
 // it, and a health change rebuilds the table of its service.
 func (rr *routeRegistry) useHealth(h *healthcheck.Checker) (cancel func()) {
-	rr.mu.Lock()
-	rr.health = h
-	rr.mu.Unlock()
+	rr.health.Store(h)
 	cancel = h.OnChange(rr.healthChanged)
 	rr.healthChanged("")
 	return cancel
@@ -162,8 +160,8 @@ func (rr *routeRegistry) healthChanged(service string) {
 // node for routing. Without a checker (no node yet), backends of a service
 // without a health check count as healthy and the others as unknown.
 func (rr *routeRegistry) backendHealth(svc *state.Service, pool, address string) healthcheck.Status {
-	if rr.health != nil {
-		return rr.health.Get(svc.Name, pool, address).Status
+	if h := rr.health.Load(); h != nil {
+		return h.Get(svc.Name, pool, address).Status
 	}
 	if svc.Health == nil {
 		return healthcheck.StatusHealthy

@@ -39,7 +39,7 @@ type RoutingTable struct {
 
 // poolRoute is one pool of a RoutingTable.
 type poolRoute struct {
-	name string
+	service, name string
 	// weight is the replicated share, effective the share this node routes
 	// after giving the share of pools without available backends to the
 	// others; both in basis points.
@@ -75,6 +75,8 @@ type backend struct {
 	// host is Caddy's record of the address, learned when the address is
 	// first selected; its NumRequests is the backend's in-flight count.
 	host atomic.Pointer[reverseproxy.Host]
+	// dialing is set while a passive check dials the backend after a failure.
+	dialing atomic.Bool
 }
 
 // inFlight returns the number of requests this node has in flight to b.
@@ -193,7 +195,7 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 	up := make([]bool, len(names))
 	for i, name := range names {
 		p := &t.pools[i]
-		p.name = name
+		p.service, p.name = svc.Name, name
 		p.weight = svc.Weights[name]
 		p.stats = rt.poolStats(name)
 		p.nameVar = name

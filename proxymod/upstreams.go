@@ -73,9 +73,11 @@ func (poolUpstreams) ResetCache(r *http.Request) error {
 	switch v := caddyhttp.GetVar(r.Context(), poolVarKey).(type) {
 	case *poolRoute:
 		caddyhttp.SetVar(r.Context(), poolVarKey, &retryState{pool: v, tried: []string{failed}})
+		v.reportFailure(failed, 0)
 	case *retryState:
 		if !slices.Contains(v.tried, failed) {
 			v.tried = append(v.tried, failed)
+			v.pool.reportFailure(failed, 0)
 		}
 	}
 	return nil
