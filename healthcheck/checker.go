@@ -185,9 +185,9 @@ func (c *Checker) Update(v *state.View) {
 // may be nil).
 func (c *Checker) reconcileLocked(name string, old, cur *state.Service) {
 	want := backendKeys(name, cur)
-	for _, k := range backendKeys(name, old) {
-		if e := c.backends[k]; e != nil && !containsKey(want, k) {
-			c.stopLocked(e)
+	for k := range backendKeys(name, old) {
+		if _, keep := want[k]; !keep {
+			c.stopLocked(c.backends[k])
 			delete(c.backends, k)
 		}
 	}
@@ -195,7 +195,7 @@ func (c *Checker) reconcileLocked(name string, old, cur *state.Service) {
 	if cur != nil {
 		check = cur.Health
 	}
-	for _, k := range want {
+	for k := range want {
 		e := c.backends[k]
 		switch {
 		case e == nil:
@@ -211,27 +211,18 @@ func (c *Checker) reconcileLocked(name string, old, cur *state.Service) {
 	}
 }
 
-// backendKeys lists the backends of svc (none for nil).
-func backendKeys(name string, svc *state.Service) []key {
+// backendKeys returns the set of backends of svc (empty for nil).
+func backendKeys(name string, svc *state.Service) map[key]struct{} {
+	keys := map[key]struct{}{}
 	if svc == nil {
-		return nil
+		return keys
 	}
-	var keys []key
 	for pool, p := range svc.Pools {
 		for _, b := range p.Backends {
-			keys = append(keys, key{name, pool, b.Address})
+			keys[key{name, pool, b.Address}] = struct{}{}
 		}
 	}
 	return keys
-}
-
-func containsKey(keys []key, k key) bool {
-	for _, x := range keys {
-		if x == k {
-			return true
-		}
-	}
-	return false
 }
 
 func sameCheck(a, b *state.HealthCheck) bool {
