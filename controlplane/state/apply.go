@@ -41,6 +41,9 @@ var handlers = map[Kind]handler{
 	KindSetDrain:      {checkSetDrain, applySetDrain},
 	KindNodeJoin:      {checkNode, applyNodeJoin},
 	KindNodeRemove:    {checkNode, applyNodeRemove},
+	KindRolloutStart:  {checkRolloutStart, applyRolloutStart},
+	KindRolloutChange: {checkRolloutChange, applyRolloutChange},
+	KindRollback:      {checkRollback, applyRollback},
 }
 
 // Validate checks the parts of c that need no state: the kind, the service
@@ -113,6 +116,11 @@ func applyPutService(v *View, cur *Service, index uint64, c *Command) (Result, *
 	if cur == nil {
 		ev.Reason = "created with pools " + strings.Join(pools, ", ")
 	} else {
+		if cur.Rollout.Active() {
+			return refuse(CodeRolloutRunning, cur, "rollout %s of service %q is %s: replace the service once it is promoted, aborted or rolled back", cur.Rollout.ID, cur.Name, cur.Rollout.State), nil
+		}
+		// The last rollout and the rollback counts stay with the service.
+		s.Rollout, s.Rollbacks = cur.Rollout, cur.Rollbacks
 		if w, ok := carry(cur.Weights, pools); ok && len(c.Spec.Weights) == 0 {
 			s.Weights = w
 		}
@@ -195,6 +203,9 @@ func applySetWeights(_ *View, cur *Service, index uint64, c *Command) (Result, *
 	if cur == nil {
 		return notFound(c.Service), nil
 	}
+	if cur.Rollout.Active() {
+		return refuse(CodeRolloutRunning, cur, "rollout %s of service %q is %s: weights and switch wait until it is promoted, aborted or rolled back", cur.Rollout.ID, cur.Name, cur.Rollout.State), nil
+	}
 	pools := cur.PoolNames()
 	if err := c.Weights.Validate(pools); err != nil {
 		return refuse(CodeInvalid, cur, "%v", err), nil
@@ -216,6 +227,9 @@ func applySetWeights(_ *View, cur *Service, index uint64, c *Command) (Result, *
 		reason = "back to the last known good weights"
 	} else {
 		s.LKG = cur.Weights
+	}
+	if action != ActionRollback {
+		s.Guarded = guard(&s, cur.Weights, index, c.Time)
 	}
 	ev := Event{Action: action, Before: cur.Weights, After: w, Reason: reason}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}

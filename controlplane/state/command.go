@@ -23,6 +23,10 @@ const (
 	KindNodeJoin   Kind = 0x06
 	KindNodeRemove Kind = 0x07
 
+	KindRolloutStart  Kind = 0x08
+	KindRolloutChange Kind = 0x09 // step, promote, pause, resume, wait
+	KindRollback      Kind = 0x0A
+
 	IgnoreUnknown Kind = 0x80
 )
 
@@ -59,13 +63,26 @@ type Command struct {
 	// KindSetPool: the pool's new backends and version label; creates the pool
 	// with weight 0 if it is new. KindSetDrain: the pool and the addresses to
 	// drain (Action "drain") or undrain (Action "undrain").
-	Pool string `json:"pool,omitempty"`
+	Pool        string   `json:"pool,omitempty"`
+	Backends    []string `json:"backends,omitempty"`
+	PoolVersion string   `json:"pool_version,omitempty"`
 
 	// KindNodeJoin: the node that joined the cluster; KindNodeRemove: the
 	// node that left (only its ID counts).
-	Node        *NodeInfo `json:"node,omitempty"`
-	Backends    []string  `json:"backends,omitempty"`
-	PoolVersion string    `json:"pool_version,omitempty"`
+	Node *NodeInfo `json:"node,omitempty"`
+
+	// KindRolloutStart: what to roll out.
+	RolloutSpec *RolloutSpec `json:"rollout_spec,omitempty"`
+	// KindRolloutChange and KindRollback: the rollout (and, for a step, the
+	// step) a decision is about; a decision about an earlier one changes
+	// nothing. GuardID names the guard an automatic rollback answers.
+	RolloutID string `json:"rollout_id,omitempty"`
+	FromStep  int    `json:"from_step,omitempty"`
+	GuardID   string `json:"guard_id,omitempty"`
+	// KindRollback: auto, manual or abort; Figures are the measurements
+	// behind an automatic decision, kept in its event.
+	Trigger string         `json:"trigger,omitempty"`
+	Figures map[string]any `json:"figures,omitempty"`
 }
 
 // ServiceSpec is what a PUT of a service (or a Caddyfile seed) defines. Omitted

@@ -25,6 +25,13 @@ type Service struct {
 	Health *HealthCheck `json:"health,omitempty"`
 	SLO    SLO          `json:"slo"`
 	Guard  Duration     `json:"guard"`
+
+	// Rollout is the current or last rollout (nil if there never was one).
+	Rollout *Rollout `json:"rollout,omitempty"`
+	// Guarded is the open guard period, if any.
+	Guarded *Guarded `json:"guarded,omitempty"`
+	// Rollbacks counts the rollbacks by trigger (auto, manual, abort).
+	Rollbacks map[string]uint64 `json:"rollbacks,omitempty"`
 }
 
 // Pool is a named group of backends with an optional free-text version label.
