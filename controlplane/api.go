@@ -123,6 +123,17 @@ func (a *adminServer) routes() http.Handler {
 		"POST":   {RoleOperate, a.drain(state.ActionDrain)},
 		"DELETE": {RoleOperate, a.drain(state.ActionUndrain)},
 	})
+	handle("/v1/services/{svc}/rollout", route{
+		"GET":  {RoleRead, a.getRollout},
+		"POST": {RoleOperate, a.startRollout},
+	})
+	for action, act := range map[string]string{
+		"pause": state.ActionRolloutPause, "resume": state.ActionRolloutResume,
+		"promote": state.ActionRolloutPromote, "abort": state.ActionRolloutAbort,
+	} {
+		handle("/v1/services/{svc}/rollout/"+action, route{"POST": {RoleOperate, a.changeRollout(act)}})
+	}
+	handle("/v1/services/{svc}/rollback", route{"POST": {RoleOperate, a.rollback}})
 	handle("/v1/events", route{"GET": {RoleRead, a.listEvents}})
 	handle("/v1/events/stream", route{"GET": {RoleRead, a.streamEvents}})
 	handle("/v1/cluster", route{"GET": {RoleRead, a.getCluster}})

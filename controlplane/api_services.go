@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,7 +27,7 @@ type serviceBody struct {
 	Health  *state.HealthCheck  `json:"health"`
 	SLO     state.SLO           `json:"slo"`
 	Guard   state.Duration      `json:"guard"`
-	Rollout json.RawMessage     `json:"rollout"`
+	Rollout *rolloutBody        `json:"rollout"`
 
 	// Only on writes with ?wait=all.
 	AppliedOn  *[]string `json:"applied_on,omitempty"`
@@ -50,7 +51,9 @@ func (a *adminServer) render(s *state.Service) serviceBody {
 	b := serviceBody{
 		Name: s.Name, Version: s.Version, Weights: s.Weights, LKG: s.LKG,
 		Pools: make(map[string]poolBody, len(s.Pools)), Health: s.Health, SLO: s.SLO, Guard: s.Guard,
-		Rollout: json.RawMessage("null"),
+	}
+	if s.Rollout.Active() {
+		b.Rollout = &rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.n.verdict(context.Background(), s.Name)}
 	}
 	for name, p := range s.Pools {
 		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
@@ -283,20 +286,41 @@ func (a *adminServer) drain(action string) func(http.ResponseWriter, *http.Reque
 // service body, or the error the state machine returned. It applies the
 // expected version (If-Match or "if_version") and the idempotency key.
 func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) {
+	applied, ok := a.commit(w, r, raw, bodyIfVersion, cmd)
+	if !ok {
+		return
+	}
+	res := applied.Result
+	if res.Service == nil { // deleted
+		writeJSON(w, http.StatusOK, map[string]any{"name": cmd.Service, "deleted": true, "version": applied.Index})
+		return
+	}
+	body := a.render(res.Service)
+	if r.URL.Query().Get("wait") == "all" {
+		on, not := a.n.waitAll(r.Context(), applied.Index)
+		body.AppliedOn, body.NotApplied = &on, &not
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// commit proposes a command for a write endpoint with the expected version
+// (If-Match or "if_version") and the idempotency key, and answers the errors
+// itself; on success the caller renders the answer.
+func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) (Applied, bool) {
 	ifVersion, err := expectedVersion(r, bodyIfVersion)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return
+		return Applied{}, false
 	}
 	cmd.IfVersion = ifVersion
 	if err := cmd.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return
+		return Applied{}, false
 	}
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
 		if len(key) > 255 {
 			writeError(w, http.StatusBadRequest, "invalid", "Idempotency-Key is longer than 255 characters")
-			return
+			return Applied{}, false
 		}
 		cmd.IdemKey = "client:" + key
 		iv := ""
@@ -310,10 +334,10 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		if errors.Is(err, ErrNoLeader) {
 			w.Header().Set("Retry-After", "2")
 			writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
-			return
+			return Applied{}, false
 		}
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
-		return
+		return Applied{}, false
 	}
 	res := applied.Result
 	w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(max(applied.Index, a.n.View().Index), 10))
@@ -323,6 +347,7 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 			state.CodeNotFound:         http.StatusNotFound,
 			state.CodeVersionMismatch:  http.StatusConflict,
 			state.CodeIdempotencyReuse: http.StatusConflict,
+			state.CodeRolloutRunning:   http.StatusConflict,
 		}[res.Code]
 		if status == 0 {
 			status = http.StatusBadRequest
@@ -332,18 +357,9 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 			e.Version = &res.Version
 		}
 		writeJSON(w, status, e)
-		return
+		return Applied{}, false
 	}
-	if res.Service == nil { // deleted
-		writeJSON(w, http.StatusOK, map[string]any{"name": cmd.Service, "deleted": true, "version": applied.Index})
-		return
-	}
-	body := a.render(res.Service)
-	if r.URL.Query().Get("wait") == "all" {
-		on, not := a.n.waitAll(r.Context(), applied.Index)
-		body.AppliedOn, body.NotApplied = &on, &not
-	}
-	writeJSON(w, http.StatusOK, body)
+	return applied, true
 }
 
 // expectedVersion reads If-Match (quoted or bare) or the body's "if_version";

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/slo"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/cbproxy/cbproxy/healthcheck"
 	"github.com/hashicorp/raft"
@@ -106,10 +107,12 @@ const (
 	DefaultAdminListen   = "127.0.0.1:7101"
 )
 
-// DataPlane is what the admin API asks the local data plane about a backend:
-// the requests in flight to it. (Its health comes from the node's checker.)
+// DataPlane is what the control plane asks the local data plane: the
+// requests in flight to a backend (its health comes from the node's checker),
+// and a pool's traffic over the last d, for the SLO judge.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
+	Window(service, pool string, d time.Duration) slo.Window
 }
 
 // Node is one running cbproxy control-plane node: Raft with its on-disk log,
@@ -130,6 +133,7 @@ type Node struct {
 	snaps     *raft.FileSnapshotStore
 
 	health   *healthcheck.Checker
+	watcher  *watcher
 	registry *prometheus.Registry
 	metrics  *nodeMetrics
 	admin    *adminServer
@@ -210,9 +214,11 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.registerRPC()
-	n.wg.Add(2)
+	n.watcher = newWatcher(n)
+	n.wg.Add(3)
 	go n.watchReadiness()
 	go n.maintainMembership()
+	go n.watcher.run()
 	n.log().Info("cbproxy node started",
 		zap.String("node_id", cfg.NodeID),
 		zap.String("data_dir", cfg.DataDir),

@@ -22,6 +22,8 @@ const (
 	rpcReadIndex   = "read_index"   // ?consistent: the leader's confirmed commit index
 	rpcJoin        = "join"
 	rpcRemove      = "remove"
+	rpcWindows     = "windows" // the leader pulls a node's SLO windows
+	rpcVerdict     = "verdict" // the leader's latest verdict on a service
 )
 
 // RPC error codes a caller may retry on another attempt or leader.
@@ -69,6 +71,23 @@ func (n *Node) registerRPC() {
 	})
 	n.cluster.Handle(rpcStatus, func(context.Context, string, json.RawMessage) (any, error) {
 		return n.localStatus(), nil
+	})
+	n.cluster.Handle(rpcWindows, func(_ context.Context, _ string, req json.RawMessage) (any, error) {
+		var w windowsRequest
+		if err := json.Unmarshal(req, &w); err != nil {
+			return nil, err
+		}
+		return n.localWindows(w), nil
+	})
+	n.cluster.Handle(rpcVerdict, func(_ context.Context, _ string, req json.RawMessage) (any, error) {
+		var service string
+		if err := json.Unmarshal(req, &service); err != nil {
+			return nil, err
+		}
+		if !n.isLeader() {
+			return nil, cluster.CodedError(codeNotLeader, "not the leader")
+		}
+		return n.watcher.latest(service), nil
 	})
 	n.cluster.Handle(rpcWaitApplied, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
 		var w waitRequest

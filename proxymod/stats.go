@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cbproxy/cbproxy/controlplane/slo"
 )
 
 // Status classes, the code label of cbproxy_requests_total.
@@ -30,14 +32,9 @@ func statusClass(status int) int {
 	return status/100 - 1
 }
 
-// latencyBounds are the upper bounds of the latency histogram's buckets.
-// They include the runbook's thresholds (500 ms, 2 s) so that a P95 can be
-// judged against them exactly.
-var latencyBounds = [...]time.Duration{
-	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
-	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
-	time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second,
-}
+// latencyBounds are the upper bounds of the latency histogram's buckets:
+// slo's, because the SLO judge reads the windows these counters feed.
+var latencyBounds = slo.Bounds
 
 // statShards spreads the counters of a pool so that cores recording at once
 // rarely write the same cache line.

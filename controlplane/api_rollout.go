@@ -1,0 +1,98 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/slo"
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// rolloutBody is the rollout as the admin API shows it (CONTRACT §4): the
+// replicated rollout plus the leader's latest verdict with live figures.
+type rolloutBody struct {
+	*state.Rollout
+	Service string       `json:"service"`
+	Verdict *slo.Verdict `json:"verdict"`
+}
+
+// rolloutStartBody is the body of POST /v1/services/{svc}/rollout.
+type rolloutStartBody struct {
+	state.RolloutSpec
+	Force     bool    `json:"force"`
+	IfVersion *uint64 `json:"if_version"`
+}
+
+func (a *adminServer) renderRollout(ctx context.Context, s *state.Service) rolloutBody {
+	return rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.n.verdict(ctx, s.Name)}
+}
+
+func (a *adminServer) startRollout(w http.ResponseWriter, r *http.Request, actor string) {
+	var body rolloutStartBody
+	raw, ok := readBody(w, r, &body)
+	if !ok {
+		return
+	}
+	if body.To == "" {
+		writeError(w, http.StatusBadRequest, "invalid", `"to" is missing; send {"to":"canary"} (the pool that gains traffic)`)
+		return
+	}
+	// The pool gaining traffic needs a healthy backend, as for a switch.
+	if !a.checkGate(w, r, r.PathValue("svc"), onePool(body.To), body.Force) {
+		return
+	}
+	spec := body.RolloutSpec
+	applied, ok := a.commit(w, r, raw, body.IfVersion, state.Command{Kind: state.KindRolloutStart, Service: r.PathValue("svc"), RolloutSpec: &spec, Actor: actor})
+	if ok {
+		writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
+	}
+}
+
+func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ string) {
+	s, ok := a.service(w, r)
+	if !ok {
+		return
+	}
+	if s.Rollout == nil {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("service %q has never had a rollout; start one with POST /v1/services/%s/rollout", s.Name, s.Name))
+		return
+	}
+	writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), s))
+}
+
+// changeRollout answers POST …/rollout/{pause,resume,promote,abort}.
+func (a *adminServer) changeRollout(action string) func(http.ResponseWriter, *http.Request, string) {
+	return func(w http.ResponseWriter, r *http.Request, actor string) {
+		cmd := state.Command{Kind: state.KindRolloutChange, Service: r.PathValue("svc"), Action: action, Actor: actor}
+		if action == state.ActionRolloutAbort {
+			cmd = state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerAbort, Actor: actor, Reason: "aborted by " + actor}
+		}
+		applied, ok := a.commit(w, r, nil, nil, cmd)
+		if ok {
+			writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
+		}
+	}
+}
+
+// rollback answers POST /v1/services/{svc}/rollback: the LKG weights now; a
+// running rollout ends as rolled_back.
+func (a *adminServer) rollback(w http.ResponseWriter, r *http.Request, actor string) {
+	a.write(w, r, nil, nil, state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerManual, Actor: actor, Reason: "rolled back by " + actor})
+}
+
+// verdict is the leader's latest verdict on a service's rollout or guard;
+// nil when there is none or the leader cannot be asked within a second.
+func (n *Node) verdict(ctx context.Context, service string) *slo.Verdict {
+	if n.isLeader() {
+		return n.watcher.latest(service)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var v *slo.Verdict
+	if err := n.forward(ctx, rpcVerdict, service, &v); err != nil {
+		return nil
+	}
+	return v
+}

@@ -1,0 +1,112 @@
+package slo
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// fuzzBuckets reads buckets as 8-byte little-endian counts, any number of
+// them: windows come from other nodes and may be of any shape.
+func fuzzBuckets(b []byte) []uint64 {
+	var out []uint64
+	for ; len(b) >= 8; b = b[8:] {
+		out = append(out, binary.LittleEndian.Uint64(b))
+	}
+	return out
+}
+
+func bucketBytes(w Window) []byte {
+	var b []byte
+	for _, n := range w.Buckets {
+		b = binary.LittleEndian.AppendUint64(b, n)
+	}
+	return b
+}
+
+// FuzzJudge judges random windows under random thresholds: no panic, every
+// figure a finite number in range (the verdict must marshal to JSON), and
+// no pass or breach without the evidence the rules ask for.
+func FuzzJudge(f *testing.F) {
+	seed := func(t Window, tNodes int, baseline string, b Window, bNodes int, s state.SLO) {
+		f.Add(t.Requests, t.Errors, bucketBytes(t), tNodes, baseline, b.Requests, b.Errors, bucketBytes(b), bNodes,
+			s.Advance.ErrorRate, s.Advance.P95ms, s.Rollback.ErrorRate, s.Rollback.P95ms, s.MinRequests)
+	}
+	d := state.DefaultSLO
+	seed(win(30, 30, 30*time.Millisecond), 3, "", Window{}, 0, d)
+	seed(win(50, 0, 30*time.Millisecond), 3, "blue", win(5000, 0, 30*time.Millisecond), 3, d)
+	seed(win(400, 20, 30*time.Millisecond), 3, "blue", win(4000, 200, time.Second), 3, d)
+	seed(win(10000, 5, 30*time.Millisecond), 3, "blue", win(100000, 2, time.Second), 3, d)
+	seed(win(150, 0, 3*time.Second), 1, "", Window{}, 0, d)
+	seed(win(20, 0, 20*time.Second), 1, "blue", Window{}, 2, d)
+	seed(Window{Requests: math.MaxUint64, Errors: math.MaxUint64, Buckets: []uint64{math.MaxUint64, 1}}, 1, "blue", Window{Requests: 3}, -1,
+		state.SLO{Advance: state.Thresholds{ErrorRate: math.NaN(), P95ms: math.Inf(1)}, MinRequests: -5})
+
+	f.Fuzz(func(t *testing.T, tReq, tErr uint64, tBuckets []byte, tNodes int, baseline string, bReq, bErr uint64, bBuckets []byte, bNodes int,
+		advRate, advP95, rbRate, rbP95 float64, minReq int) {
+		s := state.SLO{
+			Advance:     state.Thresholds{ErrorRate: advRate, P95ms: advP95},
+			Rollback:    state.Thresholds{ErrorRate: rbRate, P95ms: rbP95},
+			MinRequests: minReq,
+		}
+		tw := Window{Requests: tReq, Errors: tErr, Buckets: fuzzBuckets(tBuckets)}
+		bw := Window{Requests: bReq, Errors: bErr, Buckets: fuzzBuckets(bBuckets)}
+		const target = "canary"
+		if baseline == target {
+			baseline = ""
+		}
+		v := Judge(s, target, tw, tNodes, baseline, bw, bNodes)
+
+		if _, err := json.Marshal(v); err != nil {
+			t.Fatalf("verdict does not marshal: %v", err)
+		}
+		for name, p := range v.Pools {
+			for _, x := range []float64{p.ErrorRate, p.ErrorRateLow, p.ErrorRateHigh} {
+				if !(0 <= x && x <= 1) {
+					t.Fatalf("%s: a rate is %v: %+v", name, x, p)
+				}
+			}
+			if !(p.ErrorRateLow <= p.ErrorRate && p.ErrorRate <= p.ErrorRateHigh) {
+				t.Fatalf("%s: rate outside its interval: %+v", name, p)
+			}
+			if !(p.P95ms >= 0) || math.IsInf(p.P95ms, 0) || p.Errors > p.Requests {
+				t.Fatalf("%s: bad figures %+v", name, p)
+			}
+		}
+		tf := v.Pools[target]
+		if baseline != "" && len(v.Pools) != 2 || baseline == "" && len(v.Pools) != 1 {
+			t.Fatalf("pools %v for baseline %q", v.Pools, baseline)
+		}
+		if !strings.HasPrefix(v.Reason, string(v.Result)+": ") || len(v.Reason) <= len(v.Result)+2 {
+			t.Fatalf("reason %q for result %q", v.Reason, v.Result)
+		}
+		enough := minReq <= 0 || tReq >= uint64(minReq)
+		switch v.Result {
+		case Pass:
+			if tNodes <= 0 || tReq == 0 || !enough {
+				t.Fatalf("pass from %d requests on %d nodes, min_requests %d", tReq, tNodes, minReq)
+			}
+			if !(tf.ErrorRate < advRate && tf.P95ms < advP95) {
+				t.Fatalf("pass with %+v against advance %v, %v", tf, advRate, advP95)
+			}
+		case Breach, Inconclusive:
+			if tNodes <= 0 || tReq == 0 {
+				t.Fatalf("%s without data: %+v", v.Result, tf)
+			}
+			if !(tf.ErrorRateLow > rbRate || tf.P95ms > rbP95 && enough) {
+				t.Fatalf("%s with %+v against rollback %v, %v, min_requests %d", v.Result, tf, rbRate, rbP95, minReq)
+			}
+			if v.Result == Inconclusive && (baseline == "" || bNodes <= 0) {
+				t.Fatalf("inconclusive without a baseline that reported")
+			}
+		case Hold:
+		default:
+			t.Fatalf("result %q", v.Result)
+		}
+	})
+}
