@@ -81,14 +81,18 @@ type subject struct {
 	target, baseline string
 	rollout          *state.Rollout
 	guard            *state.Guarded
+	// since is when the rollout or guard began: traffic from before it is
+	// not its traffic (a new rollout must not inherit the errors of the one
+	// that was just rolled back).
+	since time.Time
 }
 
 func subjectOf(s *state.Service, now time.Time) *subject {
 	if r := s.Rollout; r.Active() {
-		return &subject{key: s.Name + "/" + r.ID, target: r.To, baseline: r.From, rollout: r}
+		return &subject{key: s.Name + "/" + r.ID, target: r.To, baseline: r.From, rollout: r, since: r.Started}
 	}
 	if g := s.Guarded; g != nil && now.Before(g.Until) && len(g.Pools) > 0 {
-		return &subject{key: s.Name + "/guard/" + g.ID, target: g.Pools[0], guard: g}
+		return &subject{key: s.Name + "/guard/" + g.ID, target: g.Pools[0], guard: g, since: g.Until.Add(-time.Duration(s.Guard))}
 	}
 	return nil
 }
@@ -113,7 +117,8 @@ func (w *watcher) tick(ctx context.Context) {
 		if sub.baseline != "" {
 			pools = append(pools, sub.baseline)
 		}
-		windows, nodes := w.n.pullWindows(ctx, name, pools, time.Duration(s.SLO.Window))
+		window := min(time.Duration(s.SLO.Window), now.Sub(sub.since))
+		windows, nodes := w.n.pullWindows(ctx, name, pools, max(window, time.Millisecond))
 		verdict := slo.Judge(s.SLO, sub.target, windows[sub.target], nodes, sub.baseline, windows[sub.baseline], nodes)
 		w.mu.Lock()
 		w.verdicts[name] = &verdict

@@ -35,12 +35,11 @@ type sampler struct {
 
 type poolKey struct{ service, pool string }
 
-// series is one pool's ring of samples.
+// series is one pool's ring of samples. The slots of samples taken before
+// the pool was found stay zero, which is right: a pool found after the first
+// sample had no counters before it.
 type series struct {
 	stats *poolStats
-	// first is the sample in which the pool first appeared. A pool found
-	// after the first sample had no counters, so zero requests, before it.
-	first uint64
 	ring  [windowSlots]sample
 }
 
@@ -100,7 +99,7 @@ func (s *sampler) sample() {
 	for _, p := range pools {
 		ser := s.series[p.key]
 		if ser == nil {
-			ser = &series{stats: p.stats, first: s.taken}
+			ser = &series{stats: p.stats}
 			s.series[p.key] = ser
 		}
 		ser.ring[slot] = sampleOf(p.stats)
@@ -116,18 +115,15 @@ func (s *sampler) window(service, pool string, d time.Duration) slo.Window {
 	s.once.Do(s.start)
 	s.mu.Lock()
 	ser := s.series[poolKey{service, pool}]
-	var from sample
+	var from sample // a pool born since the last sample starts from zero
 	if ser != nil {
-		back := min(uint64((d+time.Second-1)/time.Second), windowSlots-1)
-		newest := s.taken - 1
-		switch {
-		case newest >= ser.first+back:
-			from = ser.ring[(newest-back)%windowSlots]
-		case ser.first == 0:
-			// Found in the very first sample: no earlier figures.
-			from = ser.ring[0]
+		var back uint64 // in ticks, rounded up
+		if d > 0 {
+			back = uint64((d-1)/time.Second + 1)
 		}
-		// Otherwise the pool was born after the sample d ago: from zero.
+		newest := s.taken - 1
+		back = min(back, windowSlots-1, newest)
+		from = ser.ring[(newest-back)%windowSlots]
 	}
 	s.mu.Unlock()
 

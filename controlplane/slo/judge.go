@@ -74,6 +74,13 @@ type Verdict struct {
 //     advance error rate and a P95 below the advance P95;
 //   - hold: anything else. No data (no node reported, or no requests) always
 //     holds: missing figures are never read as good ones.
+// MinBreachErrors is the fewest failed requests an error-rate breach needs.
+// With few requests the Wilson bound alone convicts on one failure (1 of 1 has
+// a lower bound of 20.7 %), and that failure stays in the window for every
+// "consecutive" evaluation after it; a hard failure at 20 requests a second
+// reaches three errors in a fraction of a second.
+const MinBreachErrors = 3
+
 func Judge(s state.SLO, target string, tw Window, tNodes int, baseline string, bw Window, bNodes int) Verdict {
 	t := measure(target, tw, tNodes)
 	v := Verdict{Pools: map[string]PoolFigures{target: t.PoolFigures}}
@@ -132,7 +139,7 @@ func (p pool) enough(s state.SLO) bool {
 // breaches says how p breaks the rollback thresholds, or "" if it does not.
 func (p pool) breaches(s state.SLO) string {
 	var why []string
-	if p.ErrorRateLow > s.Rollback.ErrorRate {
+	if p.Errors >= MinBreachErrors && p.ErrorRateLow > s.Rollback.ErrorRate {
 		why = append(why, fmt.Sprintf("%s error rate %s %% (%d of %d requests failed) is above %s %% with 95 %% confidence (at least %s %%)",
 			p.name, pct(p.ErrorRate), p.Errors, p.Requests, pct(s.Rollback.ErrorRate), pct(p.ErrorRateLow)))
 	}

@@ -252,6 +252,9 @@ func FuzzParseArgs(f *testing.F) {
 		"--limit=0\x00--follow\x00--json",
 		"set\x00svc\x00blue\x0010.0.0.1:80\x00--version=v1",
 		"svc\x00=\x00==\x00blue=-0",
+		"svc\x00--to\x00canary\x00--steps\x001:5m,5:10m,25:15m,50:15m,100\x00--manual",
+		"--to=green\x00svc\x00--bake\x005m\x00--strategy=blue-green\x00--force\x00--from\x00blue",
+		"svc\x00--follow\x00--json\x00--steps=1,2:x",
 	} {
 		for i := range commands {
 			f.Add(uint8(i), seed)

@@ -50,6 +50,72 @@ service's last known good, so 'cbproxy rollback' can undo the switch.`,
 		run: runSwitch,
 	},
 	{
+		name:   "rollout start",
+		params: []string{"SERVICE"},
+		flags:  rolloutStartFlags,
+		short:  "Start a canary or blue-green rollout to a pool",
+		long: `Starts moving SERVICE's traffic from one pool (--from, default the pool with the
+largest weight) to --to, on every node. A canary takes the new pool's share
+from the old pool in --steps, holding each step while the SLO is judged, and
+advances when it passes (with --manual: when 'rollout promote' is run). A
+blue-green rollout (--strategy blue-green, or --bake) switches all traffic at
+once, health-gated, then keeps it under the rollback SLO for the bake time.
+A breach of the rollback SLO rolls back to the weights in force before the
+start. Exit 3 if a rollout already runs, 4 if the --to pool has no healthy
+backend (unless --force).`,
+		run: runRolloutStart,
+	},
+	{
+		name:   "rollout status",
+		params: []string{"SERVICE"},
+		flags:  rolloutStatusFlags,
+		short:  "Show the current or last rollout and its SLO verdict",
+		long: `Shows SERVICE's current or last rollout: its strategy, state, pools, step and
+hold, and the SLO verdict with each pool's requests, errors, error rate (with
+its 95 % interval), P95 latency and the number of nodes reporting. With
+--follow it prints it again every second until the rollout is promoted,
+rolled back or aborted, or Ctrl-C; with --json it prints the API's rollout
+body each time, one per line.`,
+		run: runRolloutStatus,
+	},
+	{
+		name:   "rollout pause",
+		params: []string{"SERVICE"},
+		short:  "Hold the running rollout at its step",
+		long:   `Pauses SERVICE's rollout: the weights stay, no step is taken until 'rollout resume'. A breach of the rollback SLO still rolls back.`,
+		run:    runRolloutAction("pause"),
+	},
+	{
+		name:   "rollout resume",
+		params: []string{"SERVICE"},
+		short:  "Go on with a paused rollout",
+		long:   `Resumes SERVICE's paused rollout; the current step's hold starts again.`,
+		run:    runRolloutAction("resume"),
+	},
+	{
+		name:   "rollout promote",
+		params: []string{"SERVICE"},
+		short:  "Take the rollout's next step now",
+		long:   `Moves SERVICE's rollout to its next step now, without waiting for the hold or the SLO; at the last step it ends the rollout as promoted.`,
+		run:    runRolloutAction("promote"),
+	},
+	{
+		name:   "rollout abort",
+		params: []string{"SERVICE"},
+		short:  "Stop the rollout and restore the weights from before it",
+		long:   `Ends SERVICE's rollout as aborted and restores the last known good weights (those in force before the rollout started) at once.`,
+		run:    runRolloutAction("abort"),
+	},
+	{
+		name:   "rollback",
+		params: []string{"SERVICE"},
+		short:  "Restore the last known good weights now",
+		long: `Restores SERVICE's last known good weights (those in force before the last
+weights, switch or rollout start) on every node at once. A running rollout
+ends as rolled back.`,
+		run: runRollback,
+	},
+	{
 		name:   "pool set",
 		params: []string{"SERVICE", "POOL", "ADDR..."},
 		flags:  []flagSpec{{name: "version", value: "LABEL", usage: "the pool's version label (default: keep the current one)"}},

@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// steadyLoad sends GETs at a fixed total rate, round robin over the nodes'
+// proxies, until stopped; bounded by maxDuration.
+type steadyLoad struct {
+	sent, failed atomic.Int64
+	stop         chan struct{}
+	wg           sync.WaitGroup
+}
+
+func startSteadyLoad(urls []string, perSecond int, maxDuration time.Duration) *steadyLoad {
+	l := &steadyLoad{stop: make(chan struct{})}
+	tr := &http.Transport{MaxIdleConnsPerHost: 32}
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
+	sem := make(chan struct{}, 64)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer tick.Stop()
+		end := time.After(maxDuration)
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-end:
+				return
+			case <-tick.C:
+			}
+			sem <- struct{}{}
+			l.wg.Add(1)
+			go func(url string) {
+				defer l.wg.Done()
+				defer func() { <-sem }()
+				resp, err := c.Get(url)
+				l.sent.Add(1)
+				if err != nil {
+					l.failed.Add(1)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					l.failed.Add(1)
+				}
+			}(urls[i%len(urls)])
+		}
+	}()
+	return l
+}
+
+func (l *steadyLoad) finish() (sent, failed int64) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.sent.Load(), l.failed.Load()
+}
+
+func setBackend(t *testing.T, addr, settings string) {
+	t.Helper()
+	req, _ := http.NewRequest("PUT", "http://"+addr+"/_backend", strings.NewReader(settings))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("PUT /_backend on %s: %d", addr, resp.StatusCode)
+	}
+}
+
+// rolledBackEverywhere waits until every node's own state shows canary at 0.
+func (c *testCluster) rolledBackEverywhere(within time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	waitFor(c.t, "the rollback on every node", within, func() bool {
+		for _, n := range c.nodes {
+			if c.weights(n)["canary"] != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return time.Since(start)
+}
+
+// rollbackTrial runs one incident: a canary at 5 % that starts failing every
+// request under ~400 req/s spread over the three nodes (~20 req/s to the
+// canary), with the SLO defaults. It returns the time from the onset until
+// every node applied the rollback, and the failed client requests.
+func rollbackTrial(t *testing.T, c *testCluster) (time.Duration, int64) {
+	setBackend(t, c.backends["canary"], `{"error_rate":0}`)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.proxy()+"/")
+	}
+	code, body := api(t, "POST", c.nodes[1].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`)
+	if code != 200 {
+		t.Fatalf("rollout start: %d %v", code, body)
+	}
+	id := body["id"].(string)
+	l := startSteadyLoad(urls, 400, 2*time.Minute)
+	time.Sleep(3 * time.Second) // healthy traffic first
+	if _, ro := api(t, "GET", c.nodes[0].admin()+"/v1/services/codingbrain/rollout?consistent", ""); ro["state"] != "running" {
+		t.Fatalf("before the onset the rollout is %v: %v", ro["state"], ro["verdict"])
+	}
+	onset := time.Now()
+	setBackend(t, c.backends["canary"], `{"error_rate":1}`)
+	t.Logf("onset at %.3f", float64(onset.UnixNano())/1e9)
+	c.rolledBackEverywhere(60 * time.Second)
+	took := time.Since(onset)
+	sent, failed := l.finish()
+	t.Logf("rollout %s: rolled back on all nodes %s after the onset; %d requests, %d failed", id, took, sent, failed)
+	_, ro := api(t, "GET", c.nodes[2].admin()+"/v1/services/codingbrain/rollout?consistent", "")
+	if ro["state"] != "rolled_back" || ro["id"] != id {
+		t.Fatalf("rollout after the incident: %v", ro)
+	}
+	return took, failed
+}
+
+func TestRolloutRollback(t *testing.T) {
+	c := newTestCluster(t)
+	took, _ := rollbackTrial(t, c)
+	if took > 30*time.Second {
+		t.Fatalf("rollback took %s", took)
+	}
+	// Exactly one rollback event, by the watcher, with its figures.
+	_, ev := api(t, "GET", c.nodes[0].admin()+"/v1/events?service=codingbrain&consistent", "")
+	rollbacks := 0
+	for _, x := range ev["events"].([]any) {
+		e := x.(map[string]any)
+		if e["action"] == "rollback" {
+			rollbacks++
+			if e["actor"] != "watcher" || e["figures"] == nil {
+				t.Fatalf("rollback event %v", e)
+			}
+		}
+	}
+	if rollbacks != 1 {
+		t.Fatalf("%d rollback events", rollbacks)
+	}
+	// The rolled-back rollout stays rolled back; the metric counts it.
+	time.Sleep(2 * time.Second)
+	if w := c.weights(c.nodes[0]); w["canary"] != 0 {
+		t.Fatalf("canary back after a rollback: %v", w)
+	}
+	resp, err := http.Get(c.nodes[2].admin() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(raw), `cbproxy_rollbacks_total{service="codingbrain",trigger="auto"} 1`) {
+		t.Fatalf("metrics lack the rollback:\n%s", raw)
+	}
+}
+
+// TestRollbackTrials repeats the incident to report the distribution of the
+// time to rollback (make soak; CBPROXY_SOAK=1). The anchor it beats is a
+// poll-once-a-minute analysis loop (Flagger/Argo default): 0 to 60 s of
+// waiting for the next loop plus the scrape interval.
+func TestRollbackTrials(t *testing.T) {
+	if os.Getenv("CBPROXY_SOAK") == "" {
+		t.Skip("set CBPROXY_SOAK=1 (make soak) to run the rollback trials")
+	}
+	c := newTestCluster(t)
+	var times []time.Duration
+	var failed []int64
+	for trial := 1; trial <= 10; trial++ {
+		took, f := rollbackTrial(t, c)
+		times, failed = append(times, took), append(failed, f)
+		// The next trial needs traffic back on blue only.
+		if code, _ := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":100}}`); code != 200 {
+			t.Fatalf("reset weights: %d", code)
+		}
+		// Nodes keep windows in one-second slots: let the last incident's
+		// errors fall out of the slot the next rollout starts in.
+		time.Sleep(2 * time.Second)
+	}
+	slices.Sort(times)
+	slices.Sort(failed)
+	t.Logf("time to rollback over %d trials: min %s, p50 %s, p90 %s, max (p99 of 10) %s; failed requests per incident: p50 %d, max %d",
+		len(times), times[0], times[len(times)/2], times[len(times)*9/10-1], times[len(times)-1], failed[len(failed)/2], failed[len(failed)-1])
+	fmt.Fprintf(os.Stderr, "ROLLBACK_TIMES %v\n", times)
+}
