@@ -74,6 +74,7 @@ type Verdict struct {
 //     advance error rate and a P95 below the advance P95;
 //   - hold: anything else. No data (no node reported, or no requests) always
 //     holds: missing figures are never read as good ones.
+//
 // MinBreachErrors is the fewest failed requests an error-rate breach needs.
 // With few requests the Wilson bound alone convicts on one failure (1 of 1 has
 // a lower bound of 20.7 %), and that failure stays in the window for every
