@@ -5,7 +5,7 @@ BIN   := bin
 PKGS  := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build run run-cluster test vet unit e2e bench bench-go bench-propagation soak fuzz clean
+.PHONY: all build run run-cluster test vet unit e2e bench bench-go bench-propagation bench-rollback soak fuzz clean
 
 all: build
 
@@ -42,7 +42,7 @@ e2e:
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
-bench: build bench-go bench-propagation
+bench: build bench-go bench-propagation bench-rollback
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
 
 # How fast a weight change reaches every node of a local three-node cluster,
@@ -53,11 +53,18 @@ bench-propagation: build
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/
 
+# Time to rollback: a canary at 5 % of ~400 req/s over a real three-node
+# cluster starts failing every request; 10 trials, from the onset until every
+# node applied the rollback (e2e TestRollbackTrials).
+bench-rollback: build
+	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 20m -v -run 'TestRollbackTrials' ./e2e/ | grep -E 'rolled back on|time to rollback|^(---|ok|FAIL)'
+
 # Repeated trials the issues ask figures for (not part of make test): leader
-# failover of a real three-node cluster 10 times, and the porcupine
-# linearizability check 20 times.
+# failover of a real three-node cluster 10 times, 20 healthy canary rollouts
+# (zero rollbacks expected), and the porcupine linearizability check 20 times.
 soak:
 	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 20m -v -run 'TestFailoverTrials' ./e2e/ | grep -E 'trial|failover|^(---|ok|FAIL)'
+	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run 'TestHealthyRolloutRuns' ./e2e/ | grep -E 'run [0-9]|healthy rollouts|^(---|ok|FAIL)'
 	$(GO) test -count=20 -timeout 20m -run 'TestClusterLinearizable' ./controlplane/
 
 # Run every native fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).

@@ -71,7 +71,23 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 		t.Fatalf("with 10 requests the step moved or did not hold: %v", ro)
 	}
 	tp.set("canary", 500, 0, 10*time.Millisecond)
+	// Kill the leader in the middle of step 2: the new leader continues the
+	// step from its replicated start time.
 	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, ro = cl.do("GET", "/v1/services/svc/rollout?consistent", "")
+		if ro["step"] == 2.0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never reached step 2: %v", ro)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	l := c.leader(10 * time.Second)
+	c.kill(l)
+	cl = c.client(c.leader(30 * time.Second))
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		_, _, ro = cl.do("GET", "/v1/services/svc/rollout", "")
 		if ro["state"] == "promoted" {

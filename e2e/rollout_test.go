@@ -195,3 +195,122 @@ func TestRollbackTrials(t *testing.T) {
 		len(times), times[0], times[len(times)/2], times[len(times)*9/10-1], times[len(times)-1], failed[len(failed)/2], failed[len(failed)-1])
 	fmt.Fprintf(os.Stderr, "ROLLBACK_TIMES %v\n", times)
 }
+
+// useTestSLO replaces the seeded service with one whose SLO needs 20
+// requests for a pass, so that short holds can pass at test traffic.
+func useTestSLO(t *testing.T, c *testCluster) {
+	t.Helper()
+	body := fmt.Sprintf(`{"pools":{"blue":{"backends":[%q]},"canary":{"backends":[%q]}},"weights":{"blue":100},"slo":{"min_requests":20}}`, c.backends["blue"], c.backends["canary"])
+	if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain?wait=all", body); code != 200 {
+		t.Fatalf("put service: %d %v", code, b)
+	}
+}
+
+// waitRollout waits until the rollout reaches a final state and returns it.
+func waitRollout(t *testing.T, c *testCluster, within time.Duration) map[string]any {
+	t.Helper()
+	var ro map[string]any
+	waitFor(t, "the rollout to end", within, func() bool {
+		_, ro = api(t, "GET", c.nodes[0].admin()+"/v1/services/codingbrain/rollout?consistent", "")
+		s := ro["state"]
+		return s == "promoted" || s == "rolled_back" || s == "aborted"
+	})
+	return ro
+}
+
+// healthyRun walks a healthy canary (0.05 % errors, like stable) through every
+// step with short holds and returns its final state.
+func healthyRun(t *testing.T, c *testCluster, urls []string) (string, time.Duration) {
+	t.Helper()
+	setBackend(t, c.backends["blue"], `{"error_rate":0.0005}`)
+	setBackend(t, c.backends["canary"], `{"error_rate":0.0005}`)
+	if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":100}}`); code != 200 {
+		t.Fatalf("reset weights: %d %v", code, b)
+	}
+	time.Sleep(2 * time.Second)
+	l := startSteadyLoad(urls, 500, 3*time.Minute)
+	defer l.finish()
+	start := time.Now()
+	_, errOut, code := cli(t, c.nodes[1].admin(), "rollout", "start", "codingbrain", "--to", "canary", "--steps", "1:2s,5:2s,25:2s,50:2s,100")
+	if code != 0 {
+		t.Fatalf("rollout start: exit %d %s", code, errOut)
+	}
+	ro := waitRollout(t, c, 2*time.Minute)
+	return ro["state"].(string), time.Since(start)
+}
+
+func TestRolloutScenarios(t *testing.T) {
+	c := newTestCluster(t)
+	useTestSLO(t, c)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.proxy()+"/")
+	}
+	// A healthy canary walks every step and is promoted.
+	state, took := healthyRun(t, c, urls)
+	t.Logf("healthy canary: %s after %s", state, took)
+	if state != "promoted" {
+		t.Fatalf("healthy canary ended %s", state)
+	}
+	if w := c.weights(c.nodes[2]); w["canary"] != 100 {
+		t.Fatalf("weights after promotion: %v", w)
+	}
+
+	for _, tc := range []struct {
+		name, fault string
+		within      time.Duration
+	}{
+		{"5 % errors", `{"error_rate":0.05}`, 30 * time.Second},
+		{"p95 over 2 s", `{"latency_ms":2500}`, 60 * time.Second},
+	} {
+		setBackend(t, c.backends["canary"], `{"error_rate":0,"latency_ms":0}`)
+		if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":100}}`); code != 200 {
+			t.Fatalf("reset weights: %d %v", code, b)
+		}
+		time.Sleep(2 * time.Second)
+		l := startSteadyLoad(urls, 400, 2*time.Minute)
+		if code, b := api(t, "POST", c.nodes[2].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`); code != 200 {
+			t.Fatalf("%s: start: %d %v", tc.name, code, b)
+		}
+		time.Sleep(2 * time.Second)
+		onset := time.Now()
+		setBackend(t, c.backends["canary"], tc.fault)
+		ro := waitRollout(t, c, tc.within)
+		took := time.Since(onset)
+		sent, failed := l.finish()
+		t.Logf("%s: %s %s after the onset (%d requests, %d failed or slow-failed)", tc.name, ro["state"], took, sent, failed)
+		if ro["state"] != "rolled_back" || took > tc.within {
+			t.Fatalf("%s: %v after %s", tc.name, ro["state"], took)
+		}
+	}
+	setBackend(t, c.backends["canary"], `{"error_rate":0,"latency_ms":0}`)
+}
+
+// TestHealthyRolloutRuns repeats the healthy canary (make soak): zero
+// rollbacks over 20 runs is the goal.
+func TestHealthyRolloutRuns(t *testing.T) {
+	if os.Getenv("CBPROXY_SOAK") == "" {
+		t.Skip("set CBPROXY_SOAK=1 (make soak) to run 20 healthy rollouts")
+	}
+	c := newTestCluster(t)
+	useTestSLO(t, c)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.proxy()+"/")
+	}
+	promoted, rolledBack := 0, 0
+	for run := 1; run <= 20; run++ {
+		state, took := healthyRun(t, c, urls)
+		t.Logf("run %d: %s after %s", run, state, took)
+		switch state {
+		case "promoted":
+			promoted++
+		case "rolled_back":
+			rolledBack++
+		}
+	}
+	t.Logf("healthy rollouts: %d promoted, %d rolled back of 20", promoted, rolledBack)
+	if rolledBack != 0 {
+		t.Fatalf("%d healthy rollouts were rolled back", rolledBack)
+	}
+}
