@@ -38,6 +38,12 @@ func FuzzAdminAPI(f *testing.F) {
 		{"DELETE", "/v1/services/svc2", ``, "", "d"},
 		{"GET", "/v1/events?since=1&limit=10&service=svc", ``, "", ""},
 		{"PUT", "/v1/services/svc/weights", `{"weights":{"blue":1e2}}`, "W/\"x\"", ""},
+		{"POST", "/v1/services/svc/rollout", `{"to":"canary","steps":[{"weight":1,"hold":"5m"},{"weight":100}],"force":true}`, "", ""},
+		{"POST", "/v1/services/svc/rollout", `{"strategy":"blue-green","to":"green","bake":"1s","gate":"manual"}`, "", ""},
+		{"POST", "/v1/services/svc/rollout/pause", ``, "", ""},
+		{"POST", "/v1/services/svc/rollout/promote", ``, "", "p"},
+		{"POST", "/v1/services/svc/rollback", ``, "", ""},
+		{"POST", "/v1/services/svc/pools/blue/backends/127.0.0.1%3A9001/drain", ``, "", ""},
 	}
 	for _, s := range seeds {
 		f.Add(s.method, s.path, []byte(s.body), s.ifMatch, s.key)
