@@ -158,3 +158,37 @@ func TestWatcherRollsBackOnceAcrossLeaderChange(t *testing.T) {
 		t.Fatalf("weights after rollback: %v", w)
 	}
 }
+
+// TestWatcherGuardRollsBackAWeightsChange: after a plain weights change, the
+// pool that gained share stays under the rollback SLO for the guard period; a
+// breach rolls back to the LKG, once.
+func TestWatcherGuardRollsBackAWeightsChange(t *testing.T) {
+	c, tp := rolloutCluster(t)
+	cl := c.client(0)
+	if code, _, b := cl.do("PUT", "/v1/services/svc/weights", `{"weights":{"blue":90,"canary":10},"force":true}`); code != 200 {
+		t.Fatalf("weights: %d %v", code, b)
+	}
+	tp.set("canary", 100, 60, 10*time.Millisecond)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, svc := cl.do("GET", "/v1/services/svc?consistent", "")
+		if svc["weights"].(map[string]any)["canary"] == 0.0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guard did not roll back: %v", svc["weights"])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	_, _, ev := cl.do("GET", "/v1/events?service=svc&consistent", "")
+	rollbacks := 0
+	for _, e := range ev["events"].([]any) {
+		if e.(map[string]any)["action"] == "rollback" {
+			rollbacks++
+		}
+	}
+	if rollbacks != 1 {
+		t.Fatalf("%d rollbacks", rollbacks)
+	}
+}
