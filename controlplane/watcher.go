@@ -69,10 +69,20 @@ func (w *watcher) reset() {
 	w.verdicts, w.breaches = map[string]*slo.Verdict{}, map[string]int{}
 }
 
+// latest is the leader's latest verdict on what the service is judged for
+// now: a verdict about an earlier rollout or guard is not shown.
 func (w *watcher) latest(service string) *slo.Verdict {
+	s := w.n.View().Services[service]
+	if s == nil {
+		return nil
+	}
+	sub := subjectOf(s, time.Now())
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.verdicts[service]
+	if v := w.verdicts[service]; v != nil && sub != nil && v.Subject == sub.key {
+		return v
+	}
+	return nil
 }
 
 // subject is what one evaluation of a service judges.
@@ -118,8 +128,18 @@ func (w *watcher) tick(ctx context.Context) {
 			pools = append(pools, sub.baseline)
 		}
 		window := min(time.Duration(s.SLO.Window), now.Sub(sub.since))
+		if sub.guard != nil {
+			pools = sub.guard.Pools // every pool that gained share is guarded
+		}
 		windows, nodes := w.n.pullWindows(ctx, name, pools, max(window, time.Millisecond))
 		verdict := slo.Judge(s.SLO, sub.target, windows[sub.target], nodes, sub.baseline, windows[sub.baseline], nodes)
+		for _, p := range pools[1:] {
+			if sub.guard == nil || verdict.Result == slo.Breach {
+				break
+			}
+			verdict = slo.Judge(s.SLO, p, windows[p], nodes, "", slo.Window{}, 0)
+		}
+		verdict.Subject = sub.key
 		w.mu.Lock()
 		w.verdicts[name] = &verdict
 		if verdict.Result == slo.Breach {
@@ -174,12 +194,13 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 			return
 		}
 		action := state.ActionRolloutStep
-		if r.Gate == state.GateManual && r.Step < len(r.Steps) {
-			action = state.ActionRolloutWait
+		if r.Gate == state.GateManual {
+			action = state.ActionRolloutWait // every step, the last one too, waits for promote
 		}
 		w.commit(ctx, state.Command{
 			Kind: state.KindRolloutChange, Service: s.Name, Action: action, RolloutID: r.ID, FromStep: r.Step,
-			Actor: "watcher", Reason: v.Reason, IdemKey: "decision:" + sub.key + "/" + action + "/" + strconv.Itoa(r.Step), IdemHash: action,
+			Actor: "watcher", Reason: v.Reason, Figures: figures(v),
+			IdemKey: "decision:" + sub.key + "/" + action + "/" + strconv.Itoa(r.Step), IdemHash: action,
 		})
 	}
 }

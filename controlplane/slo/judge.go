@@ -57,6 +57,9 @@ type Verdict struct {
 	// Reason says why, in numbers, for humans.
 	Reason string                 `json:"reason"`
 	Pools  map[string]PoolFigures `json:"pools"`
+	// Subject is what the verdict was about (the watcher's rollout or guard
+	// key); not shown.
+	Subject string `json:"-"`
 }
 
 // Judge applies the SLO (CONTRACT §3) once to the pool gaining traffic

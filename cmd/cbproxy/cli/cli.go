@@ -1,7 +1,8 @@
-// Package cli holds the cbproxy client commands: status, weights, switch, pool,
-// events and cluster. They are clients of a node's admin API (CONTRACT §4) and
-// are registered as Caddy commands, so one binary both runs the proxy and
-// drives the cluster.
+// Package cli holds the cbproxy client commands: status, weights, switch,
+// rollout (start, status, pause, resume, promote, abort), rollback, pool,
+// backend, events and cluster. They are clients of a node's admin API
+// (CONTRACT §4) and are registered as Caddy commands, so one binary both runs
+// the proxy and drives the cluster.
 //
 // Each command parses its own arguments: Caddy's command runner (cobra) exits 1
 // on any flag error, and the contract wants 2 for a usage error.
@@ -47,7 +48,9 @@ type command struct {
 
 // groupShort describes the commands that take a subcommand, for Caddy's list.
 var groupShort = map[string]string{
+	"rollout": "Move a service's traffic to a pool, judged by its SLO",
 	"pool":    "Change the pools of a service",
+	"backend": "Drain or undrain one backend of a pool",
 	"cluster": "Show the cluster",
 }
 

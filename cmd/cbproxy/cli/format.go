@@ -118,10 +118,12 @@ func rolloutLine(r *rolloutBody) string {
 	}
 	s := fmt.Sprintf("%s %s → %s, step %d of %d, %s", r.Strategy, r.From, r.To, r.Step, len(r.Steps), r.State)
 	if r.Verdict != nil && r.Verdict.Result != "" {
-		s += ", verdict " + r.Verdict.Result
+		// The server's reason starts with the result ("hold: …").
+		verdict := r.Verdict.Result
 		if r.Verdict.Reason != "" {
-			s += ": " + r.Verdict.Reason
+			verdict = strings.ReplaceAll(r.Verdict.Reason, "\n", " ")
 		}
+		s += ", verdict " + verdict
 	}
 	return s
 }

@@ -314,9 +314,9 @@ func writeRollout(w io.Writer, r rolloutDetail, now time.Time) error {
 		fmt.Fprintf(tw, "verdict\t%s\n", none)
 		return tw.Flush()
 	}
-	verdict := v.Result
+	verdict := v.Result // the server's reason starts with it ("hold: …")
 	if v.Reason != "" {
-		verdict += ": " + oneLine(v.Reason)
+		verdict = oneLine(v.Reason)
 	}
 	fmt.Fprintf(tw, "verdict\t%s\n", verdict)
 	if err := tw.Flush(); err != nil || len(v.Pools) == 0 {

@@ -21,7 +21,7 @@ const (
   "from":"blue","to":"canary","gate":"auto","step":2,
   "steps":[{"weight":1,"hold":"5m"},{"weight":5,"hold":"10m"},{"weight":25,"hold":"15m"},{"weight":50,"hold":"15m"},{"weight":100}],
   "started":"2026-03-01T09:55:00Z","step_started":"2026-03-01T10:00:00Z",
-  "verdict":{"result":"hold","reason":"canary has 40 requests in the window,\nfewer than 100","pools":{
+  "verdict":{"result":"hold","reason":"hold: canary has 40 requests in the window,\nfewer than 100","pools":{
     "canary":{"requests":40,"errors":0,"error_rate":0,"error_rate_low":0,"error_rate_high":0.0876,"p95_ms":31.25,"nodes_reporting":3},
     "blue":{"requests":81200,"errors":12,"error_rate":0.000148,"error_rate_low":0.0000845,"error_rate_high":0.000258,"p95_ms":29,"nodes_reporting":3},
     "green":{"requests":0,"errors":0,"error_rate":0,"error_rate_low":0,"error_rate_high":0,"p95_ms":0,"nodes_reporting":0}}},
