@@ -62,18 +62,7 @@ http://127.0.0.1:%d {
 }
 
 // setBackend changes a backend's behaviour through its control endpoint.
-func (h *healthNode) setBackend(name, settings string) {
-	h.t.Helper()
-	req, _ := http.NewRequest("PUT", "http://"+h.addrs[name]+"/_backend", strings.NewReader(settings))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		h.t.Fatalf("PUT /_backend on %s: %d", name, resp.StatusCode)
-	}
-}
+func (h *healthNode) setBackend(name, settings string) { setBackend(h.t, h.addrs[name], settings) }
 
 // servedBy returns how many requests a backend has served so far.
 func (h *healthNode) servedBy(name string) int {
