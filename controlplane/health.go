@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"net/http"
-	"sort"
 
 	"github.com/hashicorp/raft"
 )
@@ -64,18 +63,12 @@ func (n *Node) dependencies() map[string]dependency {
 // overall is the worst of the dependencies: any unhealthy or degraded one makes
 // the whole degraded; unknown backends (not checked yet) do not.
 func overall(deps map[string]dependency) string {
-	keys := make([]string, 0, len(deps))
-	for k := range deps {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	status := "healthy"
-	for _, k := range keys {
-		if s := deps[k].Status; s == "unhealthy" || s == "degraded" {
-			status = "degraded"
+	for _, d := range deps {
+		if d.Status == "unhealthy" || d.Status == "degraded" {
+			return "degraded"
 		}
 	}
-	return status
+	return "healthy"
 }
 
 func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
