@@ -229,6 +229,12 @@ func TestClusterLeaderKillAndRestart(t *testing.T) {
 	start := time.Now()
 	f := c.leader(30 * time.Second)
 	t.Logf("new leader %s after %s", c.nodes[f].ID(), time.Since(start))
+	// A consistent read right after the election, before any write: the new
+	// leader's commit index is its no-op entry, which the state machine never
+	// sees; the read must still complete.
+	if code, _, b := c.client(f).do("GET", "/v1/services/svc?consistent", ""); code != 200 {
+		t.Fatalf("consistent read after failover: %d %v", code, b)
+	}
 	code, _, body := c.client(f).do("PUT", "/v1/services/svc/weights", `{"weights":{"blue":50,"canary":50}}`)
 	if code != 200 {
 		t.Fatalf("write after failover: %d %v", code, body)

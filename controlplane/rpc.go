@@ -206,6 +206,8 @@ func (n *Node) readIndexAsLeader() (uint64, error) {
 // consistentRead waits until this node has applied everything the leader had
 // committed when the read began, so the read that follows is linearizable.
 func (n *Node) consistentRead(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*noLeaderHold)
+	defer cancel()
 	deadline := time.Now().Add(noLeaderHold)
 	for {
 		var idx uint64
@@ -216,10 +218,7 @@ func (n *Node) consistentRead(ctx context.Context) error {
 			err = n.forward(ctx, rpcReadIndex, nil, &idx)
 		}
 		if err == nil {
-			if !n.fsm.waitIndex(ctx, idx) {
-				return ctx.Err()
-			}
-			return nil
+			return n.waitRaftApplied(ctx, idx)
 		}
 		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) || time.Now().After(deadline) {
 			return ErrNoLeader
@@ -230,6 +229,24 @@ func (n *Node) consistentRead(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// waitRaftApplied waits until Raft has applied index on this node and every
+// command up to it has reached the subscribers. The index may be a no-op or
+// a configuration entry (a new leader's first entry is one), which the state
+// machine never sees, so Raft's applied index is the measure here.
+func (n *Node) waitRaftApplied(ctx context.Context, index uint64) error {
+	for n.raft.AppliedIndex() < index {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	if !n.fsm.waitIndex(ctx, n.View().Index) {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // waitAll waits (up to 5 s) until every node of the configuration has applied

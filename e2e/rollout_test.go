@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -207,11 +208,11 @@ func useTestSLO(t *testing.T, c *testCluster) {
 }
 
 // waitRollout waits until the rollout reaches a final state and returns it.
-func waitRollout(t *testing.T, c *testCluster, within time.Duration) map[string]any {
+func waitRollout(t *testing.T, n *clusterNode, within time.Duration) map[string]any {
 	t.Helper()
 	var ro map[string]any
 	waitFor(t, "the rollout to end", within, func() bool {
-		_, ro = api(t, "GET", c.nodes[0].admin()+"/v1/services/codingbrain/rollout?consistent", "")
+		_, ro = api(t, "GET", n.admin()+"/v1/services/codingbrain/rollout?consistent", "")
 		s := ro["state"]
 		return s == "promoted" || s == "rolled_back" || s == "aborted"
 	})
@@ -235,7 +236,7 @@ func healthyRun(t *testing.T, c *testCluster, urls []string) (string, time.Durat
 	if code != 0 {
 		t.Fatalf("rollout start: exit %d %s", code, errOut)
 	}
-	ro := waitRollout(t, c, 2*time.Minute)
+	ro := waitRollout(t, c.nodes[0], 2*time.Minute)
 	return ro["state"].(string), time.Since(start)
 }
 
@@ -275,7 +276,7 @@ func TestRolloutScenarios(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		onset := time.Now()
 		setBackend(t, c.backends["canary"], tc.fault)
-		ro := waitRollout(t, c, tc.within)
+		ro := waitRollout(t, c.nodes[0], tc.within)
 		took := time.Since(onset)
 		sent, failed := l.finish()
 		t.Logf("%s: %s %s after the onset (%d requests, %d failed or slow-failed)", tc.name, ro["state"], took, sent, failed)
@@ -313,4 +314,61 @@ func TestHealthyRolloutRuns(t *testing.T) {
 	if rolledBack != 0 {
 		t.Fatalf("%d healthy rollouts were rolled back", rolledBack)
 	}
+}
+
+// TestRolloutLeaderKilled kills the leader process in the middle of a step and
+// again in the middle of an incident: the rollout goes on under the new
+// leader, and the incident gets exactly one rollback.
+func TestRolloutLeaderKilled(t *testing.T) {
+	c := newTestCluster(t)
+	useTestSLO(t, c)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.proxy()+"/")
+	}
+	l := startSteadyLoad(urls, 400, 3*time.Minute)
+	defer l.finish()
+	// Mid-step: a canary held at 5 % for a long step; the new leader keeps it.
+	code, body := api(t, "POST", c.nodes[0].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`)
+	if code != 200 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	id := body["id"].(string)
+	time.Sleep(2 * time.Second)
+	leader, followers := c.roles(c.nodes...)
+	leader.proc.stop(syscall.SIGKILL)
+	newLeader, _ := c.roles(followers...)
+	_, ro := api(t, "GET", newLeader.admin()+"/v1/services/codingbrain/rollout?consistent", "")
+	if ro["id"] != id || ro["state"] != "running" || ro["step"] != 1.0 {
+		t.Fatalf("after killing the leader mid-step: %v", ro)
+	}
+	c.start(leader)
+	c.waitReady(leader)
+
+	// Mid-incident: the canary starts failing, the leader dies a second
+	// later, before three consecutive breaches.
+	leader, followers = c.roles(c.nodes...)
+	setBackend(t, c.backends["canary"], `{"error_rate":1}`)
+	time.Sleep(time.Second)
+	leader.proc.stop(syscall.SIGKILL)
+	newLeader, _ = c.roles(followers...)
+	ro = waitRollout(t, newLeader, 60*time.Second)
+	if ro["state"] != "rolled_back" {
+		t.Fatalf("after killing the leader mid-incident: %v", ro)
+	}
+	c.start(leader)
+	c.waitReady(leader)
+	time.Sleep(3 * time.Second) // a second decision would have landed by now
+	c.rolledBackEverywhere(30 * time.Second)
+	_, ev := api(t, "GET", newLeader.admin()+"/v1/events?service=codingbrain&consistent", "")
+	rollbacks := 0
+	for _, x := range ev["events"].([]any) {
+		if x.(map[string]any)["action"] == "rollback" {
+			rollbacks++
+		}
+	}
+	if rollbacks != 1 {
+		t.Fatalf("%d rollback events, want exactly 1", rollbacks)
+	}
+	setBackend(t, c.backends["canary"], `{"error_rate":0}`)
 }
