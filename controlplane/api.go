@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -270,6 +271,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // readBody reads a JSON request body strictly: unknown fields are errors, so a
 // typo never silently does nothing. It writes the error answer itself.
 func readBody(w http.ResponseWriter, r *http.Request, dst any) ([]byte, bool) {
+	raw, ok := readRaw(w, r)
+	if !ok || !decodeBody(w, raw, dst, false) {
+		return nil, false
+	}
+	return raw, true
+}
+
+// readRaw reads the whole body (at most maxBody bytes, else 413).
+func readRaw(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	raw, err := readAll(r)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -280,15 +290,24 @@ func readBody(w http.ResponseWriter, r *http.Request, dst any) ([]byte, bool) {
 		writeError(w, http.StatusBadRequest, "invalid", "reading request body: "+err.Error())
 		return nil, false
 	}
-	if len(raw) == 0 {
+	return raw, true
+}
+
+// decodeBody decodes raw strictly into dst; an empty body is an error unless
+// optional (then dst stays as it is).
+func decodeBody(w http.ResponseWriter, raw []byte, dst any, optional bool) bool {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		if optional {
+			return true
+		}
 		writeError(w, http.StatusBadRequest, "invalid", "request body is empty; send a JSON object")
-		return nil, false
+		return false
 	}
 	if err := decodeStrict(raw, dst); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", "malformed JSON body: "+err.Error())
-		return nil, false
+		return false
 	}
-	return raw, true
+	return true
 }
 
 // digest is a short hex SHA-256, used to tell repeated requests apart.

@@ -105,9 +105,8 @@ type joinBody struct {
 // clusterCall authorizes a membership call: a peer signs it with the cluster
 // secret, an operator sends an admin token. It writes the error itself.
 func (a *adminServer) clusterCall(w http.ResponseWriter, r *http.Request, dst any, peersOnly bool) (actor string, ok bool) {
-	raw, err := readAll(r)
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is over %d bytes", maxBody))
+	raw, ok := readRaw(w, r)
+	if !ok {
 		return "", false
 	}
 	signed := strings.HasPrefix(r.Header.Get("Authorization"), clusterAuthScheme)
@@ -120,15 +119,8 @@ func (a *adminServer) clusterCall(w http.ResponseWriter, r *http.Request, dst an
 	} else if actor, ok = a.authorize(w, r, RoleAdmin); !ok {
 		return "", false
 	}
-	if dst != nil {
-		if len(raw) == 0 {
-			writeError(w, http.StatusBadRequest, "invalid", "request body is empty; send a JSON object")
-			return "", false
-		}
-		if err := decodeStrict(raw, dst); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid", "malformed JSON body: "+err.Error())
-			return "", false
-		}
+	if dst != nil && !decodeBody(w, raw, dst, false) {
+		return "", false
 	}
 	return actor, true
 }

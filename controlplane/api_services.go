@@ -264,16 +264,9 @@ func (a *adminServer) drain(action string) func(http.ResponseWriter, *http.Reque
 		var body struct {
 			IfVersion *uint64 `json:"if_version"`
 		}
-		raw, err := readAll(r)
-		if err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is over %d bytes", maxBody))
+		raw, ok := readRaw(w, r)
+		if !ok || !decodeBody(w, raw, &body, true) {
 			return
-		}
-		if len(bytes.TrimSpace(raw)) > 0 {
-			if err := decodeStrict(raw, &body); err != nil {
-				writeError(w, http.StatusBadRequest, "invalid", "malformed JSON body: "+err.Error())
-				return
-			}
 		}
 		a.write(w, r, raw, body.IfVersion, state.Command{
 			Kind: state.KindSetDrain, Service: r.PathValue("svc"), Pool: r.PathValue("pool"),
