@@ -219,3 +219,15 @@ func countBackends(t *testing.T, url string, n, conns int) map[string]int {
 
 // httpClient is for polling: short timeouts, no shared state with the load.
 var httpClient = &http.Client{Timeout: 2 * time.Second}
+
+// getOK sends one GET and reports whether it got a 200 (the body is read so
+// the connection is reused).
+func getOK(c *http.Client, url string) bool {
+	resp, err := c.Get(url)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -120,15 +119,8 @@ func startLoad(url string, conns int) *load {
 		go func() {
 			defer l.wg.Done()
 			for n := 0; n < 200000 && !l.stop.Load(); n++ {
-				resp, err := c.Get(url)
 				l.sent.Add(1)
-				if err != nil {
-					l.failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
+				if !getOK(c, url) {
 					l.failed.Add(1)
 				}
 				time.Sleep(2 * time.Millisecond)

@@ -46,15 +46,8 @@ func startSteadyLoad(urls []string, perSecond int, maxDuration time.Duration) *s
 			go func(url string) {
 				defer l.wg.Done()
 				defer func() { <-sem }()
-				resp, err := c.Get(url)
 				l.sent.Add(1)
-				if err != nil {
-					l.failed.Add(1)
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
+				if !getOK(c, url) {
 					l.failed.Add(1)
 				}
 			}(urls[i%len(urls)])
