@@ -36,7 +36,9 @@ type testCluster struct {
 
 const clusterSecret = "e2e-cluster-secret"
 
-func newTestCluster(t *testing.T) *testCluster {
+// newTestCluster starts three nodes routing "codingbrain" (blue and canary
+// from one backend process); directives are added to its cbproxy block.
+func newTestCluster(t *testing.T, directives ...string) *testCluster {
 	c := &testCluster{t: t, backends: map[string]string{}}
 	var spec []string
 	for _, pool := range []string{"blue", "canary"} {
@@ -75,9 +77,10 @@ http://127.0.0.1:%d {
 		pool canary %s
 		weights blue=100
 		expose_pool
+		%s
 	}
 }
-`, n.caddyAdmin, n.id, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, strings.Join(join, " "), n.httpPort, c.backends["blue"], c.backends["canary"])
+`, n.caddyAdmin, n.id, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, strings.Join(join, " "), n.httpPort, c.backends["blue"], c.backends["canary"], strings.Join(directives, "\n\t\t"))
 		if err := os.WriteFile(n.caddyfile, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}

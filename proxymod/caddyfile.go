@@ -164,6 +164,8 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		override_header <name> [secret <secret>]
 //		expose_pool
 //		lb_policy       <name> [<options...>]
+//		dial_timeout            <duration>
+//		response_header_timeout <duration>
 //		health          <path> <interval> [timeout <duration>] [fails <n>] [passes <n>]
 //		guard           <duration>
 //		slo {
@@ -226,8 +228,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "slo":
 			err = h.unmarshalSLO(d, where)
+		case "dial_timeout", "response_header_timeout":
+			var args []string
+			if args, err = lineArgs(d, where, sub+" <duration>", 1, 1); err == nil {
+				var v state.Duration
+				if v, err = parseDuration(d, where+": "+sub, args[0]); err == nil && v == 0 {
+					err = d.Errf("%s: %s must be above 0", where, sub)
+				}
+				if sub == "dial_timeout" {
+					h.DialTimeout = caddy.Duration(v)
+				} else {
+					h.ResponseHeaderTimeout = caddy.Duration(v)
+				}
+			}
 		default:
-			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, lb_policy, health, guard or slo", where, sub)
+			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, lb_policy, dial_timeout, response_header_timeout, health, guard or slo", where, sub)
 		}
 		if err != nil {
 			return err

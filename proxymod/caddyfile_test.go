@@ -94,6 +94,7 @@ func TestUnmarshalDirective(t *testing.T) {
 		{"lb_policy with options", "cbproxy svc {\nlb_policy header X-Tenant\n}", `{"service":"svc","lb_policy":{"policy":"header","field":"X-Tenant"}}`},
 		{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
 			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
+		{"upstream timeouts", "cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}", `{"service":"svc","dial_timeout":1000000000,"response_header_timeout":120000000000}`},
 		{"partial slo keeps defaults", "cbproxy svc {\npool a 10.0.0.1:80\nslo {\nrollback p95>3s\nconsecutive 5\n}\n}",
 			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"slo":{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":3000},"window":"30s","min_requests":100,"consecutive":5}}`},
 	}
@@ -118,6 +119,9 @@ func TestUnmarshalDirectiveErrors(t *testing.T) {
 		{`cbproxy Bad_Name`, "service name \"Bad_Name\" is not valid"},
 		{`cbproxy svc extra`, `"extra" after the service name`},
 		{"cbproxy svc {\nfrobnicate\n}", `unknown subdirective "frobnicate"`},
+		{"cbproxy svc {\nresponse_header_timeout 0s\n}", "response_header_timeout must be above 0"},
+		{"cbproxy svc {\ndial_timeout soon\n}", `dial_timeout: "soon" is not a duration`},
+		{"cbproxy svc {\ndial_timeout 1s 2s\n}", "dial_timeout <duration> is expected"},
 		{"cbproxy svc {\npool\n}", "pool <name> <backend...>"},
 		{"cbproxy svc {\npool Blue 10.0.0.1:80\n}", `pool name "Blue" is not valid`},
 		{"cbproxy svc {\npool blue 10.0.0.1\n}", "is not host:port"},
@@ -375,6 +379,7 @@ func FuzzCaddyfileDirective(f *testing.F) {
 		"cbproxy svc {\npool blue 10.0.0.1:80 {\nversion v1\n}\nweights blue=99.5 canary=0.5\n}",
 		"cbproxy svc {\nsticky header X-User\noverride_header X secret s\nlb_policy header X-T\n}",
 		"cbproxy svc {\nhealth /r 2s timeout 1s fails 3 passes 4\nslo {\nadvance error_rate<1% p95<1s\n}\n}",
+		"cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}",
 	} {
 		f.Add(seed)
 	}

@@ -27,15 +27,24 @@ func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, assign
 	switch h.stickyMode {
 	case stickyCookie:
 		if token, ok := stickyToken(r.Header["Cookie"], h.cookieName); ok {
-			return t.poolForBucket(tokenBucket(token)), false
+			return t.stickyPool(tokenBucket(token)), false
 		}
-		return t.split.next(), true
+		return t.nextFromSplit(), true
 	case stickyHeader:
 		if values := r.Header[h.stickyKey]; len(values) > 0 && values[0] != "" {
-			return t.poolForBucket(keyBucket(values[0])), false
+			return t.stickyPool(keyBucket(values[0])), false
 		}
 	}
-	return t.split.next(), false
+	return t.nextFromSplit(), false
+}
+
+// stickyPool returns the pool of a client's bucket and, while a pool with a
+// share is down, counts the request against the pool that owed it.
+func (t *RoutingTable) stickyPool(bucket int) int {
+	if t.owners != nil {
+		t.owedBucket(bucket)
+	}
+	return t.poolForBucket(bucket)
 }
 
 // overridePool returns the pool an override header value names, or -1 when

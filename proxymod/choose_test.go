@@ -309,6 +309,20 @@ func BenchmarkChoosePool(b *testing.B) {
 			h.choosePool(tbl, req)
 		}
 	})
+	b.Run("split_pool_down", func(b *testing.B) {
+		// Canary's share is owed but it has no backend: every choice also
+		// reads the owners' slot and counts a displaced request.
+		svc := service("svc", map[string]state.Weight{"blue": 9900, "canary": 100}, map[string][]string{
+			"blue": {"10.0.0.1:80"}, "canary": {"~10.0.0.2:80"},
+		})
+		down := r.buildTable(svc, false, nil, newRouteRegistry().backendHealth)
+		h := provisioned(b, &Handler{})
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			h.choosePool(down, req)
+		}
+	})
 	b.Run("sticky_cookie", func(b *testing.B) {
 		h := provisioned(b, &Handler{Sticky: &Sticky{Mode: stickyCookie}})
 		req := httptest.NewRequest(http.MethodGet, "/", nil)

@@ -85,6 +85,15 @@ type Handler struct {
 	// backend's certificate against the system roots.
 	BackendTLS *reverseproxy.TLSConfig `json:"backend_tls,omitempty"`
 
+	// How long to wait for a connection to a backend. Default: 3s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// How long to wait for a backend's response header once the request is
+	// sent. A backend that hangs past it fails the request (504), which
+	// counts against the pool's SLO and the backend's health. Raise it for
+	// endpoints that answer slowly on purpose (long polling). Default: 30s.
+	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
+
 	route *route
 	// proxy serves pools of plain HTTP backends, tlsProxy pools of https://
 	// backends (a pool has one scheme).
@@ -142,6 +151,13 @@ const (
 	// of 32 makes it open and close connections under 64 concurrent clients
 	// (research/peers-baseline.md: +31 % throughput at 256).
 	maxIdleConnsPerHost = 256
+	// defaultDialTimeout is Caddy's own default.
+	defaultDialTimeout = 3 * time.Second
+	// defaultResponseHeaderTimeout bounds a hung backend: without it a hang
+	// never ends, so it never shows in the SLO figures (Caddy's default is
+	// none). 30 s is nginx's and HAProxy's usual order of magnitude, and far
+	// above the runbook's 2 s rollback P95.
+	defaultResponseHeaderTimeout = 30 * time.Second
 	// retries bounds the attempts after a failed one. Retries go to backends
 	// not tried yet; once all are tried, an attempt costs nothing but a loop.
 	retries = 32
@@ -188,15 +204,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		proto = mod.(reverseproxy.Selector)
 	}
+	if err := h.setTimeoutDefaults(); err != nil {
+		return err
+	}
 	sel := newPoolSelector(proto)
-	if h.proxy, err = newInnerProxy(ctx, sel, nil); err != nil {
+	if h.proxy, err = h.newInnerProxy(ctx, sel, nil); err != nil {
 		return err
 	}
 	tlsConfig := h.BackendTLS
 	if tlsConfig == nil {
 		tlsConfig = new(reverseproxy.TLSConfig)
 	}
-	if h.tlsProxy, err = newInnerProxy(ctx, sel, tlsConfig); err != nil {
+	if h.tlsProxy, err = h.newInnerProxy(ctx, sel, tlsConfig); err != nil {
 		return err
 	}
 
@@ -231,15 +250,31 @@ func (h *Handler) provisionChoice() error {
 	return nil
 }
 
+// setTimeoutDefaults fills the upstream timeouts that are not set.
+func (h *Handler) setTimeoutDefaults() error {
+	if h.DialTimeout < 0 || h.ResponseHeaderTimeout < 0 {
+		return fmt.Errorf("dial_timeout and response_header_timeout must not be negative")
+	}
+	if h.DialTimeout == 0 {
+		h.DialTimeout = caddy.Duration(defaultDialTimeout)
+	}
+	if h.ResponseHeaderTimeout == 0 {
+		h.ResponseHeaderTimeout = caddy.Duration(defaultResponseHeaderTimeout)
+	}
+	return nil
+}
+
 // newInnerProxy builds and provisions a Caddy reverse proxy that serves the
 // chosen pool. Provision keeps every field set here: it loads modules only
 // from raw JSON (TransportRaw), and fills LoadBalancing.SelectionPolicy and
 // TryInterval only when they are unset (TryInterval stays 0 because
 // TryDuration is 0, so a retry does not sleep).
-func newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
+func (h *Handler) newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
 	transport := &reverseproxy.HTTPTransport{
-		TLS:       tls,
-		KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: maxIdleConnsPerHost},
+		TLS:                   tls,
+		KeepAlive:             &reverseproxy.KeepAlive{MaxIdleConnsPerHost: maxIdleConnsPerHost},
+		DialTimeout:           h.DialTimeout,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
 	}
 	rp := &reverseproxy.Handler{
 		TransportRaw: caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
@@ -310,6 +345,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if t.split == nil {
 		caddyhttp.SetVar(r.Context(), "cbproxy_pool", noneVar)
 		t.none.record(class5xx, time.Since(start))
+		if t.owners != nil {
+			t.owed(t.owners.next())
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write(t.refusal)

@@ -20,6 +20,9 @@ var (
 	durationDesc = prometheus.NewDesc("cbproxy_request_duration_seconds",
 		"Time from receiving a request until the backend's response header (or the proxy's failure), by pool.",
 		[]string{"service", "pool"}, nil)
+	displacedDesc = prometheus.NewDesc("cbproxy_requests_displaced_total",
+		"Requests the pool's weight gave it while it had no available backend on this node: served by another pool, or refused when none was left. They count as failed requests of the pool in its SLO figures.",
+		[]string{"service", "pool"}, nil)
 	weightDesc = prometheus.NewDesc("cbproxy_pool_weight_percent",
 		"The pool's replicated weight in percent.",
 		[]string{"service", "pool"}, nil)
@@ -44,6 +47,7 @@ var latencyBucketBounds = func() []float64 {
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- requestsDesc
 	ch <- durationDesc
+	ch <- displacedDesc
 	ch <- weightDesc
 	ch <- effectiveDesc
 	ch <- healthyDesc
@@ -73,6 +77,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				buckets[bound] = cumulative
 			}
 			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.total(), snap.sum.Seconds(), buckets, name, p.name)
+			ch <- prometheus.MustNewConstMetric(displacedDesc, prometheus.CounterValue, float64(snap.displaced), name, p.name)
 			ch <- prometheus.MustNewConstMetric(weightDesc, prometheus.GaugeValue, percent(p.weight), name, p.name)
 			ch <- prometheus.MustNewConstMetric(effectiveDesc, prometheus.GaugeValue, percent(p.effective), name, p.name)
 			for _, b := range p.backends {

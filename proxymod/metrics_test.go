@@ -30,6 +30,9 @@ func TestMetrics(t *testing.T) {
 	}
 	r.none.record(class5xx, 0)
 	r.none.record(class5xx, 0)
+	canary := r.table.Load().pools[1].stats
+	canary.displace()
+	canary.displace()
 
 	want := `
 # HELP cbproxy_backend_healthy 1 if this node sees the backend healthy or degraded, 0 otherwise (unhealthy, or not checked yet).
@@ -74,6 +77,10 @@ cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="10"} 0
 cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="+Inf"} 0
 cbproxy_request_duration_seconds_sum{pool="canary",service="shop"} 0
 cbproxy_request_duration_seconds_count{pool="canary",service="shop"} 0
+# HELP cbproxy_requests_displaced_total Requests the pool's weight gave it while it had no available backend on this node: served by another pool, or refused when none was left. They count as failed requests of the pool in its SLO figures.
+# TYPE cbproxy_requests_displaced_total counter
+cbproxy_requests_displaced_total{pool="blue",service="shop"} 0
+cbproxy_requests_displaced_total{pool="canary",service="shop"} 2
 # HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).
 # TYPE cbproxy_requests_total counter
 cbproxy_requests_total{code="1xx",pool="blue",service="shop"} 0

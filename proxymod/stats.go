@@ -49,6 +49,10 @@ type counters struct {
 	requests [len(classLabels)]atomic.Uint64
 	buckets  [len(latencyBounds) + 1]atomic.Uint64 // the last one is +Inf
 	sumNanos atomic.Uint64
+	// displaced counts requests the pool's share owed it while it had no
+	// available backend (RoutingTable.owners): another pool served them, or
+	// the client was refused.
+	displaced atomic.Uint64
 }
 
 type shard struct {
@@ -75,11 +79,17 @@ func (s *poolStats) record(class int, d time.Duration) {
 	c.sumNanos.Add(uint64(d))
 }
 
+// displace counts one request the pool owed but could not take.
+func (s *poolStats) displace() {
+	s.shards[rand.Uint32()%statShards].displaced.Add(1)
+}
+
 // statSnapshot is the sum of a pool's shards at one moment.
 type statSnapshot struct {
-	requests [len(classLabels)]uint64
-	buckets  [len(latencyBounds) + 1]uint64 // per bucket, not cumulative
-	sum      time.Duration
+	requests  [len(classLabels)]uint64
+	buckets   [len(latencyBounds) + 1]uint64 // per bucket, not cumulative
+	sum       time.Duration
+	displaced uint64
 }
 
 func (s *poolStats) snapshot() statSnapshot {
@@ -93,6 +103,7 @@ func (s *poolStats) snapshot() statSnapshot {
 			snap.buckets[j] += c.buckets[j].Load()
 		}
 		snap.sum += time.Duration(c.sumNanos.Load())
+		snap.displaced += c.displaced.Load()
 	}
 	return snap
 }

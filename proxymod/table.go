@@ -33,6 +33,15 @@ type RoutingTable struct {
 	split   *exactSplit
 	refusal []byte
 
+	// owners is the exact split of the replicated weights, built only while
+	// a pool with a share cannot take traffic (no available backend). The
+	// request dealt slot k of split would have gone to owners' slot k had
+	// every pool been up; when that pool is down the request counts against
+	// it as displaced, so that a pool owed traffic it cannot carry fails its
+	// SLO instead of falling silent. With no split (no pool left), owners
+	// deals the refused requests to the pools that owed them.
+	owners *exactSplit
+
 	// none counts the requests refused because no pool was left.
 	none *poolStats
 }
@@ -44,8 +53,11 @@ type poolRoute struct {
 	// after giving the share of pools without available backends to the
 	// others; both in basis points.
 	weight, effective state.Weight
-	// Sticky buckets [lo, hi) belong to this pool.
-	lo, hi int
+	// Sticky buckets [lo, hi) belong to this pool; [ownLo, ownHi) are the
+	// buckets its replicated weight gives it (the same unless some pool is
+	// down).
+	lo, hi       int
+	ownLo, ownHi int
 
 	// backends lists every backend of the pool (draining ones included, their
 	// in-flight requests still count); available those that take new ones.
@@ -98,7 +110,12 @@ type exactSplit struct {
 
 // next returns the pool of the next request of the split.
 func (s *exactSplit) next() int {
-	return int(s.slots[(s.cursor.Add(1)-1)%uint64(slotCount)])
+	return int(s.slots[s.take()])
+}
+
+// take returns the slot of the next request of the split.
+func (s *exactSplit) take() int {
+	return int((s.cursor.Add(1) - 1) % uint64(slotCount))
 }
 
 // newExactSplit lays out the slots with smooth weighted round robin (as
@@ -215,6 +232,23 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 		weights[i] = p.weight
 		up[i] = len(p.available) > 0
 	}
+	samePools := prev != nil && slices.Equal(prev.poolNames(), names)
+	own, owed := 0, false
+	for i := range t.pools {
+		p := &t.pools[i]
+		p.ownLo, p.ownHi = own, own+int(p.weight)
+		own = p.ownHi
+		owed = owed || p.weight > 0 && !up[i]
+	}
+	if owed {
+		// Kept across rebuilds like the split, so that the refused requests
+		// of a service with no pool left keep their proportions.
+		if samePools && prev.owners != nil && slices.Equal(prev.owners.weights, weights) {
+			t.owners = prev.owners
+		} else {
+			t.owners = newExactSplit(weights)
+		}
+	}
 	eff := effectiveWeights(weights, up)
 	if eff == nil {
 		t.refusal = fmt.Appendf(nil, "cbproxy: service %q has no pool to route to: every pool with a weight above 0 has no backend that is up and not drained\n", svc.Name)
@@ -227,12 +261,41 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 		p.lo, p.hi = lo, lo+int(eff[i])
 		lo = p.hi
 	}
-	if prev != nil && prev.split != nil && slices.Equal(prev.poolNames(), names) && slices.Equal(prev.split.weights, eff) {
+	if samePools && prev.split != nil && slices.Equal(prev.split.weights, eff) {
 		t.split = prev.split
 	} else {
 		t.split = newExactSplit(eff)
 	}
 	return t
+}
+
+// nextFromSplit deals the next request of the exact split and, while a pool
+// with a share is down, counts the request against the pool that owed it.
+func (t *RoutingTable) nextFromSplit() int {
+	k := t.split.take()
+	if t.owners != nil {
+		t.owed(int(t.owners.slots[k]))
+	}
+	return int(t.split.slots[k])
+}
+
+// owed notes that pool i was owed a request: if it cannot take traffic, the
+// request is displaced.
+func (t *RoutingTable) owed(i int) {
+	if p := &t.pools[i]; len(p.available) == 0 {
+		p.stats.displace()
+	}
+}
+
+// owedBucket notes that the pool whose replicated share holds a sticky
+// bucket was owed the request.
+func (t *RoutingTable) owedBucket(bucket int) {
+	for i := range t.pools {
+		if p := &t.pools[i]; bucket >= p.ownLo && bucket < p.ownHi {
+			t.owed(i)
+			return
+		}
+	}
 }
 
 func (t *RoutingTable) poolNames() []string {

@@ -26,11 +26,22 @@ type sampler struct {
 	// ticks is the tick source, called once when the sampler starts: a
 	// one-second ticker, a channel in tests.
 	ticks func() <-chan time.Time
+	// clock reads the time samples are taken and windows asked for, with mu
+	// held; nil is time.Now (tests set their own).
+	clock func() time.Time
 	once  sync.Once
 
 	mu     sync.Mutex
 	taken  uint64 // samples taken so far; sample i sits in slot i%windowSlots
+	times  [windowSlots]time.Time // when each slot's sample was taken
 	series map[poolKey]*series
+}
+
+func (s *sampler) now() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
 }
 
 type poolKey struct{ service, pool string }
@@ -49,11 +60,14 @@ type sample struct {
 	buckets          [len(latencyBounds) + 1]uint64
 }
 
+// sampleOf reads a pool's counters as the SLO judges them: a displaced
+// request (owed to the pool while it could take none) is a failed request of
+// the pool, with no latency.
 func sampleOf(s *poolStats) sample {
 	snap := s.snapshot()
 	return sample{
-		requests: snap.total(),
-		errors:   snap.requests[class5xx] + snap.requests[classProxyError],
+		requests: snap.total() + snap.displaced,
+		errors:   snap.requests[class5xx] + snap.requests[classProxyError] + snap.displaced,
 		buckets:  snap.buckets,
 	}
 }
@@ -96,6 +110,7 @@ func (s *sampler) sample() {
 		s.series = make(map[poolKey]*series)
 	}
 	slot := s.taken % windowSlots
+	s.times[slot] = s.now()
 	for _, p := range pools {
 		ser := s.series[p.key]
 		if ser == nil {
@@ -107,25 +122,44 @@ func (s *sampler) sample() {
 	s.taken++
 }
 
-// window returns a pool's traffic from the sample d ago (counted in ticks,
-// rounded up) until now, the current partial second included: it covers
-// between d and d+1 s. A longer d than the ring holds gives the oldest
-// sample; a pool younger than d gives all of its traffic.
+// window returns a pool's traffic from the oldest sample taken at most d ago
+// until now, the current partial second included: it covers between d-1 s
+// and d, never more. A window must not reach back before what it judges
+// began — the errors of the incident a rollout was just rolled back for are
+// not the next rollout's — so it errs short. A window shorter than the time
+// since the last sample is empty; a longer d than the ring holds gives the
+// oldest sample; a pool younger than d gives all of its traffic.
 func (s *sampler) window(service, pool string, d time.Duration) slo.Window {
 	s.once.Do(s.start)
 	s.mu.Lock()
+	now := s.now()
 	ser := s.series[poolKey{service, pool}]
 	var from sample // a pool born since the last sample starts from zero
+	empty := false
 	if ser != nil {
-		var back uint64 // in ticks, rounded up
-		if d > 0 {
-			back = uint64((d-1)/time.Second + 1)
-		}
+		cutoff := now.Add(-d)
 		newest := s.taken - 1
-		back = min(back, windowSlots-1, newest)
-		from = ser.ring[(newest-back)%windowSlots]
+		oldest := newest - min(windowSlots-1, newest)
+		back := newest + 1 // no sample in the window yet
+		for i := newest; ; i-- {
+			if s.times[i%windowSlots].Before(cutoff) {
+				break
+			}
+			back = i
+			if i == oldest {
+				break
+			}
+		}
+		if back > newest {
+			empty = true
+		} else {
+			from = ser.ring[back%windowSlots]
+		}
 	}
 	s.mu.Unlock()
+	if empty {
+		return slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
+	}
 
 	var st *poolStats
 	if ser != nil {
@@ -139,11 +173,11 @@ func (s *sampler) window(service, pool string, d time.Duration) slo.Window {
 		return w
 	}
 	// Taken after the sample above, so every count is at least its own.
-	now := sampleOf(st)
-	w.Requests = now.requests - from.requests
-	w.Errors = now.errors - from.errors
+	cur := sampleOf(st)
+	w.Requests = cur.requests - from.requests
+	w.Errors = cur.errors - from.errors
 	for i := range w.Buckets {
-		w.Buckets[i] = now.buckets[i] - from.buckets[i]
+		w.Buckets[i] = cur.buckets[i] - from.buckets[i]
 	}
 	return w
 }

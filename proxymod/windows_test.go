@@ -14,9 +14,13 @@ import (
 )
 
 // testSampler is a sampler of rr whose clock the test drives by calling
-// sample: it takes the first sample now and never starts its ticker.
+// sample: it takes the first sample now and never starts its ticker. Sample
+// i is taken at second i, and a window is asked for one second after the
+// newest sample (just before the next tick would come).
 func testSampler(rr *routeRegistry) *sampler {
+	epoch := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := &sampler{routes: rr}
+	s.clock = func() time.Time { return epoch.Add(time.Duration(s.taken) * time.Second) }
 	s.once.Do(s.sample)
 	return s
 }
@@ -117,10 +121,15 @@ func TestWindows(t *testing.T) {
 			}
 			for _, d := range []time.Duration{-time.Second, 0, 500 * time.Millisecond, time.Second, 1500 * time.Millisecond, 5 * time.Second,
 				30 * time.Second, 300 * time.Second, 301 * time.Second, time.Hour, math.MaxInt64} {
-				// d rounds up to whole ticks, at most the 300 the ring holds,
-				// at most the ticks there were; the partial second counts.
-				back := min(int(math.Ceil(max(d, 0).Seconds())), windowSlots-1, ticks)
-				want := sum(intervals[ticks-back:]...)
+				// The window starts at the oldest sample at most d ago
+				// (sample j at second j, asked at second ticks+1), at most
+				// the 300 the ring holds back; the partial second counts.
+				// With no sample that recent it is empty: never longer than d.
+				first := max(int(math.Ceil(float64(ticks+1)-min(d.Seconds(), 1e9))), ticks-(windowSlots-1), 0)
+				want := slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
+				if first <= ticks {
+					want = sum(intervals[first:]...)
+				}
 				if got := s.window("svc", "canary", d); !sameWindow(got, want) {
 					t.Errorf("window %v: got %+v, want %+v", d, got, want)
 				}
@@ -151,13 +160,15 @@ func TestWindowsNewPools(t *testing.T) {
 	s.sample()
 	record(green, &partial, 3, 2)
 
+	empty := slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
 	for _, tt := range []struct {
 		d    time.Duration
 		want slo.Window
 	}{
-		{0, sum(partial)},
-		{time.Second, sum(after, partial)},
-		{2 * time.Second, sum(before, after, partial)},
+		{0, empty}, // no sample in the last 0 s
+		{time.Second, sum(partial)},
+		{2 * time.Second, sum(after, partial)},
+		{3 * time.Second, sum(before, after, partial)},
 		// Older than the pool: all of its traffic, from zero.
 		{30 * time.Second, sum(before, after, partial)},
 		{time.Hour, sum(before, after, partial)},
@@ -167,7 +178,6 @@ func TestWindowsNewPools(t *testing.T) {
 		}
 	}
 
-	empty := slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
 	for _, key := range []poolKey{{"svc", "nope"}, {"nope", "blue"}, {"", ""}} {
 		if got := s.window(key.service, key.pool, time.Minute); !sameWindow(got, empty) {
 			t.Errorf("window of unknown %v: %+v", key, got)
