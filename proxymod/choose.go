@@ -8,18 +8,27 @@ import (
 	"strings"
 )
 
+// choice is how a request's pool was chosen.
+type choice uint8
+
+const (
+	bySplit    choice = iota // the exact weighted split
+	byNewKey                 // the split, for a client that gets a sticky cookie now
+	byKey                    // the client's sticky key
+	byOverride               // the override header: a test, not the pool's share
+)
+
 // choosePool picks the pool of a request (CONTRACT §5): the override header,
-// then the sticky key, then the exact split. assign reports that the client
-// has no sticky cookie yet and must get one for the chosen pool. This is
-// the hot path: no locks, no allocations.
-func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, assign bool) {
+// then the sticky key, then the exact split. This is the hot path: no locks,
+// no allocations.
+func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, how choice) {
 	if h.overrideKey != "" {
 		if values, ok := r.Header[h.overrideKey]; ok {
 			// Never pass the header on, valid or not.
 			delete(r.Header, h.overrideKey)
 			if len(values) > 0 {
 				if i := h.overridePool(t, values[0]); i >= 0 {
-					return i, false
+					return i, byOverride
 				}
 			}
 		}
@@ -27,15 +36,15 @@ func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, assign
 	switch h.stickyMode {
 	case stickyCookie:
 		if token, ok := stickyToken(r.Header["Cookie"], h.cookieName); ok {
-			return t.stickyPool(tokenBucket(token)), false
+			return t.stickyPool(tokenBucket(token)), byKey
 		}
-		return t.nextFromSplit(), true
+		return t.nextFromSplit(), byNewKey
 	case stickyHeader:
 		if values := r.Header[h.stickyKey]; len(values) > 0 && values[0] != "" {
-			return t.stickyPool(keyBucket(values[0])), false
+			return t.stickyPool(keyBucket(values[0])), byKey
 		}
 	}
-	return t.nextFromSplit(), false
+	return t.nextFromSplit(), bySplit
 }
 
 // stickyPool returns the pool of a client's bucket and, while a pool with a

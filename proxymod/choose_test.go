@@ -13,7 +13,7 @@ import (
 
 // testRoute returns a fresh route (not in the registry) for table tests.
 func testRoute(name string) *route {
-	return &route{name: name, stats: map[string]*poolStats{}, backends: map[string]*backend{}, none: new(poolStats)}
+	return newRoute(name)
 }
 
 // canaryTable builds a blue/canary/green table with canary at the given
@@ -138,9 +138,9 @@ func TestChoosePoolOverride(t *testing.T) {
 			if tt.present {
 				req.Header.Set("X-Cbproxy-Pool", tt.value)
 			}
-			i, assign := tt.h.choosePool(tbl, req)
-			if got := tbl.pools[i].name; got != tt.want || assign {
-				t.Fatalf("override %q: pool %s (assign %v), want %s", tt.value, got, assign, tt.want)
+			i, how := tt.h.choosePool(tbl, req)
+			if got := tbl.pools[i].name; got != tt.want || (how == byOverride) != (got == tt.value || strings.HasPrefix(tt.value, got+";")) {
+				t.Fatalf("override %q: pool %s (chosen by %d), want %s", tt.value, got, how, tt.want)
 			}
 			if _, ok := req.Header["X-Cbproxy-Pool"]; ok {
 				t.Fatal("the override header must be removed before proxying")
@@ -155,8 +155,8 @@ func TestChoosePoolSplit(t *testing.T) {
 	h := provisioned(t, &Handler{})
 	counts := map[string]int{}
 	for range slotCount {
-		i, assign := h.choosePool(tbl, httptest.NewRequest(http.MethodGet, "/", nil))
-		if assign {
+		i, how := h.choosePool(tbl, httptest.NewRequest(http.MethodGet, "/", nil))
+		if how != bySplit {
 			t.Fatal("no cookie without stickiness")
 		}
 		counts[tbl.pools[i].name]++
@@ -175,8 +175,8 @@ func (c *stickyClient) visit(t *testing.T, h *Handler, tbl *RoutingTable) string
 	if c.cookie != "" {
 		req.Header.Set("Cookie", c.cookie)
 	}
-	i, assign := h.choosePool(tbl, req)
-	if assign {
+	i, how := h.choosePool(tbl, req)
+	if how == byNewKey {
 		rec := httptest.NewRecorder()
 		h.setStickyCookie(rec, req, &tbl.pools[i])
 		cookies := rec.Result().Cookies()
@@ -250,8 +250,8 @@ func TestStickyHeader(t *testing.T) {
 		if user != "" {
 			req.Header.Set("X-User-Id", user)
 		}
-		i, assign := h.choosePool(tbl, req)
-		if assign {
+		i, how := h.choosePool(tbl, req)
+		if how == byNewKey {
 			t.Fatal("header mode never sets a cookie")
 		}
 		return tbl.pools[i].name

@@ -340,11 +340,10 @@ var noneVar any = "none"
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	start := time.Now()
 	t := h.route.table.Load()
 	if t.split == nil {
 		caddyhttp.SetVar(r.Context(), "cbproxy_pool", noneVar)
-		t.none.record(class5xx, time.Since(start))
+		t.none.record(class5xx, 0)
 		if t.owners != nil {
 			t.owed(t.owners.next())
 		}
@@ -353,9 +352,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		_, _ = w.Write(t.refusal)
 		return nil
 	}
-	i, assign := h.choosePool(t, r)
+	i, how := h.choosePool(t, r)
 	p := &t.pools[i]
-	if assign {
+	if how == byNewKey {
 		h.setStickyCookie(w, r, p)
 	}
 	caddyhttp.SetVar(r.Context(), poolVarKey, p)
@@ -367,9 +366,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if p.tls {
 		proxy = h.tlsProxy
 	}
-	rec := newRecorder(w, p.stats, start)
+	stats := p.stats
+	if how == byOverride {
+		stats = p.overridden
+	}
+	rec := newRecorder(w, r, stats, p.slowAbort)
 	err := proxy.ServeHTTP(rec, r, next)
-	rec.finish(err)
+	rec.finish(err, r.Context().Err() != nil)
 	if err != nil {
 		reportProxyError(r, p, err)
 	}

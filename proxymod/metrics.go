@@ -15,10 +15,10 @@ type collector struct{ routes *routeRegistry }
 
 var (
 	requestsDesc = prometheus.NewDesc("cbproxy_requests_total",
-		"Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).",
+		"Requests proxied by this node, by pool and status class (proxy_error: no backend answered; client_abort: the client went away before the response header; pool none: refused because no pool was left).",
 		[]string{"service", "pool", "code"}, nil)
 	durationDesc = prometheus.NewDesc("cbproxy_request_duration_seconds",
-		"Time from receiving a request until the backend's response header (or the proxy's failure), by pool.",
+		"Time the backend took to its response header (or the proxy's failure), from the dispatch or from the end of the request body, by pool; client aborts only when they had waited past the rollback P95.",
 		[]string{"service", "pool"}, nil)
 	displacedDesc = prometheus.NewDesc("cbproxy_requests_displaced_total",
 		"Requests the pool's weight gave it while it had no available backend on this node: served by another pool, or refused when none was left. They count as failed requests of the pool in its SLO figures.",
@@ -62,7 +62,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		refused := t.none.snapshot().requests[class5xx]
 		for i := range t.pools {
 			p := &t.pools[i]
-			snap := p.stats.snapshot()
+			// The metrics count every request; only the SLO leaves the
+			// override-header ones out.
+			snap := p.stats.snapshot().add(p.overridden.snapshot())
 			if p.name == "none" {
 				snap.requests[class5xx] += refused
 				refused = 0
@@ -76,7 +78,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				cumulative += snap.buckets[b]
 				buckets[bound] = cumulative
 			}
-			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.total(), snap.sum.Seconds(), buckets, name, p.name)
+			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.observed(), snap.sum.Seconds(), buckets, name, p.name)
 			ch <- prometheus.MustNewConstMetric(displacedDesc, prometheus.CounterValue, float64(snap.displaced), name, p.name)
 			ch <- prometheus.MustNewConstMetric(weightDesc, prometheus.GaugeValue, percent(p.weight), name, p.name)
 			ch <- prometheus.MustNewConstMetric(effectiveDesc, prometheus.GaugeValue, percent(p.effective), name, p.name)

@@ -47,7 +47,7 @@ cbproxy_pool_effective_percent{pool="canary",service="shop"} 0
 # TYPE cbproxy_pool_weight_percent gauge
 cbproxy_pool_weight_percent{pool="blue",service="shop"} 99.5
 cbproxy_pool_weight_percent{pool="canary",service="shop"} 0.5
-# HELP cbproxy_request_duration_seconds Time from receiving a request until the backend's response header (or the proxy's failure), by pool.
+# HELP cbproxy_request_duration_seconds Time the backend took to its response header (or the proxy's failure), from the dispatch or from the end of the request body, by pool; client aborts only when they had waited past the rollback P95.
 # TYPE cbproxy_request_duration_seconds histogram
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.005"} 1
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.01"} 1
@@ -81,7 +81,7 @@ cbproxy_request_duration_seconds_count{pool="canary",service="shop"} 0
 # TYPE cbproxy_requests_displaced_total counter
 cbproxy_requests_displaced_total{pool="blue",service="shop"} 0
 cbproxy_requests_displaced_total{pool="canary",service="shop"} 2
-# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).
+# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; client_abort: the client went away before the response header; pool none: refused because no pool was left).
 # TYPE cbproxy_requests_total counter
 cbproxy_requests_total{code="1xx",pool="blue",service="shop"} 0
 cbproxy_requests_total{code="2xx",pool="blue",service="shop"} 3
@@ -89,12 +89,14 @@ cbproxy_requests_total{code="3xx",pool="blue",service="shop"} 0
 cbproxy_requests_total{code="4xx",pool="blue",service="shop"} 0
 cbproxy_requests_total{code="5xx",pool="blue",service="shop"} 1
 cbproxy_requests_total{code="proxy_error",pool="blue",service="shop"} 1
+cbproxy_requests_total{code="client_abort",pool="blue",service="shop"} 0
 cbproxy_requests_total{code="1xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="2xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="3xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="4xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="5xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="proxy_error",pool="canary",service="shop"} 0
+cbproxy_requests_total{code="client_abort",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="5xx",pool="none",service="shop"} 2
 `
 	if err := testutil.CollectAndCompare(collector{rr}, strings.NewReader(want)); err != nil {
@@ -129,7 +131,7 @@ func TestMetricsPoolNamedNone(t *testing.T) {
 	r.none.record(class5xx, 0)
 	// A real pool named "none" absorbs the refused count rather than clash.
 	want := `
-# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; pool none: refused because no pool was left).
+# HELP cbproxy_requests_total Requests proxied by this node, by pool and status class (proxy_error: no backend answered; client_abort: the client went away before the response header; pool none: refused because no pool was left).
 # TYPE cbproxy_requests_total counter
 cbproxy_requests_total{code="1xx",pool="none",service="odd"} 0
 cbproxy_requests_total{code="2xx",pool="none",service="odd"} 0
@@ -137,6 +139,7 @@ cbproxy_requests_total{code="3xx",pool="none",service="odd"} 0
 cbproxy_requests_total{code="4xx",pool="none",service="odd"} 0
 cbproxy_requests_total{code="5xx",pool="none",service="odd"} 2
 cbproxy_requests_total{code="proxy_error",pool="none",service="odd"} 0
+cbproxy_requests_total{code="client_abort",pool="none",service="odd"} 0
 `
 	if err := testutil.CollectAndCompare(collector{rr}, strings.NewReader(want), "cbproxy_requests_total"); err != nil {
 		t.Fatal(err)

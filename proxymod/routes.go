@@ -28,9 +28,12 @@ type route struct {
 		// healthGen is the registry's healthGen[service] the table saw.
 		healthGen uint64
 	}
-	stats    map[string]*poolStats // by pool name, kept for good
-	backends map[string]*backend   // by address, those of the current table
-	none     *poolStats
+	stats map[string]*poolStats // by pool name, kept for good
+	// overridden counts the override-header requests of each pool, kept
+	// for good like stats.
+	overridden map[string]*poolStats
+	backends   map[string]*backend // by address, those of the current table
+	none       *poolStats
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics
@@ -73,18 +76,24 @@ func (rr *routeRegistry) getLocked(service string) *route {
 	if r := old[service]; r != nil {
 		return r
 	}
-	r := &route{
-		name:     service,
-		stats:    make(map[string]*poolStats),
-		backends: make(map[string]*backend),
-		none:     new(poolStats),
-	}
+	r := newRoute(service)
 	// Publish the route only with a table: readers never see a nil one.
 	rr.rebuildLocked(r)
 	next := maps.Clone(old)
 	next[service] = r
 	rr.byName.Store(&next)
 	return r
+}
+
+// newRoute returns a route with no table yet.
+func newRoute(service string) *route {
+	return &route{
+		name:       service,
+		stats:      make(map[string]*poolStats),
+		overridden: make(map[string]*poolStats),
+		backends:   make(map[string]*backend),
+		none:       new(poolStats),
+	}
 }
 
 // apply brings every route up to date with a new view: it is what the app
@@ -122,15 +131,14 @@ func (rr *routeRegistry) rebuildLocked(r *route) {
 	r.table.Store(r.buildTable(svc, deleted, prev, rr.backendHealth))
 }
 
-// poolStats returns the counters of one pool, creating them once: they
-// outlive tables so that counts never reset.
-func (r *route) poolStats(pool string) *poolStats {
-	s := r.stats[pool]
-	if s == nil {
-		s = new(poolStats)
-		r.stats[pool] = s
+// poolStats returns the counters of one pool, its judged ones and those of
+// its override-header requests, creating them once: they outlive tables so
+// that counts never reset.
+func (r *route) poolStats(pool string) (judged, overridden *poolStats) {
+	if r.stats[pool] == nil {
+		r.stats[pool], r.overridden[pool] = new(poolStats), new(poolStats)
 	}
-	return s
+	return r.stats[pool], r.overridden[pool]
 }
 
 func isTLS(address string) bool { return strings.HasPrefix(address, "https://") }

@@ -13,12 +13,14 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/slo"
 )
 
-// Status classes, the code label of cbproxy_requests_total.
-var classLabels = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx", "proxy_error"}
+// Status classes, the code label of cbproxy_requests_total. client_abort:
+// the client went away before the response header.
+var classLabels = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx", "proxy_error", "client_abort"}
 
 const (
-	class5xx        = 4
-	classProxyError = 5
+	class5xx         = 4
+	classProxyError  = 5
+	classClientAbort = 6
 )
 
 // statusClass maps a response status to its class.
@@ -53,6 +55,10 @@ type counters struct {
 	// available backend (RoutingTable.owners): another pool served them, or
 	// the client was refused.
 	displaced atomic.Uint64
+	// slowAborts counts the client aborts (among requests[classClientAbort])
+	// that had waited on the backend past the rollback P95: they are in the
+	// latency buckets, the quick ones are not.
+	slowAborts atomic.Uint64
 }
 
 type shard struct {
@@ -71,12 +77,29 @@ type poolStats struct {
 func (s *poolStats) record(class int, d time.Duration) {
 	c := &s.shards[rand.Uint32()%statShards].counters
 	c.requests[class].Add(1)
+	c.observe(d)
+}
+
+func (c *counters) observe(d time.Duration) {
 	b := 0
 	for b < len(latencyBounds) && d > latencyBounds[b] {
 		b++
 	}
 	c.buckets[b].Add(1)
 	c.sumNanos.Add(uint64(d))
+}
+
+// recordAbort counts a request whose client went away before the response
+// header. A slow one had waited d on the backend, longer than the rollback
+// P95: its wait is a latency (at least that long) of the backend; a quick
+// one says nothing about the backend and has no latency.
+func (s *poolStats) recordAbort(d time.Duration, slow bool) {
+	c := &s.shards[rand.Uint32()%statShards].counters
+	c.requests[classClientAbort].Add(1)
+	if slow {
+		c.slowAborts.Add(1)
+		c.observe(d)
+	}
 }
 
 // displace counts one request the pool owed but could not take.
@@ -86,10 +109,11 @@ func (s *poolStats) displace() {
 
 // statSnapshot is the sum of a pool's shards at one moment.
 type statSnapshot struct {
-	requests  [len(classLabels)]uint64
-	buckets   [len(latencyBounds) + 1]uint64 // per bucket, not cumulative
-	sum       time.Duration
-	displaced uint64
+	requests   [len(classLabels)]uint64
+	buckets    [len(latencyBounds) + 1]uint64 // per bucket, not cumulative
+	sum        time.Duration
+	displaced  uint64
+	slowAborts uint64
 }
 
 func (s *poolStats) snapshot() statSnapshot {
@@ -104,6 +128,7 @@ func (s *poolStats) snapshot() statSnapshot {
 		}
 		snap.sum += time.Duration(c.sumNanos.Load())
 		snap.displaced += c.displaced.Load()
+		snap.slowAborts += c.slowAborts.Load()
 	}
 	return snap
 }
@@ -117,39 +142,121 @@ func (s statSnapshot) total() uint64 {
 	return n
 }
 
+// observed is the number of requests in the latency buckets.
+func (s statSnapshot) observed() uint64 {
+	var n uint64
+	for _, c := range s.buckets {
+		n += c
+	}
+	return n
+}
+
+// add returns the sum of two snapshots.
+func (s statSnapshot) add(o statSnapshot) statSnapshot {
+	for i := range s.requests {
+		s.requests[i] += o.requests[i]
+	}
+	for i := range s.buckets {
+		s.buckets[i] += o.buckets[i]
+	}
+	s.sum += o.sum
+	s.displaced += o.displaced
+	s.slowAborts += o.slowAborts
+	return s
+}
+
 // recorder counts a request in its pool's figures as soon as the inner
 // proxy writes the first final status (101 included: an upgraded connection
-// is a response too), so a long stream or a WebSocket counts when it starts,
-// with the time to its response header. Embedding the wrapper keeps Unwrap,
-// so Flush and Hijack reach the real writer through http.ResponseController.
+// is a response too), so a long stream or a WebSocket counts when it starts.
+// Embedding the wrapper keeps Unwrap, so Flush and Hijack reach the real
+// writer through http.ResponseController.
+//
+// The latency is the backend's: from the dispatch, or from the end of the
+// request body when the backend answers after reading it all, to the
+// response header. A slow upload is the client's time, not the backend's.
 type recorder struct {
 	*caddyhttp.ResponseWriterWrapper
-	stats   *poolStats
-	start   time.Time
-	counted bool
+	stats *poolStats
+	// dispatched is when the request went to the inner proxy.
+	dispatched time.Time
+	// upload wraps the request body (when there is one) to learn when the
+	// proxy finished sending it.
+	upload  uploadClock
+	hasBody bool
+	// clientGone reports whether the client went away (the request's
+	// context is done).
+	clientGone func() error
+	// slowAbort is the rollback P95: a client that gave up after waiting
+	// this long on the backend saw a slow backend.
+	slowAbort time.Duration
+	counted   bool
 }
 
-func newRecorder(w http.ResponseWriter, stats *poolStats, start time.Time) *recorder {
-	return &recorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, stats: stats, start: start}
+func newRecorder(w http.ResponseWriter, r *http.Request, stats *poolStats, slowAbort time.Duration) *recorder {
+	rec := &recorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, stats: stats, slowAbort: slowAbort, clientGone: r.Context().Err}
+	// ContentLength is -1 for a chunked body, 0 without one (Caddy may
+	// have wrapped even an empty body).
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		rec.upload.ReadCloser, rec.hasBody = r.Body, true
+		r.Body = &rec.upload
+	}
+	rec.dispatched = time.Now()
+	return rec
 }
+
+// waited is how long the backend has kept the request waiting by now: since
+// the dispatch, or since the request body was sent when it was. sent is
+// false when the body is still being sent.
+func (rec *recorder) waited(now time.Time) (d time.Duration, sent bool) {
+	from := rec.dispatched
+	if rec.hasBody {
+		done := rec.upload.doneAt.Load()
+		if done == 0 {
+			return now.Sub(from), false
+		}
+		if t := time.Unix(0, done); t.After(from) {
+			from = t
+		}
+	}
+	return now.Sub(from), true
+}
+
+// statusClientClosed is what Caddy's proxy writes when the client went away
+// (nginx's 499): not an answer of the backend, finish counts it.
+const statusClientClosed = 499
 
 func (rec *recorder) note(status int) {
+	if status == statusClientClosed && rec.clientGone() != nil {
+		return
+	}
 	if !rec.counted && (status >= 200 || status == http.StatusSwitchingProtocols) {
 		rec.counted = true
-		rec.stats.record(statusClass(status), time.Since(rec.start))
+		// A backend that answered before the body was all sent waited
+		// for nothing of the client's: its time runs from the dispatch.
+		d, _ := rec.waited(time.Now())
+		rec.stats.record(statusClass(status), d)
 	}
 }
 
-// finish counts a request whose response the proxy did not start: a proxy
-// error, or (err == nil) a response the server will write as 200.
-func (rec *recorder) finish(err error) {
+// finish counts a request whose response the proxy did not start: the
+// client went away (gone), a proxy error, or (err == nil) a response the
+// server will write as 200.
+func (rec *recorder) finish(err error, gone bool) {
 	switch {
 	case rec.counted:
+	case gone:
+		// Gone before the response header: the backend is to blame only
+		// if it had the whole request and kept the client waiting past
+		// the rollback P95.
+		rec.counted = true
+		d, sent := rec.waited(time.Now())
+		rec.stats.recordAbort(d, sent && rec.slowAbort > 0 && d >= rec.slowAbort)
 	case err == nil:
 		rec.note(http.StatusOK)
 	default:
 		rec.counted = true
-		rec.stats.record(classProxyError, time.Since(rec.start))
+		d, _ := rec.waited(time.Now())
+		rec.stats.record(classProxyError, d)
 	}
 }
 
@@ -166,6 +273,21 @@ func (rec *recorder) Write(b []byte) (int, error) {
 func (rec *recorder) ReadFrom(r io.Reader) (int64, error) {
 	rec.note(http.StatusOK)
 	return rec.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// uploadClock is a request body that notes when it was read to its end.
+// The proxy's transport reads it on its own goroutine, hence the atomic.
+type uploadClock struct {
+	io.ReadCloser
+	doneAt atomic.Int64 // Unix nanoseconds; 0 until the end was read
+}
+
+func (u *uploadClock) Read(p []byte) (int, error) {
+	n, err := u.ReadCloser.Read(p)
+	if err == io.EOF && u.doneAt.Load() == 0 {
+		u.doneAt.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // Interface guards

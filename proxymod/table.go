@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cbproxy/cbproxy/controlplane/state"
@@ -65,7 +66,13 @@ type poolRoute struct {
 	available []*backend
 	tls       bool
 
-	stats *poolStats
+	// stats are the pool's figures, judged by the SLO; overridden counts
+	// the requests sent to the pool with the override header, which are
+	// tests, not its share: they show in the metrics but not in the SLO.
+	stats, overridden *poolStats
+	// slowAbort is the service's rollback P95: a client that gave up after
+	// waiting that long on a backend of the pool saw a slow backend.
+	slowAbort time.Duration
 	// Precomputed so that the hot path does not allocate: the value of the
 	// cbproxy_pool variable and of the X-Cbproxy-Pool header.
 	nameVar    any
@@ -214,7 +221,8 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 		p := &t.pools[i]
 		p.service, p.name = svc.Name, name
 		p.weight = svc.Weights[name]
-		p.stats = rt.poolStats(name)
+		p.stats, p.overridden = rt.poolStats(name)
+		p.slowAbort = time.Duration(svc.SLO.Rollback.P95ms * float64(time.Millisecond))
 		p.nameVar = name
 		p.nameHeader = []string{name}
 		for _, b := range svc.Pools[name].Backends {

@@ -150,7 +150,7 @@ func service(name string, weights map[string]state.Weight, pools map[string][]st
 }
 
 func TestBuildTable(t *testing.T) {
-	r := &route{name: "svc", stats: map[string]*poolStats{}, backends: map[string]*backend{}, none: new(poolStats)}
+	r := newRoute("svc")
 	svc := service("svc", map[string]state.Weight{"blue": 9900, "canary": 100, "green": 0}, map[string][]string{
 		"blue":   {"10.0.0.1:80", "~10.0.0.2:80"},
 		"canary": {"https://10.0.0.3:443"},

@@ -32,7 +32,7 @@ type sampler struct {
 	once  sync.Once
 
 	mu     sync.Mutex
-	taken  uint64 // samples taken so far; sample i sits in slot i%windowSlots
+	taken  uint64                 // samples taken so far; sample i sits in slot i%windowSlots
 	times  [windowSlots]time.Time // when each slot's sample was taken
 	series map[poolKey]*series
 }
@@ -62,11 +62,13 @@ type sample struct {
 
 // sampleOf reads a pool's counters as the SLO judges them: a displaced
 // request (owed to the pool while it could take none) is a failed request of
-// the pool, with no latency.
+// the pool, with no latency; a client abort is in no figure unless it had
+// waited on the backend past the rollback P95, and then it is a slow request,
+// not a failed one.
 func sampleOf(s *poolStats) sample {
 	snap := s.snapshot()
 	return sample{
-		requests: snap.total() + snap.displaced,
+		requests: snap.total() - snap.requests[classClientAbort] + snap.slowAborts + snap.displaced,
 		errors:   snap.requests[class5xx] + snap.requests[classProxyError] + snap.displaced,
 		buckets:  snap.buckets,
 	}
