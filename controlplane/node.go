@@ -99,6 +99,9 @@ type Config struct {
 	// trailing). Tests make them small to exercise catch-up by snapshot.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// MaxEvents is how many events the trail keeps; zero takes 10,000.
+	// Tests make it small to exercise a trail that dropped events.
+	MaxEvents int
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -247,7 +250,7 @@ func (n *Node) openRaft() error {
 	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 3, hl); err != nil {
 		return fmt.Errorf("opening raft snapshots: %w", err)
 	}
-	n.fsm, err = newFSM(n.cfg.DataDir, n.snaps, n.log)
+	n.fsm, err = newFSM(n.cfg.DataDir, n.cfg.MaxEvents, n.snaps, n.log)
 	if err != nil {
 		return err
 	}
