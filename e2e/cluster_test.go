@@ -37,6 +37,18 @@ type testCluster struct {
 const clusterSecret = "e2e-cluster-secret"
 
 func newTestCluster(t *testing.T) *testCluster {
+	c := prepareTestCluster(t)
+	// Start in reverse order: any order forms the cluster.
+	for i := len(c.nodes) - 1; i >= 0; i-- {
+		c.start(c.nodes[i])
+	}
+	c.waitReady(c.nodes...)
+	return c
+}
+
+// prepareTestCluster starts the backends and writes the three Caddyfiles
+// (fresh data dirs, bootstrap_expect 3) without starting the nodes.
+func prepareTestCluster(t *testing.T) *testCluster {
 	c := &testCluster{t: t, backends: map[string]string{}}
 	var spec []string
 	for _, pool := range []string{"blue", "canary"} {
@@ -82,11 +94,6 @@ http://127.0.0.1:%d {
 			t.Fatal(err)
 		}
 	}
-	// Start in reverse order: any order forms the cluster.
-	for i := len(c.nodes) - 1; i >= 0; i-- {
-		c.start(c.nodes[i])
-	}
-	c.waitReady(c.nodes...)
 	return c
 }
 
