@@ -15,47 +15,79 @@ const (
 	maxEventLimit     = 1000
 )
 
-// eventQuery reads service, since and limit (CONTRACT §4), answering 400 itself.
-func eventQuery(w http.ResponseWriter, r *http.Request) (service string, since uint64, limit int, ok bool) {
-	q := r.URL.Query()
-	service, limit = q.Get("service"), defaultEventLimit
-	if s := q.Get("since"); s != "" {
+// eventQuery reads the parameters of both event endpoints: service, since,
+// limit and keep (newest or oldest), answering 400 itself.
+func eventQuery(w http.ResponseWriter, r *http.Request) (q state.EventQuery, ok bool) {
+	params := r.URL.Query()
+	q = state.EventQuery{Service: params.Get("service"), Limit: defaultEventLimit}
+	if s := params.Get("since"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("since=%q is not an event index; use a number such as since=57", s))
-			return "", 0, 0, false
+			return q, false
 		}
-		since = v
+		q.Since = v
 	}
-	if s := q.Get("limit"); s != "" {
+	if s := params.Get("limit"); s != "" {
 		v, err := strconv.Atoi(s)
 		if err != nil || v < 1 || v > maxEventLimit {
 			writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("limit=%q must be a number from 1 to %d", s, maxEventLimit))
-			return "", 0, 0, false
+			return q, false
 		}
-		limit = v
+		q.Limit = v
 	}
-	return service, since, limit, true
+	switch s := params.Get("keep"); s {
+	case "", "newest":
+	case "oldest":
+		q.Oldest = true
+	default:
+		writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("keep=%q must be newest (the default: the newest events after since) or oldest (the next page after since)", s))
+		return q, false
+	}
+	return q, true
+}
+
+// eventGap tells a reader that the trail dropped events it asked for: the
+// "gap" of GET /v1/events and the data of the stream's `event: gap`.
+type eventGap struct {
+	Action string `json:"action"`
+	From   uint64 `json:"from"`
+	To     uint64 `json:"to"`
+	Reason string `json:"reason"`
+}
+
+func newEventGap(g *state.EventGap) *eventGap {
+	return &eventGap{Action: "gap", From: g.From, To: g.To, Reason: fmt.Sprintf(
+		"the trail no longer holds the events from index %d to %d: it keeps only the newest; what follows comes after %d", g.From, g.To, g.To)}
 }
 
 func (a *adminServer) listEvents(w http.ResponseWriter, r *http.Request, _ string) {
-	service, since, limit, ok := eventQuery(w, r)
+	q, ok := eventQuery(w, r)
 	if !ok {
 		return
 	}
-	events := a.n.fsm.machine.Events(service, since, limit)
+	events, gap := a.n.fsm.machine.QueryEvents(q)
 	if events == nil {
 		events = []state.Event{}
 	}
-	writeJSON(w, http.StatusOK, struct {
+	body := struct {
 		Events []state.Event `json:"events"`
-	}{events})
+		Gap    *eventGap     `json:"gap,omitempty"`
+	}{Events: events}
+	// Only a reader that names a since is told what it missed; the plain
+	// "newest N" read of the trail has nothing to resume.
+	if gap != nil && r.URL.Query().Has("since") {
+		body.Gap = newEventGap(gap)
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
-// streamEvents sends the trail as server-sent events: first what happened after
-// Last-Event-ID (or ?since=), then every new event as it is applied.
+// streamEvents sends the trail as server-sent events: first every event after
+// Last-Event-ID (or ?since=), in pages of the oldest events not yet sent, with
+// an `event: gap` where the trail dropped some; then every new event as it is
+// applied.
 func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ string) {
-	service, since, _, ok := eventQuery(w, r)
+	q, ok := eventQuery(w, r)
 	if !ok {
 		return
 	}
@@ -65,14 +97,14 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 			writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("Last-Event-ID %q is not an event index", id))
 			return
 		}
-		since = v
+		q.Since = v
 	}
 	rc := http.NewResponseController(w)
 	// Subscribe before reading the backlog so nothing falls between the two.
 	live, cancel := a.n.fsm.subscribeEvents()
 	defer cancel()
-	if since == 0 && r.Header.Get("Last-Event-ID") == "" && r.URL.Query().Get("since") == "" {
-		since = a.n.View().Index
+	if q.Since == 0 && r.Header.Get("Last-Event-ID") == "" && !r.URL.Query().Has("since") {
+		q.Since = a.n.View().Index
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -80,26 +112,40 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	last := since
-	send := func(e state.Event) bool {
-		if e.Index <= last || (service != "" && e.Service != service) {
-			return true
-		}
-		last = e.Index
-		data, _ := json.Marshal(e)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.Index, e.Action, data); err != nil {
+	write := func(id uint64, event string, v any) bool {
+		data, _ := json.Marshal(v)
+		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, event, data); err != nil {
 			return false
 		}
 		return rc.Flush() == nil
 	}
+	send := func(e state.Event) bool {
+		if e.Index <= q.Since || (q.Service != "" && e.Service != q.Service) {
+			return true
+		}
+		q.Since = e.Index
+		return write(e.Index, e.Action, e)
+	}
+	// The backlog goes forward page by page: each page is the oldest events
+	// after the last one sent, so none is skipped however far behind the
+	// reader starts. A gap (events the trail dropped, also while a slow
+	// reader pages) is announced with the index it ends at as its id, so a
+	// reader resuming from there is not told again.
+	q.Limit, q.Oldest = maxEventLimit, true
 	for {
-		backlog := a.n.fsm.machine.Events(service, last, maxEventLimit)
-		for _, e := range backlog {
+		page, gap := a.n.fsm.machine.QueryEvents(q)
+		if gap != nil {
+			q.Since = gap.To
+			if !write(gap.To, "gap", newEventGap(gap)) {
+				return
+			}
+		}
+		for _, e := range page {
 			if !send(e) {
 				return
 			}
 		}
-		if len(backlog) < maxEventLimit {
+		if len(page) < q.Limit {
 			break
 		}
 	}
@@ -117,7 +163,7 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 		case e, ok := <-live:
 			if !ok {
 				// Fell behind: end the stream; the client resumes with
-				// Last-Event-ID and loses nothing.
+				// Last-Event-ID and loses nothing the trail still holds.
 				return
 			}
 			if !send(e) {

@@ -44,7 +44,7 @@ type fsm struct {
 	nextEvents int
 }
 
-func newFSM(dataDir string, snaps raft.SnapshotStore, log func() *zap.Logger) (*fsm, error) {
+func newFSM(dataDir string, maxEvents int, snaps raft.SnapshotStore, log func() *zap.Logger) (*fsm, error) {
 	f := &fsm{
 		path:      filepath.Join(dataDir, "applied.json"),
 		log:       log,
@@ -54,7 +54,7 @@ func newFSM(dataDir string, snaps raft.SnapshotStore, log func() *zap.Logger) (*
 		applied:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	f.machine = state.NewMachine(state.Options{OnApply: f.onApply})
+	f.machine = state.NewMachine(state.Options{MaxEvents: maxEvents, OnApply: f.onApply})
 	if err := f.restoreAtStart(snaps); err != nil {
 		return nil, err
 	}

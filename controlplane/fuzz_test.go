@@ -37,6 +37,8 @@ func FuzzAdminAPI(f *testing.F) {
 		{"PUT", "/v1/services/svc2", `{"pools":{"a":{"backends":[{"address":"127.0.0.1:1"}]}},"health":{"path":"/h","interval":"2s"},"slo":{"window":"30s"},"guard":"1m"}`, "", ""},
 		{"DELETE", "/v1/services/svc2", ``, "", "d"},
 		{"GET", "/v1/events?since=1&limit=10&service=svc", ``, "", ""},
+		{"GET", "/v1/events?since=0&limit=1000&keep=oldest", ``, "", ""},
+		{"GET", "/v1/events?keep=newest&limit=1", ``, "", ""},
 		{"PUT", "/v1/services/svc/weights", `{"weights":{"blue":1e2}}`, "W/\"x\"", ""},
 		{"POST", "/v1/services/svc/rollout", `{"to":"canary","steps":[{"weight":1,"hold":"5m"},{"weight":100}],"force":true}`, "", ""},
 		{"POST", "/v1/services/svc/rollout", `{"strategy":"blue-green","to":"green","bake":"1s","gate":"manual"}`, "", ""},

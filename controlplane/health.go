@@ -74,7 +74,7 @@ func overall(deps map[string]dependency) string {
 func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
 	deps := a.n.dependencies()
 	if !a.n.Ready() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting", "dependencies": deps})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting", "dependencies": deps, "waiting_for": a.n.waitingFor()})
 		return
 	}
 	status := "ok"

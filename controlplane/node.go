@@ -99,6 +99,13 @@ type Config struct {
 	// trailing). Tests make them small to exercise catch-up by snapshot.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// MaxEvents is how many events the trail keeps; zero takes 10,000.
+	// Tests make it small to exercise a trail that dropped events.
+	MaxEvents int
+	// DataPlane is the local data plane from the start, so readiness never
+	// judges without it; SetDataPlane replaces it (a config reload). Nil
+	// means a node without one (readiness is then catching up alone).
+	DataPlane DataPlane
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -109,10 +116,18 @@ const (
 
 // DataPlane is what the control plane asks the local data plane: the
 // requests in flight to a backend (its health comes from the node's checker),
-// and a pool's traffic over the last d, for the SLO judge.
+// a pool's traffic over the last d, for the SLO judge, and, for readiness,
+// which services it declares and whether it routes them.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
 	Window(service, pool string, d time.Duration) slo.Window
+	// Declared lists the services this node's configuration routes (the
+	// handlers of its Caddyfile, with a seed or without).
+	Declared() []string
+	// Routes reports whether the data plane has built a routing table from
+	// the replicated service: it routes the service's requests instead of
+	// answering that it does not know the service.
+	Routes(service string) bool
 }
 
 // Node is one running cbproxy control-plane node: Raft with its on-disk log,
@@ -142,7 +157,11 @@ type Node struct {
 	// is ready once it has applied at least that far with a leader known.
 	startIndex uint64
 	hadState   bool
+	caughtUp   atomic.Bool
 	ready      atomic.Bool
+	// seedErrors holds, by service, why the cluster refused this node's
+	// Caddyfile seed: readiness says it while it waits for the service.
+	seedErrors sync.Map
 	// notified collects the nodes that announced themselves while a
 	// bootstrap_expect cluster forms.
 	notifyMu sync.Mutex
@@ -193,6 +212,9 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry()}
 	n.logger.Store(cfg.Logger)
 	n.SetTokens(cfg.Tokens)
+	if cfg.DataPlane != nil {
+		n.SetDataPlane(cfg.DataPlane)
+	}
 
 	var err error
 	defer func() {
@@ -247,7 +269,7 @@ func (n *Node) openRaft() error {
 	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 3, hl); err != nil {
 		return fmt.Errorf("opening raft snapshots: %w", err)
 	}
-	n.fsm, err = newFSM(n.cfg.DataDir, n.snaps, n.log)
+	n.fsm, err = newFSM(n.cfg.DataDir, n.cfg.MaxEvents, n.snaps, n.log)
 	if err != nil {
 		return err
 	}
@@ -371,8 +393,11 @@ func persistedNodeID(dir string) (string, error) {
 	return id, nil
 }
 
-// watchReadiness marks the node ready once it knows a leader and has applied
-// everything the leader had committed (CONTRACT §6: 503 until caught up once).
+// watchReadiness marks the node ready (CONTRACT §6: 503 until caught up
+// once) in two steps: first it waits until the node knows a leader and has
+// applied everything the leader had committed; then until every service the
+// data plane declares exists and is routed (pendingServices). Ready stays
+// ready.
 func (n *Node) watchReadiness() {
 	defer n.wg.Done()
 	t := time.NewTicker(50 * time.Millisecond)
@@ -383,27 +408,72 @@ func (n *Node) watchReadiness() {
 			return
 		case <-t.C:
 		}
-		addr, id := n.raft.LeaderWithID()
-		if id == "" {
-			continue
-		}
-		target := max(n.startIndex, n.raft.CommitIndex())
-		if id != raft.ServerID(n.cfg.NodeID) {
-			var st nodeStatus
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := n.cluster.Call(ctx, string(addr), rpcStatus, nil, &st)
-			cancel()
-			if err != nil {
+		if !n.caughtUp.Load() {
+			if !n.catchUp() {
 				continue
 			}
-			target = max(target, st.CommitIndex)
+			n.caughtUp.Store(true)
 		}
-		if applied := n.raft.AppliedIndex(); applied >= target {
+		if pending := n.pendingServices(); len(pending) == 0 {
 			n.ready.Store(true)
-			n.log().Info("node caught up", zap.Uint64("applied_index", applied), zap.String("leader", string(id)))
+			n.log().Info("node ready: caught up, and every declared service is routed", zap.Uint64("applied_index", n.raft.AppliedIndex()))
 			return
 		}
 	}
+}
+
+// catchUp reports whether the node knows a leader and has applied everything
+// the leader had committed (and its own log held at start).
+func (n *Node) catchUp() bool {
+	addr, id := n.raft.LeaderWithID()
+	if id == "" {
+		return false
+	}
+	target := max(n.startIndex, n.raft.CommitIndex())
+	if id != raft.ServerID(n.cfg.NodeID) {
+		var st nodeStatus
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := n.cluster.Call(ctx, string(addr), rpcStatus, nil, &st)
+		cancel()
+		if err != nil {
+			return false
+		}
+		target = max(target, st.CommitIndex)
+	}
+	applied := n.raft.AppliedIndex()
+	if applied < target {
+		return false
+	}
+	n.log().Info("node caught up", zap.Uint64("applied_index", applied), zap.String("leader", string(id)))
+	return true
+}
+
+// pendingServices says, for each service the data plane declares that it
+// cannot serve yet, why: it is not in this node's applied state, or the data
+// plane has no routing table for it yet. A declared service deleted through
+// the API does not count: seeds never re-create it, so waiting would be
+// forever, and the proxy answers for it as the operator decided.
+func (n *Node) pendingServices() []string {
+	dp := n.dataPlane()
+	if dp == nil {
+		return nil
+	}
+	v := n.View()
+	var pending []string
+	for _, name := range dp.Declared() {
+		switch {
+		case v.Deleted[name] != 0:
+		case v.Services[name] == nil:
+			why := "not in the replicated state yet: its Caddyfile seed is not committed yet, or (a cbproxy block without pools) create it with the admin API"
+			if refused, ok := n.seedErrors.Load(name); ok {
+				why = "its Caddyfile seed was refused: " + refused.(string)
+			}
+			pending = append(pending, fmt.Sprintf("service %s: %s", name, why))
+		case !dp.Routes(name):
+			pending = append(pending, fmt.Sprintf("service %s: the proxy has no routing table for it yet", name))
+		}
+	}
+	return pending
 }
 
 // Shutdown stops the admin API and Raft and closes the log store. A leader
@@ -500,8 +570,21 @@ func (n *Node) Health() *healthcheck.Checker { return n.health }
 // Registry is the Prometheus registry served on the admin listener at /metrics.
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
-// Ready reports whether the node has caught up with the cluster once.
+// Ready reports whether the node has caught up with the cluster once and
+// then served every service its data plane declares.
 func (n *Node) Ready() bool { return n.ready.Load() }
+
+// waitingFor says why the node is not ready yet (nothing once it is).
+func (n *Node) waitingFor() []string {
+	why := []string{}
+	if n.Ready() {
+		return why
+	}
+	if !n.caughtUp.Load() {
+		why = append(why, fmt.Sprintf("catching up with the cluster: applied index %d, leader %q", n.raft.AppliedIndex(), n.raftDependency().Leader))
+	}
+	return append(why, n.pendingServices()...)
+}
 
 // AdminAddr is the address the admin API listens on.
 func (n *Node) AdminAddr() string { return n.admin.addr() }

@@ -19,17 +19,24 @@ import (
 // loopback, the admin API on a free port.
 func startNode(t *testing.T, dir string, tokens ...Token) *Node {
 	t.Helper()
-	n, err := Start(Config{
+	return startNodeTuned(t, dir, func(c *Config) { c.Tokens = tokens })
+}
+
+// startNodeTuned is startNode with the config edited by tune first.
+func startNodeTuned(t *testing.T, dir string, tune func(*Config)) *Node {
+	t.Helper()
+	cfg := Config{
 		NodeID:           "node1",
 		DataDir:          dir,
 		ClusterListen:    "127.0.0.1:0",
 		AdminListen:      "127.0.0.1:0",
-		Tokens:           tokens,
 		Logger:           zaptest.NewLogger(t),
 		HeartbeatTimeout: 100 * time.Millisecond,
 		ElectionTimeout:  100 * time.Millisecond,
 		LeaderLease:      50 * time.Millisecond,
-	})
+	}
+	tune(&cfg)
+	n, err := Start(cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}

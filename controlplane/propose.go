@@ -127,6 +127,7 @@ func (n *Node) Seed(name string, spec state.ServiceSpec) {
 			a, err := n.Propose(context.Background(), cmd)
 			if err == nil {
 				if !a.Result.OK() {
+					n.seedErrors.Store(name, a.Result.Err)
 					n.log().Error("seed refused", zap.String("service", name), zap.String("error", a.Result.Err))
 				} else if a.Result.Changed {
 					n.log().Info("seeded service from the Caddyfile", zap.String("service", name), zap.Uint64("version", a.Result.Version))

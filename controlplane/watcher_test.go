@@ -18,6 +18,11 @@ type trafficPlane struct {
 
 func (p *trafficPlane) InFlight(string, string, string) int64 { return 0 }
 
+// Declared names no service: these nodes create theirs through the API.
+func (p *trafficPlane) Declared() []string { return nil }
+
+func (p *trafficPlane) Routes(string) bool { return true }
+
 func (p *trafficPlane) Window(_, pool string, _ time.Duration) slo.Window {
 	p.mu.Lock()
 	defer p.mu.Unlock()

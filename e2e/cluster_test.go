@@ -39,6 +39,18 @@ const clusterSecret = "e2e-cluster-secret"
 // newTestCluster starts three nodes routing "codingbrain" (blue and canary
 // from one backend process); directives are added to its cbproxy block.
 func newTestCluster(t *testing.T, directives ...string) *testCluster {
+	c := prepareTestCluster(t, directives...)
+	// Start in reverse order: any order forms the cluster.
+	for i := len(c.nodes) - 1; i >= 0; i-- {
+		c.start(c.nodes[i])
+	}
+	c.waitReady(c.nodes...)
+	return c
+}
+
+// prepareTestCluster starts the backends and writes the three Caddyfiles
+// (fresh data dirs, bootstrap_expect 3) without starting the nodes.
+func prepareTestCluster(t *testing.T, directives ...string) *testCluster {
 	c := &testCluster{t: t, backends: map[string]string{}}
 	var spec []string
 	for _, pool := range []string{"blue", "canary"} {
@@ -85,11 +97,6 @@ http://127.0.0.1:%d {
 			t.Fatal(err)
 		}
 	}
-	// Start in reverse order: any order forms the cluster.
-	for i := len(c.nodes) - 1; i >= 0; i-- {
-		c.start(c.nodes[i])
-	}
-	c.waitReady(c.nodes...)
 	return c
 }
 

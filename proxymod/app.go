@@ -74,6 +74,9 @@ type App struct {
 	// seeds by service; handlers add theirs while the config is provisioned,
 	// which Caddy does on one goroutine.
 	seeds map[string]state.ServiceSpec
+	// declared holds every service a handler of this config routes, seeded
+	// or not: /health/ready waits for each.
+	declared map[string]bool
 
 	// node is set once Start acquired it from the pool; only then may
 	// Cleanup release it.
@@ -276,6 +279,7 @@ func (a *App) nodeConfig() controlplane.Config {
 		Tokens:          a.controlTokens(),
 		ClusterSecret:   a.ClusterSecret,
 		Logger:          a.logger,
+		DataPlane:       a.dataPlane(),
 	}
 	if a.AdminTLS != nil {
 		cfg.AdminTLSCert, cfg.AdminTLSKey = a.AdminTLS.Cert, a.AdminTLS.Key
@@ -294,6 +298,19 @@ func (a *App) controlTokens() []controlplane.Token {
 		tokens[i] = controlplane.Token{Name: t.Name, Secret: t.Secret, Role: role}
 	}
 	return tokens
+}
+
+// declare registers a service a handler routes.
+func (a *App) declare(service string) {
+	if a.declared == nil {
+		a.declared = make(map[string]bool)
+	}
+	a.declared[service] = true
+}
+
+// dataPlane is the data plane as this config declares it.
+func (a *App) dataPlane() dataPlane {
+	return dataPlane{declared: slices.Sorted(maps.Keys(a.declared))}
 }
 
 // addSeed registers a handler's seed; Start hands it to the node. Two blocks
@@ -336,7 +353,8 @@ func (a *App) Start() error {
 	for _, name := range slices.Sorted(maps.Keys(a.seeds)) {
 		n.Seed(name, a.seeds[name])
 	}
-	n.SetDataPlane(dataPlane{})
+	// A reload's handlers may declare other services.
+	n.SetDataPlane(a.dataPlane())
 	if len(a.Tokens) > 0 && a.AdminTLS == nil && !controlplane.IsLoopbackListen(a.AdminListen) {
 		a.logger.Warn("admin tokens travel in clear text: admin_listen is not a loopback address and admin_tls is not set",
 			zap.String("admin_listen", a.AdminListen))

@@ -1,6 +1,7 @@
 package proxymod
 
 import (
+	"maps"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -61,6 +62,10 @@ func TestAppLifecycle(t *testing.T) {
 	if n.dataPlane == nil || n.watchers != 1 || n.logger == nil {
 		t.Errorf("node not connected: data plane %v, watchers %d, logger %v", n.dataPlane, n.watchers, n.logger)
 	}
+	// The node knows the declared services from its start, for readiness.
+	if n.cfg.DataPlane == nil || !reflect.DeepEqual(n.cfg.DataPlane.Declared(), []string{"life"}) || !reflect.DeepEqual(n.dataPlane.Declared(), []string{"life"}) {
+		t.Errorf("declared services: at start %v, now %v; want [life]", n.cfg.DataPlane, n.dataPlane)
+	}
 	n.mu.Unlock()
 
 	// A reload with a new token secret: applied live, same node.
@@ -116,6 +121,37 @@ func TestAppWithoutGlobalOption(t *testing.T) {
 	n := lastNode.Load()
 	if n == nil || n.cfg.DataDir != filepath.Join(caddy.AppDataDir(), "cbproxy") || n.cfg.AdminListen != controlplane.DefaultAdminListen {
 		t.Fatalf("default node config: %+v", n)
+	}
+	// A block without a seed declares its service too: readiness waits for
+	// it to be created through the API.
+	if got := n.cfg.DataPlane.Declared(); !reflect.DeepEqual(got, []string{"bare"}) {
+		t.Errorf("declared %v, want [bare]", got)
+	}
+}
+
+// TestDataPlaneRoutes: the data plane routes a service once its route holds a
+// table built from the replicated service, not before and not once deleted.
+func TestDataPlaneRoutes(t *testing.T) {
+	dp := dataPlane{}
+	if dp.Routes("routes-probe") {
+		t.Error("routes a service without a route")
+	}
+	routes.get("routes-probe") // a handler provisioned before the service exists
+	if dp.Routes("routes-probe") {
+		t.Error("routes a service the replicated state does not have")
+	}
+	applyService(service("routes-probe", map[string]state.Weight{"blue": 10000}, map[string][]string{"blue": {"10.0.0.1:80"}}))
+	if !dp.Routes("routes-probe") {
+		t.Error("does not route a service of the applied view")
+	}
+	routes.mu.Lock()
+	v := routes.view
+	routes.mu.Unlock()
+	services := maps.Clone(v.Services)
+	delete(services, "routes-probe")
+	routes.apply(&state.View{Index: v.Index + 1, Services: services, Deleted: map[string]uint64{"routes-probe": v.Index + 1}})
+	if dp.Routes("routes-probe") {
+		t.Error("routes a deleted service")
 	}
 }
 

@@ -191,6 +191,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	app.(*App).declare(h.Service)
 
 	if err := h.provisionChoice(); err != nil {
 		return err

@@ -181,8 +181,23 @@ func (rr *routeRegistry) backendHealth(svc *state.Service, pool, address string)
 // requests: healthy, degraded and unknown ones do (CONTRACT §4).
 func takesTraffic(health healthcheck.Status) bool { return health != healthcheck.StatusUnhealthy }
 
-// dataPlane answers the admin API's questions about backends from the routes.
-type dataPlane struct{}
+// dataPlane answers the control plane's questions about backends and
+// services from the routes, for one config: declared lists the services its
+// handlers route, in name order.
+type dataPlane struct {
+	declared []string
+}
+
+// Declared implements controlplane.DataPlane.
+func (dp dataPlane) Declared() []string { return dp.declared }
+
+// Routes implements controlplane.DataPlane: the service's route holds a table
+// built from the replicated service, so the handler routes its requests
+// instead of answering 503 "not in the replicated state yet".
+func (dataPlane) Routes(service string) bool {
+	r := routes.lookup(service)
+	return r != nil && r.table.Load().service != nil
+}
 
 // InFlight implements controlplane.DataPlane.
 func (dataPlane) InFlight(service, pool, address string) int64 {

@@ -3,6 +3,8 @@ package state
 import (
 	"fmt"
 	"maps"
+	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +62,10 @@ type Machine struct {
 	// new array when it grows, so a slice header copied under mu stays valid
 	// after mu is released.
 	events []Event
+	// droppedThrough is the index of the newest event trimmed from the
+	// trail (0 while none was): a reader asking for events after an older
+	// index has missed some.
+	droppedThrough uint64
 	// idemQueue holds the remembered keys in the order they were stored, with
 	// the same never-overwrite rule as events; idem indexes it by key.
 	idemQueue []idemEntry
@@ -90,30 +96,73 @@ func NewMachine(opts Options) *Machine {
 // View returns the current view.
 func (m *Machine) View() *View { return m.view.Load() }
 
+// EventQuery selects events of the trail.
+type EventQuery struct {
+	// Service keeps only the events of this service ("" keeps all).
+	Service string
+	// Since keeps only the events with Index > Since.
+	Since uint64
+	// Limit is the most events returned; 0 or less means 100.
+	Limit int
+	// Oldest keeps the oldest Limit events after Since, the next page for a
+	// reader that goes forward, instead of the newest Limit.
+	Oldest bool
+}
+
+// EventGap is a range of indexes whose events the trail has dropped (it keeps
+// the newest MaxEvents): a reader asking for the events after From-1 cannot
+// get those From to To. Not every index of the range carried an event, nor an
+// event of the service the reader asked for.
+type EventGap struct {
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
+}
+
 // Events returns up to limit of the newest events with Index > since, oldest
 // first, optionally only those of one service. A limit of 0 or less means 100.
 // The events share their Before and After maps with the trail: read only.
 func (m *Machine) Events(service string, since uint64, limit int) []Event {
+	events, _ := m.QueryEvents(EventQuery{Service: service, Since: since, Limit: limit})
+	return events
+}
+
+// QueryEvents returns the events q selects, oldest first, and the gap when the
+// trail already dropped events after q.Since. The events share their Before
+// and After maps with the trail: read only.
+func (m *Machine) QueryEvents(q EventQuery) ([]Event, *EventGap) {
+	limit := q.Limit
 	if limit <= 0 {
 		limit = 100
 	}
+	// The trail and what it dropped are read together, so a gap is never
+	// missed between the two.
 	m.mu.RLock()
-	events := m.events
+	events, dropped := m.events, m.droppedThrough
 	m.mu.RUnlock()
+	var gap *EventGap
+	if q.Since < dropped {
+		gap = &EventGap{From: q.Since + 1, To: dropped}
+	}
+	events = events[sort.Search(len(events), func(i int) bool { return events[i].Index > q.Since }):]
 	var out []Event
-	for i := len(events) - 1; i >= 0 && len(out) < limit; i-- {
-		e := events[i]
-		if e.Index <= since {
-			break
+	if q.Oldest {
+		for _, e := range events {
+			if len(out) == limit {
+				break
+			}
+			if q.Service == "" || e.Service == q.Service {
+				out = append(out, e)
+			}
 		}
-		if service == "" || e.Service == service {
+		return out, gap
+	}
+	for i := len(events) - 1; i >= 0 && len(out) < limit; i-- {
+		if e := events[i]; q.Service == "" || e.Service == q.Service {
 			out = append(out, e)
 		}
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out
+	slices.Reverse(out)
+	return out, gap
 }
 
 // Apply decodes and applies one encoded command at the given Raft index.
@@ -152,6 +201,7 @@ func (m *Machine) Apply(index uint64, data []byte) Result {
 		}
 		m.events = append(m.events, ev)
 		if over := len(m.events) - m.opts.MaxEvents; over > 0 {
+			m.droppedThrough = m.events[over-1].Index
 			m.events = m.events[over:]
 		}
 		added = []Event{ev}

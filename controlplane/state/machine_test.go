@@ -505,3 +505,88 @@ func TestConcurrentReaders(t *testing.T) {
 	wg.Wait()
 	checkViewValid(t, h.m.View())
 }
+
+// TestQueryEventsPagesForward reads a trail forward page by page from far
+// behind: the oldest events after since come first, nothing is skipped, and a
+// since older than what the trail dropped reports the gap.
+func TestQueryEventsPagesForward(t *testing.T) {
+	h := newHarness(t, Options{MaxEvents: 100})
+	h.apply(put("x", testSpec())) // 1
+	for i := 0; h.index < 250; i++ {
+		if i%3 == 0 {
+			// Events of x at every third index, so a filtered page must
+			// skip the others.
+			h.apply(setWeights("x", Weights{[]string{"green", "blue"}[i/3%2]: Total}))
+		} else {
+			h.apply(put(fmt.Sprint("s", i), testSpec()))
+		}
+	}
+	trail := h.m.Events("", 0, 1000)
+	if len(trail) != 100 || trail[0].Index != 151 || trail[99].Index != 250 {
+		t.Fatalf("the trail holds %d events from %d", len(trail), trail[0].Index)
+	}
+
+	// page reads every event after since of service in pages of limit.
+	page := func(service string, since uint64, limit int) ([]uint64, []*EventGap) {
+		var got []uint64
+		var gaps []*EventGap
+		for {
+			es, gap := h.m.QueryEvents(EventQuery{Service: service, Since: since, Limit: limit, Oldest: true})
+			if gap != nil {
+				gaps = append(gaps, gap)
+				since = gap.To
+			}
+			if len(es) > limit {
+				t.Fatalf("a page of %d events, limit %d", len(es), limit)
+			}
+			for _, e := range es {
+				if e.Index <= since || (service != "" && e.Service != service) {
+					t.Fatalf("page after %d of %q holds event %d of %q", since, service, e.Index, e.Service)
+				}
+				got = append(got, e.Index)
+				since = e.Index
+			}
+			if len(es) < limit {
+				return got, gaps
+			}
+		}
+	}
+	span := func(from, to, step uint64) []uint64 {
+		var out []uint64
+		for i := from; i <= to; i += step {
+			out = append(out, i)
+		}
+		return out
+	}
+	got, gaps := page("", 200, 7)
+	if want := span(201, 250, 1); !reflect.DeepEqual(got, want) || gaps != nil {
+		t.Errorf("after 200: %v, gaps %v; want %v", got, gaps, want)
+	}
+	got, gaps = page("", 10, 30)
+	if want := span(151, 250, 1); !reflect.DeepEqual(got, want) || len(gaps) != 1 || *gaps[0] != (EventGap{From: 11, To: 150}) {
+		t.Errorf("after 10: %v, gaps %v; want the gap 11-150, then %v", got, gaps, want)
+	}
+	got, gaps = page("", 150, 1000)
+	if want := span(151, 250, 1); !reflect.DeepEqual(got, want) || gaps != nil {
+		t.Errorf("after 150 (the last dropped): %v, gaps %v; want %v", got, gaps, want)
+	}
+	got, _ = page("x", 160, 5)
+	var wantX []uint64
+	for _, e := range trail {
+		if e.Service == "x" && e.Index > 160 {
+			wantX = append(wantX, e.Index)
+		}
+	}
+	if !reflect.DeepEqual(got, wantX) || len(wantX) < 25 {
+		t.Errorf("x after 160: %v; want %v", got, wantX)
+	}
+
+	// The newest events stay the default, and report the gap too.
+	es, gap := h.m.QueryEvents(EventQuery{Since: 10, Limit: 3})
+	if len(es) != 3 || es[0].Index != 248 || gap == nil || *gap != (EventGap{From: 11, To: 150}) {
+		t.Errorf("newest 3 after 10: %v, gap %v", es, gap)
+	}
+	if _, gap := h.m.QueryEvents(EventQuery{Since: 150}); gap != nil {
+		t.Errorf("gap %v after the last dropped event", gap)
+	}
+}

@@ -13,13 +13,17 @@ const snapshotFormat = 1
 // snapshot is the whole state as one JSON document. Maps encode with sorted
 // keys and lists keep their order, so equal states give equal bytes.
 type snapshot struct {
-	Format      int                 `json:"format"`
-	Index       uint64              `json:"index"`
-	Services    map[string]*Service `json:"services"`
-	Deleted     map[string]uint64   `json:"deleted"`
-	Nodes       map[string]NodeInfo `json:"nodes,omitempty"`
-	Events      []Event             `json:"events"`
-	Idempotency []idemEntry         `json:"idempotency"`
+	Format   int                 `json:"format"`
+	Index    uint64              `json:"index"`
+	Services map[string]*Service `json:"services"`
+	Deleted  map[string]uint64   `json:"deleted"`
+	Nodes    map[string]NodeInfo `json:"nodes,omitempty"`
+	Events   []Event             `json:"events"`
+	// EventsDroppedThrough is the index of the newest event the trail
+	// dropped (0: none). Absent in snapshots of builds that did not record
+	// it; Restore then infers it from a full trail.
+	EventsDroppedThrough *uint64     `json:"events_dropped_through,omitempty"`
+	Idempotency          []idemEntry `json:"idempotency"`
 }
 
 // WriteSnapshot writes the whole state as one JSON document. It may run while
@@ -37,6 +41,8 @@ func (m *Machine) WriteSnapshot(w io.Writer) error {
 		Events:      m.events,
 		Idempotency: m.idemQueue,
 	}
+	dropped := m.droppedThrough
+	snap.EventsDroppedThrough = &dropped
 	m.mu.RUnlock()
 	if snap.Events == nil {
 		snap.Events = []Event{}
@@ -74,7 +80,18 @@ func (m *Machine) Restore(r io.Reader) error {
 		v.Deleted = map[string]uint64{}
 	}
 	events := snap.Events
+	var dropped uint64
+	switch {
+	case snap.EventsDroppedThrough != nil:
+		dropped = *snap.EventsDroppedThrough
+	case len(events) >= m.opts.MaxEvents && events[0].Index > 1:
+		// Written by a build that did not record what its trail dropped:
+		// a full trail may have dropped everything before its oldest event.
+		// Claiming a gap that was not is safer than hiding one that was.
+		dropped = events[0].Index - 1
+	}
 	if over := len(events) - m.opts.MaxEvents; over > 0 {
+		dropped = events[over-1].Index
 		events = events[over:]
 	}
 	queue := snap.Idempotency
@@ -88,6 +105,7 @@ func (m *Machine) Restore(r io.Reader) error {
 
 	m.mu.Lock()
 	m.events = events
+	m.droppedThrough = dropped
 	m.idemQueue = queue
 	m.idem = idem
 	m.view.Store(v)
@@ -116,6 +134,11 @@ func (s *snapshot) validate() error {
 	for i := 1; i < len(s.Events); i++ {
 		if s.Events[i].Index <= s.Events[i-1].Index {
 			return fmt.Errorf("events are not in index order at index %d", s.Events[i].Index)
+		}
+	}
+	if d := s.EventsDroppedThrough; d != nil {
+		if *d > s.Index || (len(s.Events) > 0 && *d >= s.Events[0].Index) {
+			return fmt.Errorf("events_dropped_through %d must be below the index of the oldest event kept and at most the snapshot's index %d", *d, s.Index)
 		}
 	}
 	seen := make(map[string]bool, len(s.Idempotency))

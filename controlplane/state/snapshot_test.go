@@ -231,11 +231,50 @@ func TestRestoreTrimsToOptions(t *testing.T) {
 	if len(es) != 3 || es[0].Index != 8 {
 		t.Errorf("events after restore: %+v", es)
 	}
+	if _, gap := m.QueryEvents(EventQuery{Since: 3}); gap == nil || *gap != (EventGap{From: 4, To: 7}) {
+		t.Errorf("gap after restore: %v; want 4-7", gap)
+	}
+}
+
+// TestSnapshotKeepsEventGap: what the trail dropped survives a snapshot, and
+// a snapshot written before that was recorded infers it from a full trail.
+func TestSnapshotKeepsEventGap(t *testing.T) {
+	h := newHarness(t, Options{MaxEvents: 5})
+	for i := 0; i < 12; i++ {
+		h.apply(put(fmt.Sprint("s", i), testSpec()))
+	}
+	snap := snapshotBytes(t, h.m)
+	if !bytes.Contains(snap, []byte(`"events_dropped_through":7,`)) {
+		t.Fatalf("snapshot without the dropped index: %s", snap)
+	}
+	m := NewMachine(Options{MaxEvents: 5})
+	if err := m.Restore(bytes.NewReader(snap)); err != nil {
+		t.Fatal(err)
+	}
+	if _, gap := m.QueryEvents(EventQuery{Since: 2}); gap == nil || *gap != (EventGap{From: 3, To: 7}) {
+		t.Errorf("gap after restore: %v; want 3-7", gap)
+	}
+
+	legacy := bytes.Replace(snap, []byte(`"events_dropped_through":7,`), nil, 1)
+	m = NewMachine(Options{MaxEvents: 5})
+	if err := m.Restore(bytes.NewReader(legacy)); err != nil {
+		t.Fatal(err)
+	}
+	if _, gap := m.QueryEvents(EventQuery{Since: 2}); gap == nil || *gap != (EventGap{From: 3, To: 7}) {
+		t.Errorf("gap after restoring a full trail without the dropped index: %v; want 3-7", gap)
+	}
+
+	for _, bad := range []string{`"events_dropped_through":8,`, `"events_dropped_through":13,`} {
+		doc := bytes.Replace(snap, []byte(`"events_dropped_through":7,`), []byte(bad), 1)
+		if err := NewMachine(Options{}).Restore(bytes.NewReader(doc)); err == nil {
+			t.Errorf("restored a snapshot with %s", bad)
+		}
+	}
 }
 
 func TestSnapshotEmpty(t *testing.T) {
 	got := string(snapshotBytes(t, NewMachine(Options{})))
-	want := `{"format":1,"index":0,"services":{},"deleted":{},"events":[],"idempotency":[]}` + "\n"
+	want := `{"format":1,"index":0,"services":{},"deleted":{},"events":[],"events_dropped_through":0,"idempotency":[]}` + "\n"
 	if got != want {
 		t.Errorf("empty snapshot %s, want %s", got, want)
 	}

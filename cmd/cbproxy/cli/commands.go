@@ -152,7 +152,8 @@ Use it before restarting a backend; 'backend undrain' puts it back.`,
 		long: `Prints the audit trail (of SERVICE only, if given), oldest first, one line per
 event: time, index, actor, action, service, weights before → after, reason.
 With --follow it then prints each new event as it happens; with --follow
-alone it prints only new events.`,
+alone it prints only new events. A "gap" line marks events the trail had
+already dropped when the stream resumed.`,
 		run: runEvents,
 	},
 	{

@@ -532,6 +532,28 @@ func TestEventsFollow(t *testing.T) {
 	}
 }
 
+// TestEventsFollowGap prints the stream's gap marker (events the trail
+// dropped before they could be sent) as a line of its own, then goes on.
+func TestEventsFollowGap(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "id: 150\nevent: gap\ndata: {\"action\":\"gap\",\"from\":11,\"to\":150,\"reason\":\"the trail no longer holds the events from index 11 to 150\"}\n\n")
+		fmt.Fprint(w, "id: 151\nevent: drain\ndata: {\"index\":151,\"time\":\"t1\",\"actor\":\"ops\",\"action\":\"drain\",\"service\":\"svc\",\"reason\":\"drain\"}\n\n")
+	}))
+	defer srv.Close()
+
+	code, stdout, stderr := runAgainst(t, srv.URL, nil, "events", "--follow")
+	want := "-  #11-#150  -  gap  -  -  the trail no longer holds the events from index 11 to 150\n" +
+		"t1  #151  ops  drain  svc  -  drain\n"
+	if code != exitOK || stdout != want {
+		t.Errorf("exit code %d, stderr %q, stdout:\n%s\nwant:\n%s", code, stderr, stdout, want)
+	}
+	code, stdout, _ = runAgainst(t, srv.URL, nil, "events", "--follow", "--json")
+	if code != exitOK || !strings.HasPrefix(stdout, `{"action":"gap","from":11,"to":150,`) {
+		t.Errorf("exit code %d, --json stdout %q", code, stdout)
+	}
+}
+
 // TestEventsFollowInterrupt stops following (as Ctrl-C does) with exit 0.
 func TestEventsFollowInterrupt(t *testing.T) {
 	sent := make(chan struct{})

@@ -71,6 +71,10 @@ type (
 		Before  map[string]json.Number `json:"before"`
 		After   map[string]json.Number `json:"after"`
 		Reason  string                 `json:"reason"`
+		// From and To are the indexes an `event: gap` of the stream says
+		// the trail no longer holds.
+		From uint64 `json:"from"`
+		To   uint64 `json:"to"`
 	}
 )
 
@@ -198,13 +202,19 @@ func writeEvents(w io.Writer, events []eventBody) error {
 	return tw.Flush()
 }
 
-// writeEvent writes one event as a tab-separated line.
+// writeEvent writes one event as a tab-separated line. A gap (events the
+// trail dropped before the stream could send them) shows the range of
+// indexes lost where an event shows its index.
 func writeEvent(tw *tabwriter.Writer, e eventBody) {
 	change := "-"
 	if e.Before != nil || e.After != nil {
 		change = formatWeights(e.Before) + " → " + formatWeights(e.After)
 	}
-	fmt.Fprintf(tw, "%s\t#%d\t%s\t%s\t%s\t%s\t%s\n", e.Time, e.Index, orDash(e.Actor), e.Action, orDash(e.Service), change, oneLine(e.Reason))
+	index := fmt.Sprintf("#%d", e.Index)
+	if e.Action == "gap" {
+		index = fmt.Sprintf("#%d-#%d", e.From, e.To)
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(e.Time), index, orDash(e.Actor), e.Action, orDash(e.Service), change, oneLine(e.Reason))
 }
 
 // writeJSON prints an answer as is, indented.

@@ -89,6 +89,7 @@ func FuzzReadSSE(f *testing.F) {
 		"id: 1\r\ndata: x\r\n\r\nid\nevent\n\n",
 		"data: cut",
 		"\n\n\ndata: \x00\n\n",
+		"id: 150\nevent: gap\ndata: {\"action\":\"gap\",\"from\":11,\"to\":150,\"reason\":\"the trail no longer holds the events from index 11 to 150\"}\n\nid: 151\nevent: drain\ndata: {\"index\":151}\n\n",
 	} {
 		f.Add(seed)
 	}
