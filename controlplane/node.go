@@ -150,6 +150,8 @@ type Node struct {
 	health   *healthcheck.Checker
 	watcher  *watcher
 	registry *prometheus.Registry
+	// stickyKey seals the data plane's sticky cookies (StickyKey).
+	stickyKey []byte
 	metrics  *nodeMetrics
 	admin    *adminServer
 
@@ -209,14 +211,17 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry()}
+	stickyKey, err := loadStickyKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry(), stickyKey: stickyKey}
 	n.logger.Store(cfg.Logger)
 	n.SetTokens(cfg.Tokens)
 	if cfg.DataPlane != nil {
 		n.SetDataPlane(cfg.DataPlane)
 	}
 
-	var err error
 	defer func() {
 		if err != nil {
 			n.closeStores()

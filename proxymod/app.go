@@ -119,6 +119,7 @@ type controlNode interface {
 	Seed(name string, spec state.ServiceSpec)
 	Registry() *prometheus.Registry
 	Health() *healthcheck.Checker
+	StickyKey() []byte
 }
 
 // startNode starts the process's node; a variable so tests can run the app
@@ -343,6 +344,9 @@ func (a *App) Start() error {
 	a.node = n
 	if err := registerCollector(n.Registry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
+	}
+	if err := routes.useStickyKey(n.StickyKey()); err != nil {
+		return err
 	}
 	// Caddy closes this config's log writers when it unloads.
 	n.SetLogger(a.logger)

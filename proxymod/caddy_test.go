@@ -30,6 +30,10 @@ func TestMain(m *testing.M) {
 		os.Setenv(v, dir)
 	}
 	startNode = startFakeNode
+	// Tests that choose pools without an app seal cookies as a node would.
+	if err := routes.useStickyKey(testStickyKey); err != nil {
+		panic(err)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -111,6 +115,11 @@ func (n *fakeNode) Seed(name string, spec state.ServiceSpec) {
 }
 
 func (n *fakeNode) Registry() *prometheus.Registry { return n.registry }
+
+// testStickyKey is the fake node's sticky cookie key.
+var testStickyKey = []byte("0123456789abcdef")
+
+func (n *fakeNode) StickyKey() []byte { return testStickyKey }
 
 // freeAddr returns a loopback address with a port nobody listens on.
 func freeAddr(t testing.TB) string {

@@ -1,11 +1,17 @@
 package proxymod
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/subtle"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 )
 
 // choice is how a request's pool was chosen.
@@ -35,7 +41,7 @@ func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, how ch
 	}
 	switch h.stickyMode {
 	case stickyCookie:
-		if token, ok := stickyToken(r.Header["Cookie"], h.cookieName); ok {
+		if token, ok := stickyToken(r.Header["Cookie"], h.cookieName, routes.seal.Load()); ok {
 			return t.stickyPool(tokenBucket(token)), byKey
 		}
 		return t.nextFromSplit(), byNewKey
@@ -91,9 +97,11 @@ func secretMatches(got string, want []byte) bool {
 
 // The sticky scheme. A client's key maps to one of slotCount buckets, and
 // each pool owns a range of buckets (RoutingTable). A cookie holds a random
-// 64-bit token written as 16 hex digits; its bucket is mix(token) modulo
-// slotCount. mix is invertible, so a token for a chosen bucket is made in
-// O(1): pick a random multiple of slotCount plus the bucket, unmix it.
+// 64-bit token, sealed (cookieSeal) so that a client cannot write itself a
+// cookie for the bucket, and so the pool, of its choice; its bucket is
+// mix(token) modulo slotCount. mix is invertible, so a token for a chosen
+// bucket is made in O(1): pick a random multiple of slotCount plus the
+// bucket, unmix it.
 
 // tokenBucket returns the bucket of a cookie token.
 func tokenBucket(token uint64) int { return int(mix(token) % uint64(slotCount)) }
@@ -161,9 +169,13 @@ func inverse(a uint64) uint64 {
 }
 
 // stickyToken finds the sticky cookie in a request's Cookie header lines and
-// parses its token. It parses by hand because r.Cookie allocates. A cookie
-// whose value is not a token counts as absent: the client gets a new one.
-func stickyToken(lines []string, name string) (uint64, bool) {
+// opens its token. It parses by hand because r.Cookie allocates. A cookie
+// whose value is not a token the cluster sealed counts as absent: the client
+// gets a new one (without a seal, every cookie does).
+func stickyToken(lines []string, name string, seal *cookieSeal) (uint64, bool) {
+	if seal == nil {
+		return 0, false
+	}
 	for _, line := range lines {
 		for line != "" {
 			var part string
@@ -176,7 +188,7 @@ func stickyToken(lines []string, name string) (uint64, bool) {
 			if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
 				value = value[1 : len(value)-1]
 			}
-			if token, ok := parseToken(value); ok {
+			if token, ok := seal.open(value); ok {
 				return token, true
 			}
 		}
@@ -184,51 +196,87 @@ func stickyToken(lines []string, name string) (uint64, bool) {
 	return 0, false
 }
 
-// tokenDigits is the length of a token in a cookie.
-const tokenDigits = 16
+// tokenDigits is the length of a cookie value: one AES block in hex.
+const tokenDigits = 2 * aes.BlockSize
 
-// parseToken reads 16 hex digits.
-func parseToken(s string) (uint64, bool) {
-	if len(s) != tokenDigits {
-		return 0, false
-	}
-	var token uint64
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		var d byte
-		switch {
-		case c >= '0' && c <= '9':
-			d = c - '0'
-		case c >= 'a' && c <= 'f':
-			d = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			d = c - 'A' + 10
-		default:
-			return 0, false
-		}
-		token = token<<4 | uint64(d)
-	}
-	return token, true
+// cookieSeal seals sticky tokens with the cluster's sticky key: a cookie
+// value is the AES encryption of the token followed by eight zero bytes.
+// Opening decrypts and checks the zeros, so a value the cluster did not make
+// is refused but for a 2^-64 chance; AES is a permutation, so the values it
+// gave away teach nothing about the others. Every node derives the same key,
+// so any node honours any node's cookie.
+type cookieSeal struct {
+	block cipher.Block
+	// scratch holds the two blocks of an open: cipher.Block is an
+	// interface, so buffers passed to it escape, and a pool keeps the hot
+	// path free of allocations.
+	scratch sync.Pool
 }
 
-// formatToken writes a token as 16 lowercase hex digits.
-func formatToken(token uint64) string {
-	const digits = "0123456789abcdef"
-	var b [tokenDigits]byte
-	for i := tokenDigits - 1; i >= 0; i-- {
-		b[i] = digits[token&0xf]
-		token >>= 4
+func newCookieSeal(key []byte) (*cookieSeal, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("sticky cookie key: %w", err)
 	}
-	return string(b[:])
+	return &cookieSeal{block: block, scratch: sync.Pool{New: func() any { return new([2 * aes.BlockSize]byte) }}}, nil
+}
+
+// seal returns the cookie value of a token.
+func (cs *cookieSeal) seal(token uint64) string {
+	var plain, sealed [aes.BlockSize]byte
+	binary.BigEndian.PutUint64(plain[:8], token)
+	cs.block.Encrypt(sealed[:], plain[:])
+	return hex.EncodeToString(sealed[:])
+}
+
+// open returns the token of a cookie value, if the cluster sealed it.
+func (cs *cookieSeal) open(value string) (uint64, bool) {
+	if len(value) != tokenDigits {
+		return 0, false
+	}
+	buf := cs.scratch.Get().(*[2 * aes.BlockSize]byte)
+	defer cs.scratch.Put(buf)
+	sealed, plain := buf[:aes.BlockSize], buf[aes.BlockSize:]
+	for i := range sealed {
+		hi, ok1 := hexDigit(value[2*i])
+		lo, ok2 := hexDigit(value[2*i+1])
+		if !ok1 || !ok2 {
+			return 0, false
+		}
+		sealed[i] = hi<<4 | lo
+	}
+	cs.block.Decrypt(plain, sealed)
+	if binary.BigEndian.Uint64(plain[8:]) != 0 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(plain[:8]), true
+}
+
+func hexDigit(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // setStickyCookie gives a new client a cookie whose bucket lies in the range
 // of the pool the split chose for it, so that its later requests stay there.
+// Before the node gave the data plane its sticky key there is nothing to
+// seal with: the client gets its cookie with a later request.
 func (h *Handler) setStickyCookie(w http.ResponseWriter, r *http.Request, p *poolRoute) {
+	seal := routes.seal.Load()
+	if seal == nil {
+		return
+	}
 	bucket := p.lo + rand.IntN(p.hi-p.lo) // the split chose p, so the range is not empty
 	cookie := &http.Cookie{
 		Name:     h.cookieName,
-		Value:    formatToken(tokenFor(bucket)),
+		Value:    seal.seal(tokenFor(bucket)),
 		Path:     "/",
 		MaxAge:   h.cookieMaxAge,
 		HttpOnly: true,

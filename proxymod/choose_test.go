@@ -1,6 +1,7 @@
 package proxymod
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -57,51 +58,105 @@ func TestMixIsInvertible(t *testing.T) {
 	}
 }
 
-func TestTokenRoundTrip(t *testing.T) {
+// testSeal seals cookies as a node with testStickyKey does.
+var testSeal = func() *cookieSeal {
+	s, err := newCookieSeal(testStickyKey)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}()
+
+func TestCookieSealRoundTrip(t *testing.T) {
 	for _, tok := range []uint64{0, 0xff, 0x0123456789abcdef, ^uint64(0)} {
-		s := formatToken(tok)
+		s := testSeal.seal(tok)
 		if len(s) != tokenDigits {
-			t.Errorf("formatToken(%#x) = %q: not %d digits", tok, s, tokenDigits)
+			t.Errorf("seal(%#x) = %q: not %d digits", tok, s, tokenDigits)
 		}
-		if got, ok := parseToken(s); !ok || got != tok {
-			t.Errorf("parseToken(%q) = %#x, %v", s, got, ok)
+		if got, ok := testSeal.open(s); !ok || got != tok {
+			t.Errorf("open(%q) = %#x, %v", s, got, ok)
+		}
+		if got, ok := testSeal.open(strings.ToUpper(s)); !ok || got != tok {
+			t.Errorf("open(%q) = %#x, %v", strings.ToUpper(s), got, ok)
 		}
 	}
-	for _, bad := range []string{"", "ff", "0123456789abcdeg", "0123456789abcdef0", " 123456789abcdef", "+123456789abcdef"} {
-		if _, ok := parseToken(bad); ok {
-			t.Errorf("parseToken(%q) accepted", bad)
+	other, _ := newCookieSeal([]byte("another-key-16by"))
+	for _, bad := range []string{"", "ff", "00000000000000ff", // the unsealed format of old
+		strings.Repeat("0", tokenDigits), strings.Repeat("g", tokenDigits), testSeal.seal(7) + "0", " " + testSeal.seal(7)[1:],
+		other.seal(7), // sealed by another cluster
+	} {
+		if _, ok := testSeal.open(bad); ok {
+			t.Errorf("open(%q) accepted", bad)
 		}
 	}
 }
 
 func TestStickyToken(t *testing.T) {
 	const name = "cbproxy_svc"
+	ff, one, two := testSeal.seal(0xff), testSeal.seal(1), testSeal.seal(2)
 	tests := []struct {
 		name  string
 		lines []string
 		want  uint64
 		ok    bool
 	}{
-		{"alone", []string{"cbproxy_svc=00000000000000ff"}, 0xff, true},
-		{"among others", []string{"a=1; cbproxy_svc=00000000000000ff; b=2"}, 0xff, true},
-		{"spaces", []string{"a=1;  cbproxy_svc = 00000000000000ff ;b=2"}, 0xff, true},
-		{"quoted", []string{`cbproxy_svc="00000000000000ff"`}, 0xff, true},
-		{"second header line", []string{"a=1", "cbproxy_svc=0000000000000001"}, 1, true},
-		{"invalid first, valid second", []string{"cbproxy_svc=zz; cbproxy_svc=0000000000000002"}, 2, true},
+		{"alone", []string{"cbproxy_svc=" + ff}, 0xff, true},
+		{"among others", []string{"a=1; cbproxy_svc=" + ff + "; b=2"}, 0xff, true},
+		{"spaces", []string{"a=1;  cbproxy_svc = " + ff + " ;b=2"}, 0xff, true},
+		{"quoted", []string{`cbproxy_svc="` + ff + `"`}, 0xff, true},
+		{"second header line", []string{"a=1", "cbproxy_svc=" + one}, 1, true},
+		{"invalid first, valid second", []string{"cbproxy_svc=zz; cbproxy_svc=" + two}, 2, true},
+		{"forged", []string{"cbproxy_svc=00000000000000ff"}, 0, false},
 		{"missing", []string{"a=1; b=2"}, 0, false},
-		{"longer name", []string{"xcbproxy_svc=00000000000000ff"}, 0, false},
-		{"prefix of name", []string{"cbproxy_sv=00000000000000ff"}, 0, false},
+		{"longer name", []string{"xcbproxy_svc=" + ff}, 0, false},
+		{"prefix of name", []string{"cbproxy_sv=" + ff}, 0, false},
 		{"not a token", []string{"cbproxy_svc=hello"}, 0, false},
 		{"no value", []string{"cbproxy_svc"}, 0, false},
 		{"empty", nil, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := stickyToken(tt.lines, name)
+			got, ok := stickyToken(tt.lines, name, testSeal)
 			if ok != tt.ok || got != tt.want {
 				t.Fatalf("stickyToken(%q) = %#x, %v; want %#x, %v", tt.lines, got, ok, tt.want, tt.ok)
 			}
 		})
+	}
+	if _, ok := stickyToken([]string{"cbproxy_svc=" + ff}, name, nil); ok {
+		t.Error("without a seal no cookie is honoured")
+	}
+}
+
+// TestForgedStickyCookie: a client that writes itself a cookie for a bucket
+// in canary's range (the attack: pin itself to canary, then push its P95 up
+// with slow requests or dilute its errors with fast ones) is not pinned: it
+// is a new client, and the split chooses its pool.
+func TestForgedStickyCookie(t *testing.T) {
+	r := testRoute("svc")
+	tbl := canaryTable(r, 100) // canary owns buckets [9900, 10000)
+	h := provisioned(t, &Handler{Sticky: &Sticky{Mode: stickyCookie}})
+	forgeries := []string{
+		// The unsealed format of old, for bucket 9950: it used to pin.
+		fmt.Sprintf("%016x", tokenFor(9950)),
+		// A sealed-looking value for the same token, sealed with a guess.
+		func() string { s, _ := newCookieSeal([]byte("guessed-key-16by")); return s.seal(tokenFor(9950)) }(),
+	}
+	for _, forged := range forgeries {
+		canary := 0
+		for range 1000 {
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.Header.Set("Cookie", "cbproxy_svc="+forged)
+			i, how := h.choosePool(tbl, req)
+			if how != byNewKey {
+				t.Fatalf("forged cookie %q was honoured (chosen by %d)", forged, how)
+			}
+			if tbl.pools[i].name == "canary" {
+				canary++
+			}
+		}
+		if canary > 20 {
+			t.Errorf("forged cookie %q: %d of 1000 requests on canary at 1 %%", forged, canary)
+		}
 	}
 }
 
@@ -326,7 +381,7 @@ func BenchmarkChoosePool(b *testing.B) {
 	b.Run("sticky_cookie", func(b *testing.B) {
 		h := provisioned(b, &Handler{Sticky: &Sticky{Mode: stickyCookie}})
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
-		req.Header.Set("Cookie", "session=abc; cbproxy_svc="+formatToken(tokenFor(9950))+"; theme=dark")
+		req.Header.Set("Cookie", "session=abc; cbproxy_svc="+testSeal.seal(tokenFor(9950))+"; theme=dark")
 		b.ReportAllocs()
 		for b.Loop() {
 			if i, _ := h.choosePool(tbl, req); tbl.pools[i].name != "canary" {
@@ -350,15 +405,15 @@ func BenchmarkChoosePool(b *testing.B) {
 
 func FuzzStickyCookie(f *testing.F) {
 	for _, seed := range []string{
-		"cbproxy_svc=00000000000000ff",
-		"a=1; cbproxy_svc = \"0123456789abcdef\" ;b=2",
-		"cbproxy_svc=zz; cbproxy_svc=0000000000000002",
-		"cbproxy_svc", ";;;=;", "cbproxy_svc=0123456789ABCDEF0",
+		"cbproxy_svc=" + testSeal.seal(0xff),
+		"a=1; cbproxy_svc = \"" + testSeal.seal(0x0123456789abcdef) + "\" ;b=2",
+		"cbproxy_svc=zz; cbproxy_svc=" + strings.ToUpper(testSeal.seal(2)),
+		"cbproxy_svc=00000000000000ff", "cbproxy_svc", ";;;=;", "cbproxy_svc=0123456789ABCDEF0",
 	} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
-		token, ok := stickyToken([]string{line}, "cbproxy_svc")
+		token, ok := stickyToken([]string{line}, "cbproxy_svc", testSeal)
 		if !ok {
 			return
 		}
@@ -366,7 +421,7 @@ func FuzzStickyCookie(f *testing.F) {
 			t.Fatalf("bucket %d out of range", b)
 		}
 		// The token is one a client could have been given.
-		if again, ok := stickyToken([]string{"cbproxy_svc=" + formatToken(token)}, "cbproxy_svc"); !ok || again != token {
+		if again, ok := stickyToken([]string{"cbproxy_svc=" + testSeal.seal(token)}, "cbproxy_svc", testSeal); !ok || again != token {
 			t.Fatalf("token %#x from %q does not round-trip", token, line)
 		}
 	})

@@ -47,6 +47,19 @@ type routeRegistry struct {
 	// health changes per service, so a change rebuilds only that table.
 	health    atomic.Pointer[healthcheck.Checker]
 	healthGen map[string]uint64
+	// seal seals and opens sticky cookies with the node's sticky key (nil
+	// before a node runs: no cookie is given or honoured).
+	seal atomic.Pointer[cookieSeal]
+}
+
+// useStickyKey sets the key sticky cookies are sealed with.
+func (rr *routeRegistry) useStickyKey(key []byte) error {
+	seal, err := newCookieSeal(key)
+	if err != nil {
+		return err
+	}
+	rr.seal.Store(seal)
+	return nil
 }
 
 func newRouteRegistry() *routeRegistry {
