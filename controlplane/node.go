@@ -152,8 +152,8 @@ type Node struct {
 	registry *prometheus.Registry
 	// stickyKey seals the data plane's sticky cookies (StickyKey).
 	stickyKey []byte
-	metrics  *nodeMetrics
-	admin    *adminServer
+	metrics   *nodeMetrics
+	admin     *adminServer
 
 	// startIndex is the last log index on disk when the node started: the node
 	// is ready once it has applied at least that far with a leader known.
