@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"sort"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/slo"
@@ -27,6 +27,11 @@ type watcher struct {
 	mu       sync.Mutex
 	verdicts map[string]*slo.Verdict // by service, the latest
 	breaches map[string]int          // by decision key, breaches in a row
+
+	// beforeCommit, when set, runs between a decision and its commit. Only
+	// tests set it: it is the moment an operator's pause or resume can land
+	// in, and decisions must survive that race.
+	beforeCommit atomic.Pointer[func(state.Command)]
 }
 
 // evalInterval is how often the leader judges (CONTRACT §3: every second).
@@ -197,15 +202,16 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 		if r.Gate == state.GateManual {
 			action = state.ActionRolloutWait // every step, the last one too, waits for promote
 		}
-		w.commit(ctx, state.Command{
-			Kind: state.KindRolloutChange, Service: s.Name, Action: action, RolloutID: r.ID, FromStep: r.Step,
-			Actor: "watcher", Reason: v.Reason, Figures: figures(v),
-			IdemKey: "decision:" + sub.key + "/" + action + "/" + strconv.Itoa(r.Step), IdemHash: action,
-		})
+		cmd := state.StepDecision(s.Name, r, action)
+		cmd.Actor, cmd.Reason, cmd.Figures = "watcher", v.Reason, figures(v)
+		w.commit(ctx, cmd)
 	}
 }
 
 func (w *watcher) commit(ctx context.Context, cmd state.Command) {
+	if hook := w.beforeCommit.Load(); hook != nil {
+		(*hook)(cmd)
+	}
 	a, err := w.n.Propose(ctx, cmd)
 	switch {
 	case err != nil:
