@@ -109,9 +109,11 @@ const (
 
 // DataPlane is what the control plane asks the local data plane: the
 // requests in flight to a backend (its health comes from the node's checker),
-// and a pool's traffic over the last d, for the SLO judge.
+// and, for the SLO judge, whether this node serves a service (routes its
+// requests) and a pool's traffic over the last d.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
+	Serves(service string) bool
 	Window(service, pool string, d time.Duration) slo.Window
 }
 

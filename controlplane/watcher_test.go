@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,8 @@ type trafficPlane struct {
 }
 
 func (p *trafficPlane) InFlight(string, string, string) int64 { return 0 }
+
+func (p *trafficPlane) Serves(string) bool { return true }
 
 func (p *trafficPlane) Window(_, pool string, _ time.Duration) slo.Window {
 	p.mu.Lock()
@@ -71,8 +74,9 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 		t.Fatalf("with 10 requests the step moved or did not hold: %v", ro)
 	}
 	tp.set("canary", 500, 0, 10*time.Millisecond)
-	// Kill the leader in the middle of step 2: the new leader continues the
-	// step from its replicated start time.
+	// Kill the leader in the middle of step 2: the new leader holds the step
+	// while the dead node's figures are missing, and continues it from its
+	// replicated start time once the node is back.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, ro = cl.do("GET", "/v1/services/svc/rollout?consistent", "")
@@ -87,6 +91,29 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 	l := c.leader(10 * time.Second)
 	c.kill(l)
 	cl = c.client(c.leader(30 * time.Second))
+	// Without the dead node's figures the step holds, naming it: the leader
+	// cannot tell a node that is down from one that serves traffic it does
+	// not hear about.
+	dead := c.cfgs[l].NodeID
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		_, _, ro = cl.do("GET", "/v1/services/svc/rollout", "")
+		if v, _ := ro["verdict"].(map[string]any); v != nil && v["result"] == "hold" && strings.Contains(v["reason"].(string), dead) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no hold naming the dead %s: %v", dead, ro)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // two holds
+	if _, _, ro = cl.do("GET", "/v1/services/svc/rollout?consistent", ""); ro["step"] != 2.0 || ro["state"] != "running" {
+		t.Fatalf("the step moved on without %s's figures: %v", dead, ro)
+	}
+	// It comes back: every node reports, and the new leader finishes the
+	// rollout from the replicated step.
+	c.start(l)
+	c.nodes[l].SetDataPlane(tp)
 	deadline = time.Now().Add(30 * time.Second)
 	for {
 		_, _, ro = cl.do("GET", "/v1/services/svc/rollout", "")

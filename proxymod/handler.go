@@ -201,6 +201,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.route = routes.get(h.Service)
+	h.route.handlers.Add(1) // Caddy calls Cleanup once for every Provision
 	return nil
 }
 
@@ -286,8 +287,13 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the inner proxies (they close upgraded connections).
+// Cleanup releases the inner proxies (they close upgraded connections), and
+// the handler's count in its route: with no handler left, this node no
+// longer serves the service.
 func (h *Handler) Cleanup() error {
+	if h.route != nil {
+		h.route.handlers.Add(-1)
+	}
 	var errs []error
 	for _, rp := range []*reverseproxy.Handler{h.proxy, h.tlsProxy} {
 		if rp != nil {

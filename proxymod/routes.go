@@ -31,6 +31,11 @@ type route struct {
 	stats    map[string]*poolStats // by pool name, kept for good
 	backends map[string]*backend   // by address, those of the current table
 	none     *poolStats
+
+	// handlers counts the provisioned cbproxy handlers of this service in
+	// the loaded configs (two configs overlap during a reload): the node
+	// serves the service while there is one.
+	handlers atomic.Int64
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics
@@ -191,6 +196,14 @@ func (dataPlane) InFlight(service, pool, address string) int64 {
 		}
 	}
 	return 0
+}
+
+// Serves implements controlplane.DataPlane: this node serves a service while
+// a loaded config has a cbproxy handler for it. The SLO judge expects the
+// figures of every node that serves the service.
+func (dataPlane) Serves(service string) bool {
+	r := routes.lookup(service)
+	return r != nil && r.handlers.Load() > 0
 }
 
 // Interface guards

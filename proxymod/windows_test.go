@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/cbproxy/cbproxy/controlplane/slo"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
@@ -336,4 +337,45 @@ func TestWindowsProxied(t *testing.T) {
 			t.Errorf("%s: %d requests, %d errors; want %d, %d", tt.pool, w.Requests, w.Errors, tt.requests, tt.errors)
 		}
 	}
+}
+
+// TestServes: a node serves a service while a loaded config has a cbproxy
+// handler for it, through a reload that keeps it; a service only in the
+// replicated state is not served, nor is one whose handlers were unloaded.
+func TestServes(t *testing.T) {
+	for _, name := range []string{"served-a", "served-b", "state-only"} {
+		applyService(service(name, map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {"127.0.0.1:9"}}))
+	}
+	check := func(when string, want map[string]bool) {
+		t.Helper()
+		for name, w := range want {
+			if got := (dataPlane{}).Serves(name); got != w {
+				t.Errorf("%s: Serves(%q) = %v, want %v", when, name, got, w)
+			}
+		}
+	}
+	check("before any config", map[string]bool{"served-a": false, "served-b": false, "state-only": false})
+	cfg, _ := caddyConfig(t, nil, map[string]any{"service": "served-a"}, map[string]any{"service": "served-b"})
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = caddy.Stop()
+		}
+	})
+	check("with handlers for a and b", map[string]bool{"served-a": true, "served-b": true, "state-only": false})
+	// A reload that drops b's handler; a is provisioned anew before the old
+	// config's handler is cleaned up, and stays served.
+	cfg, _ = caddyConfig(t, nil, map[string]any{"service": "served-a"})
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	check("after the reload without b", map[string]bool{"served-a": true, "served-b": false, "state-only": false})
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	check("after stop", map[string]bool{"served-a": false, "served-b": false, "state-only": false})
 }
