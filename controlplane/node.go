@@ -116,13 +116,16 @@ const (
 
 // DataPlane is what the control plane asks the local data plane: the
 // requests in flight to a backend (its health comes from the node's checker),
-// a pool's traffic over the last d, for the SLO judge, and, for readiness,
-// which services it declares and whether it routes them.
+// a pool's traffic over the last d and whether this node serves a service
+// (routes its requests), for the SLO judge, and, for readiness, which
+// services it declares and whether it routes them.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
 	Window(service, pool string, d time.Duration) slo.Window
 	// Declared lists the services this node's configuration routes (the
-	// handlers of its Caddyfile, with a seed or without).
+	// handlers of its Caddyfile, with a seed or without), in name order: the
+	// services it must serve to be ready, and whose figures the SLO judge
+	// expects from it.
 	Declared() []string
 	// Routes reports whether the data plane has built a routing table from
 	// the replicated service: it routes the service's requests instead of

@@ -22,8 +22,14 @@ const (
 	rpcReadIndex   = "read_index"   // ?consistent: the leader's confirmed commit index
 	rpcJoin        = "join"
 	rpcRemove      = "remove"
-	rpcWindows     = "windows" // the leader pulls a node's SLO windows
-	rpcVerdict     = "verdict" // the leader's latest verdict on a service
+	// rpcWindows: the leader pulls a node's SLO windows of every judged
+	// service at once. Not named "windows" like the per-service call it
+	// replaced: a node of that version would read this request as asking
+	// for nothing and answer with no service, which means "serves nothing",
+	// not "figures missing". The new name fails the call on such a node, so
+	// its figures count as missing.
+	rpcWindows = "slo_windows"
+	rpcVerdict = "verdict" // the leader's latest verdict on a service
 )
 
 // RPC error codes a caller may retry on another attempt or leader.

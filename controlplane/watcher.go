@@ -3,9 +3,11 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"slices"
 	"sort"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/slo"
@@ -15,8 +17,9 @@ import (
 )
 
 // watcher is the SLO judge of CONTRACT §3/§4: on the leader only, every
-// second, it pulls every node's windows of the pools at stake, merges them,
-// judges them, and commits what follows — the next step of a rollout, a
+// second, it pulls every node's windows of the pools at stake (one call per
+// node for all services, all nodes at once), merges them, judges them, and
+// commits what follows — the next step of a rollout, a
 // manual gate reached, a promotion after a blue-green bake, or a rollback —
 // as commands that name the rollout, step or guard they are about, with the
 // decision as their idempotency key. A retry, or the same decision by a new
@@ -27,6 +30,11 @@ type watcher struct {
 	mu       sync.Mutex
 	verdicts map[string]*slo.Verdict // by service, the latest
 	breaches map[string]int          // by decision key, breaches in a row
+
+	// beforeCommit, when set, runs between a decision and its commit. Only
+	// tests set it: it is the moment an operator's pause or resume can land
+	// in, and decisions must survive that race.
+	beforeCommit atomic.Pointer[func(state.Command)]
 }
 
 // evalInterval is how often the leader judges (CONTRACT §3: every second).
@@ -107,6 +115,15 @@ func subjectOf(s *state.Service, now time.Time) *subject {
 	return nil
 }
 
+// judged is one service judged in an evaluation: its subject, the pools at
+// stake and the window they are judged over.
+type judged struct {
+	s      *state.Service
+	sub    *subject
+	pools  []string
+	window time.Duration
+}
+
 func (w *watcher) tick(ctx context.Context) {
 	now := time.Now()
 	v := w.n.View()
@@ -115,6 +132,8 @@ func (w *watcher) tick(ctx context.Context) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	var todo []judged
+	var req windowsRequest
 	live := map[string]bool{}
 	for _, name := range names {
 		s := v.Services[name]
@@ -127,21 +146,30 @@ func (w *watcher) tick(ctx context.Context) {
 		if sub.baseline != "" {
 			pools = append(pools, sub.baseline)
 		}
-		window := min(time.Duration(s.SLO.Window), now.Sub(sub.since))
 		if sub.guard != nil {
 			pools = sub.guard.Pools // every pool that gained share is guarded
 		}
-		windows, nodes := w.n.pullWindows(ctx, name, pools, max(window, time.Millisecond))
+		window := max(min(time.Duration(s.SLO.Window), now.Sub(sub.since)), time.Millisecond)
+		todo = append(todo, judged{s: s, sub: sub, pools: pools, window: window})
+		req.Services = append(req.Services, serviceWindows{Service: name, Pools: pools, WindowMs: window.Milliseconds()})
+	}
+	var round windowRound
+	if len(todo) > 0 {
+		round = w.n.pullWindows(ctx, req)
+	}
+	for _, j := range todo {
+		s, sub := j.s, j.sub
+		windows, nodes := round.merge(s.Name)
 		verdict := slo.Judge(s.SLO, sub.target, windows[sub.target], nodes, sub.baseline, windows[sub.baseline], nodes)
-		for _, p := range pools[1:] {
+		for _, p := range j.pools[1:] {
 			if sub.guard == nil || verdict.Result == slo.Breach {
 				break
 			}
-			verdict = slo.Judge(s.SLO, p, windows[p], nodes, "", slo.Window{}, 0)
+			verdict = slo.Judge(s.SLO, p, windows[p], nodes, "", slo.Window{}, slo.Nodes{})
 		}
 		verdict.Subject = sub.key
 		w.mu.Lock()
-		w.verdicts[name] = &verdict
+		w.verdicts[s.Name] = &verdict
 		if verdict.Result == slo.Breach {
 			w.breaches[sub.key]++
 		} else {
@@ -189,23 +217,26 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 			return
 		}
 		// A canary step needs a pass; a blue-green bake only needs no breach
-		// (it is judged under the rollback SLO, CONTRACT §4).
-		if v.Result != slo.Pass && !(r.Strategy == state.StrategyBlueGreen && v.Result == slo.Hold) {
+		// (it is judged under the rollback SLO, CONTRACT §4), seen by every
+		// node: a hold for missing figures does not end a bake.
+		bakeDone := r.Strategy == state.StrategyBlueGreen && v.Result == slo.Hold && len(v.Pools[r.To].NodesMissing) == 0
+		if v.Result != slo.Pass && !bakeDone {
 			return
 		}
 		action := state.ActionRolloutStep
 		if r.Gate == state.GateManual {
 			action = state.ActionRolloutWait // every step, the last one too, waits for promote
 		}
-		w.commit(ctx, state.Command{
-			Kind: state.KindRolloutChange, Service: s.Name, Action: action, RolloutID: r.ID, FromStep: r.Step,
-			Actor: "watcher", Reason: v.Reason, Figures: figures(v),
-			IdemKey: "decision:" + sub.key + "/" + action + "/" + strconv.Itoa(r.Step), IdemHash: action,
-		})
+		cmd := state.StepDecision(s.Name, r, action)
+		cmd.Actor, cmd.Reason, cmd.Figures = "watcher", v.Reason, figures(v)
+		w.commit(ctx, cmd)
 	}
 }
 
 func (w *watcher) commit(ctx context.Context, cmd state.Command) {
+	if hook := w.beforeCommit.Load(); hook != nil {
+		(*hook)(cmd)
+	}
 	a, err := w.n.Propose(ctx, cmd)
 	switch {
 	case err != nil:
@@ -233,41 +264,93 @@ func figures(v slo.Verdict) map[string]any {
 	return out
 }
 
-// pullWindows asks every node of the configuration for its windows of the
-// given pools (one second at most) and merges them; nodes counts the nodes
-// that answered.
-func (n *Node) pullWindows(ctx context.Context, service string, pools []string, window time.Duration) (map[string]slo.Window, int) {
-	merged := map[string]slo.Window{}
+// windowsTimeout bounds each node's answer to the leader's call for
+// windows. All nodes are asked at once, for every service judged in one
+// call, so a node that accepts the call and never answers costs one timeout
+// per evaluation, not one per service, and leaves most of the second to the
+// decisions.
+const windowsTimeout = 400 * time.Millisecond
+
+// windowRound is every node's answer to one call for windows.
+type windowRound struct {
+	nodes   []string                  // every node of the configuration, by ID, sorted
+	answers map[string]*windowsAnswer // by node ID; absent: the node did not answer
+}
+
+// pullWindows asks every node of the configuration, in parallel, for its
+// windows of every service in req. A node that does not answer within
+// windowsTimeout, or answers with an error (as a node of an earlier version
+// does: it lacks the RPC), has no answer in the round.
+func (n *Node) pullWindows(ctx context.Context, req windowsRequest) windowRound {
+	round := windowRound{answers: map[string]*windowsAnswer{}}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return merged, 0
+		return round
 	}
-	type answer struct{ windows map[string]slo.Window }
-	ch := make(chan answer, len(f.Configuration().Servers))
-	req := windowsRequest{Service: service, Pools: pools, WindowMs: window.Milliseconds()}
 	servers := f.Configuration().Servers
+	ctx, cancel := context.WithTimeout(ctx, windowsTimeout)
+	defer cancel()
+	type answer struct {
+		id string
+		a  *windowsAnswer
+	}
+	ch := make(chan answer, len(servers))
 	for _, s := range servers {
+		round.nodes = append(round.nodes, string(s.ID))
 		go func(s raft.Server) {
 			if s.ID == raft.ServerID(n.cfg.NodeID) {
-				ch <- answer{n.localWindows(req)}
+				a := n.localWindows(req)
+				ch <- answer{string(s.ID), &a}
 				return
 			}
-			var resp map[string]slo.Window
-			if err := n.cluster.Call(ctx, string(s.Address), rpcWindows, req, &resp); err != nil {
-				ch <- answer{}
+			var a windowsAnswer
+			err := n.cluster.Call(ctx, string(s.Address), rpcWindows, req, &a)
+			if err == nil && a.Services == nil {
+				err = errors.New("answer without services")
+			}
+			if err != nil {
+				n.log().Debug("no windows from node; its figures are missing", zap.String("node", string(s.ID)), zap.Error(err))
+				ch <- answer{id: string(s.ID)}
 				return
 			}
-			ch <- answer{resp}
+			ch <- answer{string(s.ID), &a}
 		}(s)
 	}
-	nodes := 0
+	sort.Strings(round.nodes)
 	for range servers {
-		a := <-ch
-		if a.windows == nil {
+		select {
+		case a := <-ch:
+			if a.a != nil {
+				round.answers[a.id] = a.a
+			}
+		case <-ctx.Done():
+			// Remote calls end with ctx too; this only stops waiting for
+			// the local data plane, which takes no context.
+			return round
+		}
+	}
+	return round
+}
+
+// merge adds up the windows that the nodes serving a service reported, and
+// says which nodes reported and which are missing. A node that answered
+// without the service does not serve it (it has no handler for it) and is
+// not expected; a node that did not answer may serve it, so it is missing.
+func (r windowRound) merge(service string) (map[string]slo.Window, slo.Nodes) {
+	merged := map[string]slo.Window{}
+	var nodes slo.Nodes
+	for _, id := range r.nodes {
+		a := r.answers[id]
+		if a == nil {
+			nodes.Missing = append(nodes.Missing, id)
 			continue
 		}
-		nodes++
-		for p, win := range a.windows {
+		windows, serves := a.Services[service]
+		if !serves {
+			continue
+		}
+		nodes.Reporting++
+		for p, win := range windows {
 			m := merged[p]
 			m.Add(win)
 			merged[p] = m
@@ -276,22 +359,42 @@ func (n *Node) pullWindows(ctx context.Context, service string, pools []string, 
 	return merged, nodes
 }
 
-// windowsRequest asks a node for its windows (RPC "windows").
+// windowsRequest asks a node for its windows of every service the leader
+// judges (RPC "slo_windows"), each over its own window.
 type windowsRequest struct {
+	Services []serviceWindows `json:"services"`
+}
+
+// serviceWindows asks for the windows of some pools of one service.
+type serviceWindows struct {
 	Service  string   `json:"service"`
 	Pools    []string `json:"pools"`
 	WindowMs int64    `json:"window_ms"`
 }
 
-func (n *Node) localWindows(req windowsRequest) map[string]slo.Window {
-	out := map[string]slo.Window{}
+// windowsAnswer is a node's answer to a windowsRequest: by service, the
+// windows of the pools asked for, for every service the node serves. A
+// service the node does not serve is left out.
+type windowsAnswer struct {
+	Services map[string]map[string]slo.Window `json:"services"`
+}
+
+func (n *Node) localWindows(req windowsRequest) windowsAnswer {
+	out := windowsAnswer{Services: map[string]map[string]slo.Window{}}
 	dp := n.dataPlane()
-	for _, p := range req.Pools {
-		if dp != nil {
-			out[p] = dp.Window(req.Service, p, time.Duration(req.WindowMs)*time.Millisecond)
-		} else {
-			out[p] = slo.Window{}
+	if dp == nil {
+		return out // no data plane: this node serves nothing
+	}
+	declared := dp.Declared()
+	for _, sw := range req.Services {
+		if _, serves := slices.BinarySearch(declared, sw.Service); !serves {
+			continue
 		}
+		windows := make(map[string]slo.Window, len(sw.Pools))
+		for _, p := range sw.Pools {
+			windows[p] = dp.Window(sw.Service, p, time.Duration(sw.WindowMs)*time.Millisecond)
+		}
+		out.Services[sw.Service] = windows
 	}
 	return out
 }

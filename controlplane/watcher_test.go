@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,12 +15,21 @@ import (
 type trafficPlane struct {
 	mu      sync.Mutex
 	windows map[string]slo.Window // by pool
+	// declared lists the services the node serves, in name order; nil
+	// means the one service most tests use, "svc".
+	declared []string
 }
 
 func (p *trafficPlane) InFlight(string, string, string) int64 { return 0 }
 
-// Declared names no service: these nodes create theirs through the API.
-func (p *trafficPlane) Declared() []string { return nil }
+// Declared names the services of the test: the nodes serve them (they create
+// them through the API once ready), so the judge expects their figures.
+func (p *trafficPlane) Declared() []string {
+	if p.declared == nil {
+		return []string{"svc"}
+	}
+	return p.declared
+}
 
 func (p *trafficPlane) Routes(string) bool { return true }
 
@@ -76,8 +86,9 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 		t.Fatalf("with 10 requests the step moved or did not hold: %v", ro)
 	}
 	tp.set("canary", 500, 0, 10*time.Millisecond)
-	// Kill the leader in the middle of step 2: the new leader continues the
-	// step from its replicated start time.
+	// Kill the leader in the middle of step 2: the new leader holds the step
+	// while the dead node's figures are missing, and continues it from its
+	// replicated start time once the node is back.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, ro = cl.do("GET", "/v1/services/svc/rollout?consistent", "")
@@ -92,6 +103,29 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 	l := c.leader(10 * time.Second)
 	c.kill(l)
 	cl = c.client(c.leader(30 * time.Second))
+	// Without the dead node's figures the step holds, naming it: the leader
+	// cannot tell a node that is down from one that serves traffic it does
+	// not hear about.
+	dead := c.cfgs[l].NodeID
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		_, _, ro = cl.do("GET", "/v1/services/svc/rollout", "")
+		if v, _ := ro["verdict"].(map[string]any); v != nil && v["result"] == "hold" && strings.Contains(v["reason"].(string), dead) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no hold naming the dead %s: %v", dead, ro)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // two holds
+	if _, _, ro = cl.do("GET", "/v1/services/svc/rollout?consistent", ""); ro["step"] != 2.0 || ro["state"] != "running" {
+		t.Fatalf("the step moved on without %s's figures: %v", dead, ro)
+	}
+	// It comes back: every node reports, and the new leader finishes the
+	// rollout from the replicated step.
+	c.start(l)
+	c.nodes[l].SetDataPlane(tp)
 	deadline = time.Now().Add(30 * time.Second)
 	for {
 		_, _, ro = cl.do("GET", "/v1/services/svc/rollout", "")

@@ -3,6 +3,7 @@ package slo
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -33,22 +34,24 @@ func bucketBytes(w Window) []byte {
 // figure a finite number in range (the verdict must marshal to JSON), and
 // no pass or breach without the evidence the rules ask for.
 func FuzzJudge(f *testing.F) {
-	seed := func(t Window, tNodes int, baseline string, b Window, bNodes int, s state.SLO) {
+	seed := func(t Window, tNodes int, baseline string, b Window, bNodes int, s state.SLO, missing uint8) {
 		f.Add(t.Requests, t.Errors, bucketBytes(t), tNodes, baseline, b.Requests, b.Errors, bucketBytes(b), bNodes,
-			s.Advance.ErrorRate, s.Advance.P95ms, s.Rollback.ErrorRate, s.Rollback.P95ms, s.MinRequests)
+			s.Advance.ErrorRate, s.Advance.P95ms, s.Rollback.ErrorRate, s.Rollback.P95ms, s.MinRequests, missing)
 	}
 	d := state.DefaultSLO
-	seed(win(30, 30, 30*time.Millisecond), 3, "", Window{}, 0, d)
-	seed(win(50, 0, 30*time.Millisecond), 3, "blue", win(5000, 0, 30*time.Millisecond), 3, d)
-	seed(win(400, 20, 30*time.Millisecond), 3, "blue", win(4000, 200, time.Second), 3, d)
-	seed(win(10000, 5, 30*time.Millisecond), 3, "blue", win(100000, 2, time.Second), 3, d)
-	seed(win(150, 0, 3*time.Second), 1, "", Window{}, 0, d)
-	seed(win(20, 0, 20*time.Second), 1, "blue", Window{}, 2, d)
+	seed(win(30, 30, 30*time.Millisecond), 3, "", Window{}, 0, d, 0)
+	seed(win(50, 0, 30*time.Millisecond), 3, "blue", win(5000, 0, 30*time.Millisecond), 3, d, 0)
+	seed(win(400, 20, 30*time.Millisecond), 3, "blue", win(4000, 200, time.Second), 3, d, 0)
+	seed(win(10000, 5, 30*time.Millisecond), 3, "blue", win(100000, 2, time.Second), 3, d, 0)
+	seed(win(150, 0, 3*time.Second), 1, "", Window{}, 0, d, 0)
+	seed(win(20, 0, 20*time.Second), 1, "blue", Window{}, 2, d, 0)
+	seed(win(10000, 0, 30*time.Millisecond), 2, "blue", win(10000, 0, 30*time.Millisecond), 2, d, 1)
+	seed(win(400, 20, 30*time.Millisecond), 1, "blue", win(4000, 0, time.Second), 1, d, 2)
 	seed(Window{Requests: math.MaxUint64, Errors: math.MaxUint64, Buckets: []uint64{math.MaxUint64, 1}}, 1, "blue", Window{Requests: 3}, -1,
-		state.SLO{Advance: state.Thresholds{ErrorRate: math.NaN(), P95ms: math.Inf(1)}, MinRequests: -5})
+		state.SLO{Advance: state.Thresholds{ErrorRate: math.NaN(), P95ms: math.Inf(1)}, MinRequests: -5}, 3)
 
 	f.Fuzz(func(t *testing.T, tReq, tErr uint64, tBuckets []byte, tNodes int, baseline string, bReq, bErr uint64, bBuckets []byte, bNodes int,
-		advRate, advP95, rbRate, rbP95 float64, minReq int) {
+		advRate, advP95, rbRate, rbP95 float64, minReq int, missing uint8) {
 		s := state.SLO{
 			Advance:     state.Thresholds{ErrorRate: advRate, P95ms: advP95},
 			Rollback:    state.Thresholds{ErrorRate: rbRate, P95ms: rbP95},
@@ -60,7 +63,13 @@ func FuzzJudge(f *testing.F) {
 		if baseline == target {
 			baseline = ""
 		}
-		v := Judge(s, target, tw, tNodes, baseline, bw, bNodes)
+		// The nodes expected that did not report: the same for both pools,
+		// as the watcher judges them from one round of answers.
+		var absent []string
+		for i := range missing % 8 {
+			absent = append(absent, fmt.Sprintf("node%d", i+1))
+		}
+		v := Judge(s, target, tw, Nodes{Reporting: tNodes, Missing: absent}, baseline, bw, Nodes{Reporting: bNodes, Missing: absent})
 
 		if _, err := json.Marshal(v); err != nil {
 			t.Fatalf("verdict does not marshal: %v", err)
@@ -88,8 +97,8 @@ func FuzzJudge(f *testing.F) {
 		enough := minReq <= 0 || tReq >= uint64(minReq)
 		switch v.Result {
 		case Pass:
-			if tNodes <= 0 || tReq == 0 || !enough {
-				t.Fatalf("pass from %d requests on %d nodes, min_requests %d", tReq, tNodes, minReq)
+			if tNodes <= 0 || tReq == 0 || !enough || len(absent) > 0 {
+				t.Fatalf("pass from %d requests on %d nodes (%d missing), min_requests %d", tReq, tNodes, len(absent), minReq)
 			}
 			if !(tf.ErrorRate < advRate && tf.P95ms < advP95) {
 				t.Fatalf("pass with %+v against advance %v, %v", tf, advRate, advP95)
@@ -105,6 +114,11 @@ func FuzzJudge(f *testing.F) {
 				t.Fatalf("inconclusive without a baseline that reported")
 			}
 		case Hold:
+			for _, node := range absent {
+				if !strings.Contains(v.Reason, node) {
+					t.Fatalf("hold %q does not name the missing %s", v.Reason, node)
+				}
+			}
 		default:
 			t.Fatalf("result %q", v.Result)
 		}

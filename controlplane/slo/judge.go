@@ -10,22 +10,40 @@ import (
 
 // PoolFigures is a pool's line in a verdict: the measurements behind it
 // (CONTRACT §4). Error rates are fractions (0.01 = 1 %); the low and high
-// ends are the 95 % Wilson interval; P95ms is 0 without requests.
+// ends are the 95 % Wilson interval; P95ms is 0 without requests. The
+// figures are those of NodesReporting nodes out of NodesExpected; the
+// others are named in NodesMissing.
 type PoolFigures struct {
-	Requests       uint64  `json:"requests"`
-	Errors         uint64  `json:"errors"`
-	ErrorRate      float64 `json:"error_rate"`
-	ErrorRateLow   float64 `json:"error_rate_low"`
-	ErrorRateHigh  float64 `json:"error_rate_high"`
-	P95ms          float64 `json:"p95_ms"`
-	NodesReporting int     `json:"nodes_reporting"`
+	Requests       uint64   `json:"requests"`
+	Errors         uint64   `json:"errors"`
+	ErrorRate      float64  `json:"error_rate"`
+	ErrorRateLow   float64  `json:"error_rate_low"`
+	ErrorRateHigh  float64  `json:"error_rate_high"`
+	P95ms          float64  `json:"p95_ms"`
+	NodesReporting int      `json:"nodes_reporting"`
+	NodesExpected  int      `json:"nodes_expected"`
+	NodesMissing   []string `json:"nodes_missing"`
+}
+
+// Nodes says whose figures a merged window holds.
+type Nodes struct {
+	// Reporting is how many nodes' figures are in the window.
+	Reporting int
+	// Missing names the nodes whose figures should be in the window but are
+	// not: nodes that serve the service, or may (a node that does not answer
+	// cannot say), and did not report.
+	Missing []string
 }
 
 // Figures measures a merged window that nodes reported. Errors above the
 // request count (a window no real node sends) count as the request count, so
 // every figure stays a finite number in range.
-func Figures(w Window, nodes int) PoolFigures {
-	f := PoolFigures{Requests: w.Requests, Errors: min(w.Errors, w.Requests), NodesReporting: nodes}
+func Figures(w Window, nodes Nodes) PoolFigures {
+	f := PoolFigures{
+		Requests: w.Requests, Errors: min(w.Errors, w.Requests),
+		NodesReporting: nodes.Reporting, NodesExpected: max(nodes.Reporting, 0) + len(nodes.Missing),
+		NodesMissing: append([]string{}, nodes.Missing...),
+	}
 	if f.Requests > 0 {
 		f.ErrorRate = float64(f.Errors) / float64(f.Requests)
 	}
@@ -64,19 +82,22 @@ type Verdict struct {
 
 // Judge applies the SLO (CONTRACT §3) once to the pool gaining traffic
 // (target) and the pool losing it (baseline; "" when there is none, e.g. the
-// guard after a plain weights change). tNodes and bNodes are how many nodes
-// reported each window. Counting breaches in a row ("consecutive") is the
-// caller's business.
+// guard after a plain weights change). tNodes and bNodes say which nodes
+// reported each window and which did not. Counting breaches in a row
+// ("consecutive") is the caller's business.
 //
 //   - breach: the lower end of the target's 95 % error rate interval is above
 //     the rollback error rate (a hard failure shows within a few dozen
 //     requests, whatever min_requests says), or its P95 is above the rollback
 //     P95 with at least min_requests requests; but if the baseline breaks the
-//     same tests, inconclusive;
-//   - pass: at least min_requests requests, an observed error rate below the
-//     advance error rate and a P95 below the advance P95;
+//     same tests, inconclusive. The figures of the nodes that reported are
+//     enough: the harm they show is real, whatever the others saw;
+//   - pass: every node expected reported the target, with at least
+//     min_requests requests, an observed error rate below the advance error
+//     rate and a P95 below the advance P95;
 //   - hold: anything else. No data (no node reported, or no requests) always
-//     holds: missing figures are never read as good ones.
+//     holds, and so do partial figures: missing figures are never read as
+//     good ones, and the reason names the nodes that are missing.
 //
 // MinBreachErrors is the fewest failed requests an error-rate breach needs.
 // With few requests the Wilson bound alone convicts on one failure (1 of 1 has
@@ -85,7 +106,7 @@ type Verdict struct {
 // reaches three errors in a fraction of a second.
 const MinBreachErrors = 3
 
-func Judge(s state.SLO, target string, tw Window, tNodes int, baseline string, bw Window, bNodes int) Verdict {
+func Judge(s state.SLO, target string, tw Window, tNodes Nodes, baseline string, bw Window, bNodes Nodes) Verdict {
 	t := measure(target, tw, tNodes)
 	v := Verdict{Pools: map[string]PoolFigures{target: t.PoolFigures}}
 	var b pool
@@ -94,15 +115,15 @@ func Judge(s state.SLO, target string, tw Window, tNodes int, baseline string, b
 		v.Pools[baseline] = b.PoolFigures
 	}
 	switch {
-	case tNodes <= 0:
-		v.Result, v.Reason = Hold, "hold: no data: no node reported"
+	case tNodes.Reporting <= 0:
+		v.Result, v.Reason = Hold, "hold: no data: no node reported"+t.missing("; ")
 		return v
 	case t.Requests == 0:
-		v.Result, v.Reason = Hold, fmt.Sprintf("hold: no data: no request reached %s in the window", target)
+		v.Result, v.Reason = Hold, fmt.Sprintf("hold: no data: no request reached %s in the window", target)+t.missing("; ")
 		return v
 	}
 	if why := t.breaches(s); why != "" {
-		if baseline != "" && bNodes > 0 {
+		if baseline != "" && bNodes.Reporting > 0 {
 			if bwhy := b.breaches(s); bwhy != "" {
 				v.Result, v.Reason = Inconclusive, fmt.Sprintf("inconclusive: baseline failing: %s (%s breaches as well)", bwhy, target)
 				return v
@@ -111,7 +132,7 @@ func Judge(s state.SLO, target string, tw Window, tNodes int, baseline string, b
 		v.Result, v.Reason = Breach, "breach: "+why
 		return v
 	}
-	if t.enough(s) && t.ErrorRate < s.Advance.ErrorRate && t.latencyKnown && t.P95ms < s.Advance.P95ms {
+	if len(t.NodesMissing) == 0 && t.enough(s) && t.ErrorRate < s.Advance.ErrorRate && t.latencyKnown && t.P95ms < s.Advance.P95ms {
 		v.Result = Pass
 		v.Reason = fmt.Sprintf("pass: error rate %s %% is below %s %% and p95 %s ms below %s ms, over %d requests",
 			pct(t.ErrorRate), pct(s.Advance.ErrorRate), num(t.P95ms), num(s.Advance.P95ms), t.Requests)
@@ -130,7 +151,7 @@ type pool struct {
 	latencyKnown bool
 }
 
-func measure(name string, w Window, nodes int) pool {
+func measure(name string, w Window, nodes Nodes) pool {
 	_, known := w.P95()
 	return pool{name: name, PoolFigures: Figures(w, nodes), latencyKnown: known}
 }
@@ -158,6 +179,9 @@ func (p pool) breaches(s state.SLO) string {
 // are negated ("not below") so that every way of missing a pass is named.
 func (p pool) holds(s state.SLO) string {
 	var why []string
+	if m := p.missing(""); m != "" {
+		why = append(why, m)
+	}
 	if !p.enough(s) {
 		why = append(why, fmt.Sprintf("%d of the %d requests needed", p.Requests, s.MinRequests))
 	}
@@ -181,6 +205,16 @@ func (p pool) holds(s state.SLO) string {
 			num(p.P95ms), num(s.Advance.P95ms), num(s.Rollback.P95ms)))
 	}
 	return strings.Join(why, "; ")
+}
+
+// missing names the nodes whose figures p lacks, after sep; "" when none
+// is missing.
+func (p pool) missing(sep string) string {
+	if len(p.NodesMissing) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%sno figures from %s (%d of %d nodes reported)",
+		sep, strings.Join(p.NodesMissing, ", "), max(p.NodesReporting, 0), p.NodesExpected)
 }
 
 // pct writes a fraction as a percentage for a reason.

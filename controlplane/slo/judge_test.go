@@ -24,7 +24,9 @@ func TestJudge(t *testing.T) {
 		slo      state.SLO
 		target   side
 		baseline side
-		want     Result
+		// missing are the nodes expected that did not report (both pools).
+		missing []string
+		want    Result
 		// reason is the whole reason when exact, else words it must hold.
 		reason   string
 		exact    bool
@@ -55,6 +57,23 @@ func TestJudge(t *testing.T) {
 			want: Hold, reason: "hold: no data: no node reported", exact: true},
 		{name: "requests without latency figures", target: side{"canary", Window{Requests: 500}, 2},
 			want: Hold, reason: "hold: no latency figures", exact: true},
+
+		// Partial figures never pass; the harm they show still counts.
+		{name: "clean figures with a node missing", target: side{"canary", win(10000, 0, fast), 2},
+			baseline: side{"blue", win(40000, 0, fast), 2}, missing: []string{"node3"},
+			want: Hold, reason: "hold: no figures from node3 (2 of 3 nodes reported)", exact: true},
+		{name: "two nodes missing, too few requests", target: side{"canary", win(50, 0, fast), 1}, missing: []string{"node2", "node3"},
+			want: Hold, reason: "hold: no figures from node2, node3 (1 of 3 nodes reported); 50 of the 100 requests needed", exact: true},
+		{name: "breach with a node missing", target: side{"canary", win(400, 20, fast), 2},
+			baseline: side{"blue", win(40000, 10, fast), 2}, missing: []string{"node3"},
+			want: Breach, contains: []string{"breach: canary error rate 5 %"}},
+		{name: "inconclusive with a node missing", target: side{"canary", win(400, 20, fast), 2},
+			baseline: side{"blue", win(40000, 2000, fast), 2}, missing: []string{"node3"},
+			want: Inconclusive},
+		{name: "no node reported, all missing", target: side{"canary", Window{}, 0}, missing: []string{"node1", "node2"},
+			want: Hold, reason: "hold: no data: no node reported; no figures from node1, node2 (0 of 2 nodes reported)", exact: true},
+		{name: "no requests, a node missing", target: side{"canary", Window{}, 2}, missing: []string{"node3"},
+			want: Hold, reason: "hold: no data: no request reached canary in the window; no figures from node3 (2 of 3 nodes reported)", exact: true},
 
 		// Pass at the edges.
 		{name: "exactly min_requests", target: side{"canary", win(100, 0, fast), 1}, want: Pass},
@@ -107,7 +126,9 @@ func TestJudge(t *testing.T) {
 			if s.MinRequests == 0 {
 				s = runbook
 			}
-			v := Judge(s, tt.target.name, tt.target.w, tt.target.nodes, tt.baseline.name, tt.baseline.w, tt.baseline.nodes)
+			tNodes := Nodes{Reporting: tt.target.nodes, Missing: tt.missing}
+			bNodes := Nodes{Reporting: tt.baseline.nodes, Missing: tt.missing}
+			v := Judge(s, tt.target.name, tt.target.w, tNodes, tt.baseline.name, tt.baseline.w, bNodes)
 			if v.Result != tt.want {
 				t.Errorf("result %q (%s), want %q", v.Result, v.Reason, tt.want)
 			}
@@ -122,9 +143,9 @@ func TestJudge(t *testing.T) {
 					t.Errorf("reason %q does not say %q", v.Reason, c)
 				}
 			}
-			want := map[string]PoolFigures{tt.target.name: Figures(tt.target.w, tt.target.nodes)}
+			want := map[string]PoolFigures{tt.target.name: Figures(tt.target.w, tNodes)}
 			if tt.baseline.name != "" {
-				want[tt.baseline.name] = Figures(tt.baseline.w, tt.baseline.nodes)
+				want[tt.baseline.name] = Figures(tt.baseline.w, bNodes)
 			}
 			if !reflect.DeepEqual(v.Pools, want) {
 				t.Errorf("pools %+v, want %+v", v.Pools, want)
@@ -146,22 +167,25 @@ func TestFigures(t *testing.T) {
 	tests := []struct {
 		name  string
 		w     Window
-		nodes int
+		nodes Nodes
 		want  PoolFigures
 	}{
-		{"none", Window{}, 0, PoolFigures{ErrorRateHigh: 1}},
-		{"no errors", win(812, 0, 30*time.Millisecond), 3,
-			PoolFigures{Requests: 812, ErrorRateHigh: 0.0047088, P95ms: 48.75, NodesReporting: 3}},
-		{"some errors", win(400, 20, 30*time.Millisecond), 2,
-			PoolFigures{Requests: 400, Errors: 20, ErrorRate: 0.05, ErrorRateLow: 0.0325972, ErrorRateHigh: 0.0759642, P95ms: 48.75, NodesReporting: 2}},
-		{"errors above requests", Window{Requests: 5, Errors: 9}, 1,
-			PoolFigures{Requests: 5, Errors: 5, ErrorRate: 1, ErrorRateLow: 0.5655, ErrorRateHigh: 1, NodesReporting: 1}},
+		{"none", Window{}, Nodes{}, PoolFigures{ErrorRateHigh: 1, NodesMissing: []string{}}},
+		{"no errors", win(812, 0, 30*time.Millisecond), Nodes{Reporting: 3},
+			PoolFigures{Requests: 812, ErrorRateHigh: 0.0047088, P95ms: 48.75, NodesReporting: 3, NodesExpected: 3, NodesMissing: []string{}}},
+		{"some errors", win(400, 20, 30*time.Millisecond), Nodes{Reporting: 2},
+			PoolFigures{Requests: 400, Errors: 20, ErrorRate: 0.05, ErrorRateLow: 0.0325972, ErrorRateHigh: 0.0759642, P95ms: 48.75, NodesReporting: 2, NodesExpected: 2, NodesMissing: []string{}}},
+		{"errors above requests", Window{Requests: 5, Errors: 9}, Nodes{Reporting: 1},
+			PoolFigures{Requests: 5, Errors: 5, ErrorRate: 1, ErrorRateLow: 0.5655, ErrorRateHigh: 1, NodesReporting: 1, NodesExpected: 1, NodesMissing: []string{}}},
+		{"a node missing", win(400, 0, 30*time.Millisecond), Nodes{Reporting: 2, Missing: []string{"node3"}},
+			PoolFigures{Requests: 400, ErrorRateHigh: 0.0095, P95ms: 48.75, NodesReporting: 2, NodesExpected: 3, NodesMissing: []string{"node3"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Figures(tt.w, tt.nodes)
 			near := func(a, b float64) bool { return math.Abs(a-b) < 5e-5 }
 			if got.Requests != tt.want.Requests || got.Errors != tt.want.Errors || got.NodesReporting != tt.want.NodesReporting ||
+				got.NodesExpected != tt.want.NodesExpected || !reflect.DeepEqual(got.NodesMissing, tt.want.NodesMissing) ||
 				!near(got.ErrorRate, tt.want.ErrorRate) || !near(got.ErrorRateLow, tt.want.ErrorRateLow) ||
 				!near(got.ErrorRateHigh, tt.want.ErrorRateHigh) || !near(got.P95ms, tt.want.P95ms) {
 				t.Errorf("Figures = %+v, want %+v", got, tt.want)
@@ -172,7 +196,7 @@ func TestFigures(t *testing.T) {
 
 // TestVerdictJSON checks the verdict's shape in the rollout body (CONTRACT §4).
 func TestVerdictJSON(t *testing.T) {
-	v := Judge(state.DefaultSLO, "canary", win(812, 0, 30*time.Millisecond), 3, "blue", win(8000, 1, 20*time.Millisecond), 3)
+	v := Judge(state.DefaultSLO, "canary", win(812, 0, 30*time.Millisecond), Nodes{Reporting: 3}, "blue", win(8000, 1, 20*time.Millisecond), Nodes{Reporting: 3})
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
@@ -189,19 +213,22 @@ func TestVerdictJSON(t *testing.T) {
 	if len(pools) != 2 || canary == nil || pools["blue"] == nil {
 		t.Fatalf("pools %v, want canary and blue", got["pools"])
 	}
-	want := map[string]any{"requests": 812.0, "errors": 0.0, "error_rate": 0.0, "error_rate_low": 0.0, "nodes_reporting": 3.0}
+	want := map[string]any{"requests": 812.0, "errors": 0.0, "error_rate": 0.0, "error_rate_low": 0.0, "nodes_reporting": 3.0, "nodes_expected": 3.0}
 	for k, w := range want {
 		if canary[k] != w {
 			t.Errorf("canary %s = %v, want %v", k, canary[k], w)
 		}
+	}
+	if m, ok := canary["nodes_missing"].([]any); !ok || len(m) != 0 {
+		t.Errorf("canary nodes_missing = %v, want []", canary["nodes_missing"])
 	}
 	for _, k := range []string{"error_rate_high", "p95_ms"} {
 		if f, ok := canary[k].(float64); !ok || f <= 0 {
 			t.Errorf("canary %s = %v, want a positive number", k, canary[k])
 		}
 	}
-	if len(canary) != 7 {
-		t.Errorf("canary has %d keys, want 7: %v", len(canary), canary)
+	if len(canary) != 9 {
+		t.Errorf("canary has %d keys, want 9: %v", len(canary), canary)
 	}
 }
 

@@ -74,11 +74,13 @@ type Command struct {
 	// KindRolloutStart: what to roll out.
 	RolloutSpec *RolloutSpec `json:"rollout_spec,omitempty"`
 	// KindRolloutChange and KindRollback: the rollout (and, for a step, the
-	// step) a decision is about; a decision about an earlier one changes
-	// nothing. GuardID names the guard an automatic rollback answers.
-	RolloutID string `json:"rollout_id,omitempty"`
-	FromStep  int    `json:"from_step,omitempty"`
-	GuardID   string `json:"guard_id,omitempty"`
+	// step and when its hold last started) a decision is about; a decision
+	// about an earlier one changes nothing. GuardID names the guard an
+	// automatic rollback answers.
+	RolloutID       string    `json:"rollout_id,omitempty"`
+	FromStep        int       `json:"from_step,omitempty"`
+	FromStepStarted time.Time `json:"from_step_started,omitzero"`
+	GuardID         string    `json:"guard_id,omitempty"`
 	// KindRollback: auto, manual or abort; Figures are the measurements
 	// behind an automatic decision, kept in its event.
 	Trigger string         `json:"trigger,omitempty"`

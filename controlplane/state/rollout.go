@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -262,8 +263,10 @@ func checkRolloutChange(c *Command) error {
 
 // applyRolloutChange moves an active rollout: the next step (the watcher's
 // "step" after a passed hold, an operator's "promote" at any time), pause,
-// resume, or "wait" at a manual gate. RolloutID and FromStep, when set, must
-// match: a retried or superseded decision then changes nothing.
+// resume, or "wait" at a manual gate. RolloutID, FromStep and
+// FromStepStarted, when set, must match: a retried or superseded decision,
+// or one decided before a pause and resume restarted the hold, then changes
+// nothing.
 func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
 	if cur == nil {
 		return notFound(c.Service), nil
@@ -272,8 +275,9 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result
 	if !r.Active() {
 		return refuse(CodeNotFound, cur, "service %q has no running rollout", cur.Name), nil
 	}
-	if (c.RolloutID != "" && c.RolloutID != r.ID) || (c.FromStep != 0 && c.FromStep != r.Step) {
-		return Result{Version: cur.Version, Service: cur}, nil // a decision about another step
+	if (c.RolloutID != "" && c.RolloutID != r.ID) || (c.FromStep != 0 && c.FromStep != r.Step) ||
+		(!c.FromStepStarted.IsZero() && !c.FromStepStarted.Equal(r.StepStarted)) {
+		return Result{Version: cur.Version, Service: cur}, nil // a decision about another step or hold
 	}
 	nr := *r
 	s := *cur
@@ -320,6 +324,29 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result
 		ev.Reason = fmt.Sprintf("rollout %s step %d of %d: %s at %s %%", r.ID, nr.Step, len(r.Steps), r.To, nr.Steps[nr.Step-1].Weight)
 	}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
+}
+
+// StepDecision is the watcher's command that the rollout's current step has
+// passed its hold and the SLO: action "step" moves to the next step (or ends
+// the rollout promoted on the last one), "wait" marks a manual gate reached.
+//
+// It is about one step epoch: the rollout, the step, and the moment that
+// step's hold (re)started (StepStarted, which a resume moves). The epoch is in
+// the command, which Apply checks, and in its idempotency key. A retried or
+// re-decided decision of the same epoch replays its first result; one that
+// lands after a pause and resume is about an epoch that has ended, so it
+// changes nothing and the next decision, under a new key, is free to act.
+// Within one epoch the state never returns to running (only a resume or a
+// step leaves paused or waiting, and both start a new epoch), so a decision
+// that found the rollout paused or waiting could never act later anyway:
+// remembering its no-op under its key loses nothing.
+func StepDecision(service string, r *Rollout, action string) Command {
+	return Command{
+		Kind: KindRolloutChange, Service: service, Action: action,
+		RolloutID: r.ID, FromStep: r.Step, FromStepStarted: r.StepStarted,
+		IdemKey:  "decision:" + service + "/" + r.ID + "/" + action + "/" + strconv.Itoa(r.Step) + "@" + strconv.FormatInt(r.StepStarted.UnixNano(), 10),
+		IdemHash: action,
+	}
 }
 
 func checkRollback(c *Command) error {
