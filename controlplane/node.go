@@ -108,10 +108,13 @@ const (
 )
 
 // DataPlane is what the control plane asks the local data plane: the
-// requests in flight to a backend (its health comes from the node's checker),
-// and a pool's traffic over the last d, for the SLO judge.
+// ordinary requests in flight to a backend and its long-lived connections
+// (upgraded connections and event streams), apart (its health comes from
+// the node's checker), and a pool's traffic over the last d, for the SLO
+// judge.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
+	LongLived(service, pool, address string) int64
 	Window(service, pool string, d time.Duration) slo.Window
 }
 
@@ -474,8 +477,8 @@ func (n *Node) SetTokens(t []Token) {
 	n.tokens.Store(&c)
 }
 
-// SetDataPlane tells the admin API where to read backend health and in-flight
-// counts from.
+// SetDataPlane tells the admin API where to read backends' in-flight requests
+// and long-lived connections from.
 func (n *Node) SetDataPlane(dp DataPlane) { n.dp.Store(&dp) }
 
 func (n *Node) dataPlane() DataPlane {

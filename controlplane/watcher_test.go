@@ -18,6 +18,8 @@ type trafficPlane struct {
 
 func (p *trafficPlane) InFlight(string, string, string) int64 { return 0 }
 
+func (p *trafficPlane) LongLived(string, string, string) int64 { return 0 }
+
 func (p *trafficPlane) Window(_, pool string, _ time.Duration) slo.Window {
 	p.mu.Lock()
 	defer p.mu.Unlock()

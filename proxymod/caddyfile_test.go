@@ -94,6 +94,9 @@ func TestUnmarshalDirective(t *testing.T) {
 		{"lb_policy with options", "cbproxy svc {\nlb_policy header X-Tenant\n}", `{"service":"svc","lb_policy":{"policy":"header","field":"X-Tenant"}}`},
 		{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
 			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
+		{"stream_close_delay", "cbproxy svc {\nstream_close_delay 30s\n}", `{"service":"svc","stream_close_delay":30000000000}`},
+		{"stream_close_delay with rollback", "cbproxy svc {\nstream_close_delay 2m rollback 0s\n}",
+			`{"service":"svc","stream_close_delay":120000000000,"stream_close_delay_rollback":0}`},
 		{"partial slo keeps defaults", "cbproxy svc {\npool a 10.0.0.1:80\nslo {\nrollback p95>3s\nconsecutive 5\n}\n}",
 			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"slo":{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":3000},"window":"30s","min_requests":100,"consecutive":5}}`},
 	}
@@ -151,6 +154,12 @@ func TestUnmarshalDirectiveErrors(t *testing.T) {
 		{"cbproxy svc {\nhealth /ready 2s retries 3\n}", `unknown option "retries"`},
 		{"cbproxy svc {\nguard\n}", "guard <duration>"},
 		{"cbproxy svc {\nguard -1m\n}", `guard: "-1m" is not a duration`},
+		{"cbproxy svc {\nstream_close_delay\n}", "stream_close_delay <duration> [rollback <duration>]"},
+		{"cbproxy svc {\nstream_close_delay soon\n}", `stream_close_delay: "soon" is not a duration`},
+		{"cbproxy svc {\nstream_close_delay -1s\n}", `stream_close_delay: "-1s" is not a duration`},
+		{"cbproxy svc {\nstream_close_delay 1m later 5s\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
+		{"cbproxy svc {\nstream_close_delay 1m rollback\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
+		{"cbproxy svc {\nstream_close_delay 1m rollback -5s\n}", `stream_close_delay rollback: "-5s" is not a duration`},
 		{"cbproxy svc {\nslo fast\n}", `slo takes a block, not "fast"`},
 		{"cbproxy svc {\nslo {\nadvance error_rate>1%\n}\n}", "compares with >; this line takes error_rate<"},
 		{"cbproxy svc {\nslo {\nrollback p95<2s\n}\n}", "compares with <; this line takes p95>"},
@@ -374,6 +383,8 @@ func FuzzCaddyfileDirective(f *testing.F) {
 		strings.Split(strings.Split(contractCaddyfile, "app.example.com {\n")[1], "\n}\n")[0],
 		"cbproxy svc {\npool blue 10.0.0.1:80 {\nversion v1\n}\nweights blue=99.5 canary=0.5\n}",
 		"cbproxy svc {\nsticky header X-User\noverride_header X secret s\nlb_policy header X-T\n}",
+		"cbproxy svc {\nstream_close_delay 1m rollback 5s\n}",
+		"cbproxy svc {\nstream_close_delay 0\n}",
 		"cbproxy svc {\nhealth /r 2s timeout 1s fails 3 passes 4\nslo {\nadvance error_rate<1% p95<1s\n}\n}",
 	} {
 		f.Add(seed)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/textproto"
 	"time"
@@ -85,7 +86,27 @@ type Handler struct {
 	// backend's certificate against the system roots.
 	BackendTLS *reverseproxy.TLSConfig `json:"backend_tls,omitempty"`
 
+	// How long upgraded connections (WebSockets) and event streams
+	// (`text/event-stream`) to a backend stay open once the backend stops
+	// taking new requests because its pool's weight went to 0 (weights,
+	// switch, a rollout step), it was drained or removed, or a reload left
+	// no cbproxy handler for the service. Then cbproxy closes them, and
+	// their clients reconnect to the pools that now take traffic. A pool
+	// that gets its weight back (a backend undrained) before the delay
+	// keeps its connections. 0 closes them at once. Default: 1m. A reload
+	// keeps the connections of the services it still serves.
+	StreamCloseDelay *caddy.Duration `json:"stream_close_delay,omitempty"`
+
+	// The same delay when the weight went to 0 by a rollback or a rollout
+	// abort: the pool was judged harmful. Default: 5s, or
+	// stream_close_delay if that is shorter.
+	StreamCloseDelayRollback *caddy.Duration `json:"stream_close_delay_rollback,omitempty"`
+
 	route *route
+	// acquired is set once Provision counted this handler in its route's
+	// streams; Cleanup then releases it.
+	acquired     bool
+	streamDelays streamDelays
 	// proxy serves pools of plain HTTP backends, tlsProxy pools of https://
 	// backends (a pool has one scheme).
 	proxy, tlsProxy *reverseproxy.Handler
@@ -179,6 +200,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionChoice(); err != nil {
 		return err
 	}
+	h.route = routes.get(h.Service)
+	h.provisionStreamDelays()
 
 	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
 	if h.LBPolicyRaw != nil {
@@ -189,19 +212,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		proto = mod.(reverseproxy.Selector)
 	}
 	sel := newPoolSelector(proto)
-	if h.proxy, err = newInnerProxy(ctx, sel, nil); err != nil {
+	if h.proxy, err = h.newInnerProxy(ctx, sel, nil); err != nil {
 		return err
 	}
 	tlsConfig := h.BackendTLS
 	if tlsConfig == nil {
 		tlsConfig = new(reverseproxy.TLSConfig)
 	}
-	if h.tlsProxy, err = newInnerProxy(ctx, sel, tlsConfig); err != nil {
+	if h.tlsProxy, err = h.newInnerProxy(ctx, sel, tlsConfig); err != nil {
 		return err
 	}
 
-	h.route = routes.get(h.Service)
+	h.route.streams.handlerAdded()
+	h.acquired = true
 	return nil
+}
+
+// provisionStreamDelays fills in the stream close delays' defaults.
+func (h *Handler) provisionStreamDelays() {
+	d := streamDelays{change: defaultStreamCloseDelay, rollback: defaultStreamCloseDelayRollback}
+	if h.StreamCloseDelay != nil {
+		d.change = time.Duration(*h.StreamCloseDelay)
+		d.rollback = min(d.rollback, d.change)
+	}
+	if h.StreamCloseDelayRollback != nil {
+		d.rollback = time.Duration(*h.StreamCloseDelayRollback)
+	}
+	h.streamDelays = d
 }
 
 // provisionChoice prepares what the pool choice reads on the hot path.
@@ -236,7 +273,12 @@ func (h *Handler) provisionChoice() error {
 // from raw JSON (TransportRaw), and fills LoadBalancing.SelectionPolicy and
 // TryInterval only when they are unset (TryInterval stays 0 because
 // TryDuration is 0, so a retry does not sleep).
-func newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
+//
+// Its transport is then wrapped to register the streams it opens, and its
+// StreamCloseDelay is "never": Caddy's Cleanup would otherwise close every
+// upgraded connection at each reload. cbproxy closes streams itself, when
+// their backend stops taking requests or no config serves the service.
+func (h *Handler) newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
 	transport := &reverseproxy.HTTPTransport{
 		TLS:       tls,
 		KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: maxIdleConnsPerHost},
@@ -248,10 +290,16 @@ func newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reversepro
 			Retries:         retries,
 		},
 		DynamicUpstreams: poolUpstreams{},
+		StreamCloseDelay: caddy.Duration(math.MaxInt64),
 	}
 	if err := rp.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("provisioning reverse proxy: %w", err)
 	}
+	ht, ok := rp.Transport.(*reverseproxy.HTTPTransport)
+	if !ok {
+		return nil, fmt.Errorf("reverse proxy transport is %T, not Caddy's HTTP transport", rp.Transport)
+	}
+	rp.Transport = &streamTransport{HTTPTransport: ht, streams: &h.route.streams, delays: h.streamDelays}
 	return rp, nil
 }
 
@@ -283,11 +331,25 @@ func (h *Handler) Validate() error {
 	if o := h.OverrideHeader; o != nil && !httpguts.ValidHeaderFieldName(o.Name) {
 		return fmt.Errorf("override_header needs a valid header name, not %q", o.Name)
 	}
+	for _, d := range []struct {
+		name string
+		v    *caddy.Duration
+	}{{"stream_close_delay", h.StreamCloseDelay}, {"stream_close_delay_rollback", h.StreamCloseDelayRollback}} {
+		if d.v != nil && *d.v < 0 {
+			return fmt.Errorf("%s %s is negative", d.name, time.Duration(*d.v))
+		}
+	}
 	return nil
 }
 
-// Cleanup releases the inner proxies (they close upgraded connections).
+// Cleanup releases the inner proxies (they leave upgraded connections
+// open) and tells the route that this handler is gone: when no loaded config
+// serves the service any more, its streams close after their delay.
 func (h *Handler) Cleanup() error {
+	if h.acquired {
+		h.acquired = false
+		h.route.streams.handlerRemoved()
+	}
 	var errs []error
 	for _, rp := range []*reverseproxy.Handler{h.proxy, h.tlsProxy} {
 		if rp != nil {
