@@ -40,10 +40,11 @@ type poolBody struct {
 }
 
 type backendBody struct {
-	Address  string `json:"address"`
-	Health   string `json:"health"`
-	Draining bool   `json:"draining"`
-	InFlight int64  `json:"in_flight"`
+	Address   string `json:"address"`
+	Health    string `json:"health"`
+	Draining  bool   `json:"draining"`
+	InFlight  int64  `json:"in_flight"`
+	LongLived int64  `json:"long_lived"`
 }
 
 func (a *adminServer) render(s *state.Service) serviceBody {
@@ -58,12 +59,12 @@ func (a *adminServer) render(s *state.Service) serviceBody {
 	for name, p := range s.Pools {
 		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
 		for _, be := range p.Backends {
-			var inFlight int64
+			body := backendBody{Address: be.Address, Health: string(a.n.health.Get(s.Name, name, be.Address).Status), Draining: be.Draining}
 			if dp != nil {
-				inFlight = dp.InFlight(s.Name, name, be.Address)
+				body.InFlight = dp.InFlight(s.Name, name, be.Address)
+				body.LongLived = dp.LongLived(s.Name, name, be.Address)
 			}
-			health := a.n.health.Get(s.Name, name, be.Address)
-			pb.Backends = append(pb.Backends, backendBody{Address: be.Address, Health: string(health.Status), Draining: be.Draining, InFlight: inFlight})
+			pb.Backends = append(pb.Backends, body)
 		}
 		b.Pools[name] = pb
 	}
@@ -135,10 +136,11 @@ func (b *backendRef) UnmarshalJSON(data []byte) error {
 		return nil
 	}
 	var obj struct {
-		Address  string          `json:"address"`
-		Health   json.RawMessage `json:"health"`
-		Draining json.RawMessage `json:"draining"`
-		InFlight json.RawMessage `json:"in_flight"`
+		Address   string          `json:"address"`
+		Health    json.RawMessage `json:"health"`
+		Draining  json.RawMessage `json:"draining"`
+		InFlight  json.RawMessage `json:"in_flight"`
+		LongLived json.RawMessage `json:"long_lived"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()

@@ -35,6 +35,7 @@ func FuzzAdminAPI(f *testing.F) {
 		{"POST", "/v1/services/svc/switch", `{"to":"canary"}`, "", ""},
 		{"PUT", "/v1/services/svc/pools/green", `{"backends":["[::1]:8080","https://a.example:443"],"version":"v1"}`, "", ""},
 		{"PUT", "/v1/services/svc2", `{"pools":{"a":{"backends":[{"address":"127.0.0.1:1"}]}},"health":{"path":"/h","interval":"2s"},"slo":{"window":"30s"},"guard":"1m"}`, "", ""},
+		{"PUT", "/v1/services/svc3", `{"pools":{"a":{"backends":[{"address":"127.0.0.1:1","health":"healthy","draining":false,"in_flight":0,"long_lived":2}]}}}`, "", ""},
 		{"DELETE", "/v1/services/svc2", ``, "", "d"},
 		{"GET", "/v1/events?since=1&limit=10&service=svc", ``, "", ""},
 		{"GET", "/v1/events?since=0&limit=1000&keep=oldest", ``, "", ""},

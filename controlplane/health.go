@@ -21,6 +21,7 @@ type dependency struct {
 	LatencyMs *float64 `json:"latency_ms,omitempty"`
 	Error     string   `json:"error,omitempty"`
 	InFlight  *int64   `json:"in_flight,omitempty"`
+	LongLived *int64   `json:"long_lived,omitempty"`
 	Draining  bool     `json:"draining,omitempty"`
 }
 
@@ -44,11 +45,11 @@ func (n *Node) dependencies() map[string]dependency {
 		for pname, p := range s.Pools {
 			for _, be := range p.Backends {
 				h := n.health.Get(name, pname, be.Address)
-				var in int64
+				var in, long int64
 				if dp != nil {
-					in = dp.InFlight(name, pname, be.Address)
+					in, long = dp.InFlight(name, pname, be.Address), dp.LongLived(name, pname, be.Address)
 				}
-				d := dependency{Status: string(h.Status), InFlight: &in, Draining: be.Draining, Error: h.LastError}
+				d := dependency{Status: string(h.Status), InFlight: &in, LongLived: &long, Draining: be.Draining, Error: h.LastError}
 				if !h.Checked.IsZero() {
 					ms := h.LatencyMs
 					d.LatencyMs = &ms

@@ -115,12 +115,15 @@ const (
 )
 
 // DataPlane is what the control plane asks the local data plane: the
-// requests in flight to a backend (its health comes from the node's checker),
-// a pool's traffic over the last d and whether this node serves a service
-// (routes its requests), for the SLO judge, and, for readiness, which
-// services it declares and whether it routes them.
+// ordinary requests in flight to a backend and its long-lived connections
+// (upgraded connections and event streams), apart (its health comes from
+// the node's checker); a pool's traffic over the last d, for the SLO judge;
+// and which services it declares and whether it routes them, for readiness
+// and for the judge, which expects the figures of every node that serves a
+// service.
 type DataPlane interface {
 	InFlight(service, pool, address string) int64
+	LongLived(service, pool, address string) int64
 	Window(service, pool string, d time.Duration) slo.Window
 	// Declared lists the services this node's configuration routes (the
 	// handlers of its Caddyfile, with a seed or without), in name order: the
@@ -552,8 +555,8 @@ func (n *Node) SetTokens(t []Token) {
 	n.tokens.Store(&c)
 }
 
-// SetDataPlane tells the admin API where to read backend health and in-flight
-// counts from.
+// SetDataPlane tells the admin API where to read backends' in-flight requests
+// and long-lived connections from.
 func (n *Node) SetDataPlane(dp DataPlane) { n.dp.Store(&dp) }
 
 func (n *Node) dataPlane() DataPlane {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cbproxy/cbproxy/controlplane/slo"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"go.uber.org/zap/zaptest"
 )
@@ -16,14 +15,13 @@ import (
 // tested there and end to end): it declares services, and routes them all
 // once the test says so.
 type declaredPlane struct {
+	idlePlane
 	declared []string
 	routes   atomic.Bool
 }
 
-func (p *declaredPlane) InFlight(string, string, string) int64           { return 0 }
-func (p *declaredPlane) Window(string, string, time.Duration) slo.Window { return slo.Window{} }
-func (p *declaredPlane) Declared() []string                              { return p.declared }
-func (p *declaredPlane) Routes(string) bool                              { return p.routes.Load() }
+func (p *declaredPlane) Declared() []string { return p.declared }
+func (p *declaredPlane) Routes(string) bool { return p.routes.Load() }
 
 // startUnready starts a single node with dp as its data plane and waits until
 // it has caught up with itself, not until it is ready.

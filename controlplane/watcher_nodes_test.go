@@ -15,18 +15,15 @@ import (
 // figures a node reports depend on the service and on whether the node
 // leads, and a stalled node accepts the leader's call but never answers it.
 type nodePlane struct {
+	idlePlane
 	n *Node
 	// stall, when set, blocks every Window call until it is closed.
 	stall <-chan struct{}
 }
 
-func (p *nodePlane) InFlight(string, string, string) int64 { return 0 }
-
 // Declared names the services of the test (in name order): the node serves
 // them, so the judge expects its figures.
 func (p *nodePlane) Declared() []string { return []string{"alpha", "beta", "delta", "gamma"} }
-
-func (p *nodePlane) Routes(string) bool { return true }
 
 // followerCanary is what each follower saw of each service's canary (the
 // leader saw 1000 clean requests of every one): alpha is clean everywhere,

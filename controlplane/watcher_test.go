@@ -13,14 +13,13 @@ import (
 // tests: every node reports the same per-pool windows, set by the test. (The
 // real data plane's windows are tested in proxymod and end to end.)
 type trafficPlane struct {
+	idlePlane
 	mu      sync.Mutex
 	windows map[string]slo.Window // by pool
 	// declared lists the services the node serves, in name order; nil
 	// means the one service most tests use, "svc".
 	declared []string
 }
-
-func (p *trafficPlane) InFlight(string, string, string) int64 { return 0 }
 
 // Declared names the services of the test: the nodes serve them (they create
 // them through the API once ready), so the judge expects their figures.
@@ -30,8 +29,6 @@ func (p *trafficPlane) Declared() []string {
 	}
 	return p.declared
 }
-
-func (p *trafficPlane) Routes(string) bool { return true }
 
 func (p *trafficPlane) Window(_, pool string, _ time.Duration) slo.Window {
 	p.mu.Lock()

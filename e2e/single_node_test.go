@@ -215,6 +215,26 @@ func TestSingleNode(t *testing.T) {
 // the series of CONTRACT §7 that exist at this stage are there.
 func checkMetrics(t *testing.T, url string) {
 	t.Helper()
+	raw := lintedMetrics(t, url)
+	for _, want := range []string{
+		`cbproxy_requests_total{code="2xx",pool="canary",service="codingbrain"}`,
+		`cbproxy_request_duration_seconds_bucket{pool="green",service="codingbrain",le=`,
+		`cbproxy_pool_weight_percent{pool="green",service="codingbrain"} 90`,
+		`cbproxy_pool_effective_percent{pool="canary",service="codingbrain"} 10`,
+		`cbproxy_raft_is_leader 1`,
+		`cbproxy_raft_applied_index`,
+		`cbproxy_raft_apply_seconds_bucket`,
+	} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// lintedMetrics returns the text of /metrics after linting it as promtool
+// check metrics does.
+func lintedMetrics(t *testing.T, url string) string {
+	t.Helper()
 	resp, err := httpClient.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -228,19 +248,7 @@ func checkMetrics(t *testing.T, url string) {
 	if len(problems) > 0 {
 		t.Fatalf("promlint: %v", problems)
 	}
-	for _, want := range []string{
-		`cbproxy_requests_total{code="2xx",pool="canary",service="codingbrain"}`,
-		`cbproxy_request_duration_seconds_bucket{pool="green",service="codingbrain",le=`,
-		`cbproxy_pool_weight_percent{pool="green",service="codingbrain"} 90`,
-		`cbproxy_pool_effective_percent{pool="canary",service="codingbrain"} 10`,
-		`cbproxy_raft_is_leader 1`,
-		`cbproxy_raft_applied_index`,
-		`cbproxy_raft_apply_seconds_bucket`,
-	} {
-		if !strings.Contains(string(raw), want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	return string(raw)
 }
 
 // apiQuiet is a GET that reports failure as status 0 instead of failing the

@@ -166,6 +166,7 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		lb_policy       <name> [<options...>]
 //		dial_timeout            <duration>
 //		response_header_timeout <duration>
+//		stream_close_delay <duration> [rollback <duration>]
 //		health          <path> <interval> [timeout <duration>] [fails <n>] [passes <n>]
 //		guard           <duration>
 //		slo {
@@ -217,6 +218,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ExposePool = true
 		case "lb_policy":
 			err = h.unmarshalLBPolicy(d, where)
+		case "stream_close_delay":
+			err = h.unmarshalStreamCloseDelay(d, where)
 		case "health":
 			err = h.unmarshalHealth(d, where)
 		case "guard":
@@ -242,7 +245,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, lb_policy, dial_timeout, response_header_timeout, health, guard or slo", where, sub)
+			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
 		}
 		if err != nil {
 			return err
@@ -376,6 +379,30 @@ func (h *Handler) unmarshalLBPolicy(d *caddyfile.Dispenser, where string) error 
 		return d.Errf("%s: lb_policy %s: module %s is not a selection policy", where, name, modID)
 	}
 	h.LBPolicyRaw = caddyconfig.JSONModuleObject(sel, "policy", name, nil)
+	return nil
+}
+
+func (h *Handler) unmarshalStreamCloseDelay(d *caddyfile.Dispenser, where string) error {
+	const usage = "stream_close_delay <duration> [rollback <duration>]"
+	args, err := lineArgs(d, where, usage, 1, 3)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 && (len(args) != 3 || args[1] != "rollback") {
+		return d.Errf("%s: stream_close_delay %s: expected %s", where, strings.Join(args, " "), usage)
+	}
+	delay, err := parseDuration(d, where+": stream_close_delay", args[0])
+	if err != nil {
+		return err
+	}
+	h.StreamCloseDelay = new(caddy.Duration(delay))
+	if len(args) == 3 {
+		rollback, err := parseDuration(d, where+": stream_close_delay rollback", args[2])
+		if err != nil {
+			return err
+		}
+		h.StreamCloseDelayRollback = new(caddy.Duration(rollback))
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/textproto"
 	"time"
@@ -94,7 +95,27 @@ type Handler struct {
 	// endpoints that answer slowly on purpose (long polling). Default: 30s.
 	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
 
+	// How long upgraded connections (WebSockets) and event streams
+	// (`text/event-stream`) to a backend stay open once the backend stops
+	// taking new requests because its pool's weight went to 0 (weights,
+	// switch, a rollout step), it was drained or removed, or a reload left
+	// no cbproxy handler for the service. Then cbproxy closes them, and
+	// their clients reconnect to the pools that now take traffic. A pool
+	// that gets its weight back (a backend undrained) before the delay
+	// keeps its connections. 0 closes them at once. Default: 1m. A reload
+	// keeps the connections of the services it still serves.
+	StreamCloseDelay *caddy.Duration `json:"stream_close_delay,omitempty"`
+
+	// The same delay when the weight went to 0 by a rollback or a rollout
+	// abort: the pool was judged harmful. Default: 5s, or
+	// stream_close_delay if that is shorter.
+	StreamCloseDelayRollback *caddy.Duration `json:"stream_close_delay_rollback,omitempty"`
+
 	route *route
+	// acquired is set once Provision counted this handler in its route's
+	// streams; Cleanup then releases it.
+	acquired     bool
+	streamDelays streamDelays
 	// proxy serves pools of plain HTTP backends, tlsProxy pools of https://
 	// backends (a pool has one scheme).
 	proxy, tlsProxy *reverseproxy.Handler
@@ -196,6 +217,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionChoice(); err != nil {
 		return err
 	}
+	h.route = routes.get(h.Service)
+	h.provisionStreamDelays()
 
 	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
 	if h.LBPolicyRaw != nil {
@@ -220,8 +243,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	h.route = routes.get(h.Service)
+	h.route.streams.handlerAdded()
+	h.acquired = true
 	return nil
+}
+
+// provisionStreamDelays fills in the stream close delays' defaults.
+func (h *Handler) provisionStreamDelays() {
+	d := streamDelays{change: defaultStreamCloseDelay, rollback: defaultStreamCloseDelayRollback}
+	if h.StreamCloseDelay != nil {
+		d.change = time.Duration(*h.StreamCloseDelay)
+		d.rollback = min(d.rollback, d.change)
+	}
+	if h.StreamCloseDelayRollback != nil {
+		d.rollback = time.Duration(*h.StreamCloseDelayRollback)
+	}
+	h.streamDelays = d
 }
 
 // provisionChoice prepares what the pool choice reads on the hot path.
@@ -270,6 +307,11 @@ func (h *Handler) setTimeoutDefaults() error {
 // from raw JSON (TransportRaw), and fills LoadBalancing.SelectionPolicy and
 // TryInterval only when they are unset (TryInterval stays 0 because
 // TryDuration is 0, so a retry does not sleep).
+//
+// Its transport is then wrapped to register the streams it opens, and its
+// StreamCloseDelay is "never": Caddy's Cleanup would otherwise close every
+// upgraded connection at each reload. cbproxy closes streams itself, when
+// their backend stops taking requests or no config serves the service.
 func (h *Handler) newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
 	transport := &reverseproxy.HTTPTransport{
 		TLS:                   tls,
@@ -284,10 +326,16 @@ func (h *Handler) newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tl
 			Retries:         retries,
 		},
 		DynamicUpstreams: poolUpstreams{},
+		StreamCloseDelay: caddy.Duration(math.MaxInt64),
 	}
 	if err := rp.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("provisioning reverse proxy: %w", err)
 	}
+	ht, ok := rp.Transport.(*reverseproxy.HTTPTransport)
+	if !ok {
+		return nil, fmt.Errorf("reverse proxy transport is %T, not Caddy's HTTP transport", rp.Transport)
+	}
+	rp.Transport = &streamTransport{HTTPTransport: ht, streams: &h.route.streams, delays: h.streamDelays}
 	return rp, nil
 }
 
@@ -319,11 +367,25 @@ func (h *Handler) Validate() error {
 	if o := h.OverrideHeader; o != nil && !httpguts.ValidHeaderFieldName(o.Name) {
 		return fmt.Errorf("override_header needs a valid header name, not %q", o.Name)
 	}
+	for _, d := range []struct {
+		name string
+		v    *caddy.Duration
+	}{{"stream_close_delay", h.StreamCloseDelay}, {"stream_close_delay_rollback", h.StreamCloseDelayRollback}} {
+		if d.v != nil && *d.v < 0 {
+			return fmt.Errorf("%s %s is negative", d.name, time.Duration(*d.v))
+		}
+	}
 	return nil
 }
 
-// Cleanup releases the inner proxies (they close upgraded connections).
+// Cleanup releases the inner proxies (they leave upgraded connections
+// open) and tells the route that this handler is gone: when no loaded config
+// serves the service any more, its streams close after their delay.
 func (h *Handler) Cleanup() error {
+	if h.acquired {
+		h.acquired = false
+		h.route.streams.handlerRemoved()
+	}
 	var errs []error
 	for _, rp := range []*reverseproxy.Handler{h.proxy, h.tlsProxy} {
 		if rp != nil {

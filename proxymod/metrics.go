@@ -32,6 +32,12 @@ var (
 	healthyDesc = prometheus.NewDesc("cbproxy_backend_healthy",
 		"1 if this node sees the backend healthy or degraded, 0 otherwise (unhealthy, or not checked yet).",
 		[]string{"service", "pool", "backend"}, nil)
+	longLivedDesc = prometheus.NewDesc("cbproxy_backend_long_lived",
+		"Upgraded connections (WebSockets) and event streams this node has open to the backend.",
+		[]string{"service", "pool", "backend"}, nil)
+	streamsClosedDesc = prometheus.NewDesc("cbproxy_streams_closed_total",
+		"Upgraded connections and event streams this node closed because their backend stopped taking new requests, by why: switch, rollback, drain, removed, reload.",
+		[]string{"service", "pool", "reason"}, nil)
 )
 
 // latencyBucketBounds are latencyBounds in seconds, as Prometheus wants them.
@@ -51,6 +57,8 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- weightDesc
 	ch <- effectiveDesc
 	ch <- healthyDesc
+	ch <- longLivedDesc
+	ch <- streamsClosedDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -60,6 +68,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		// "none" is not a pool: its series appears once a request was
 		// refused, unless a real pool has that name and absorbs the count.
 		refused := t.none.snapshot().requests[class5xx]
+		longLived, closed := r.streams.snapshot()
+		for k, n := range closed {
+			ch <- prometheus.MustNewConstMetric(streamsClosedDesc, prometheus.CounterValue, float64(n), name, k.pool, k.reason)
+		}
 		for i := range t.pools {
 			p := &t.pools[i]
 			// The metrics count every request; only the SLO leaves the
@@ -89,6 +101,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 					healthy = 1
 				}
 				ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, name, p.name, b.address)
+				ch <- prometheus.MustNewConstMetric(longLivedDesc, prometheus.GaugeValue, float64(longLived[b.address]), name, p.name, b.address)
 			}
 		}
 		if refused > 0 {

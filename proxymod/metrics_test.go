@@ -33,12 +33,18 @@ func TestMetrics(t *testing.T) {
 	canary := r.table.Load().pools[1].stats
 	canary.displace()
 	canary.displace()
+	r.streams.byAddress = map[string]int64{"10.0.0.1:80": 3}
+	r.streams.closed = map[closeKey]uint64{{"blue", closeSwitch}: 4, {"canary", closeRollback}: 1}
 
 	want := `
 # HELP cbproxy_backend_healthy 1 if this node sees the backend healthy or degraded, 0 otherwise (unhealthy, or not checked yet).
 # TYPE cbproxy_backend_healthy gauge
 cbproxy_backend_healthy{backend="10.0.0.1:80",pool="blue",service="shop"} 1
 cbproxy_backend_healthy{backend="10.0.0.2:80",pool="canary",service="shop"} 1
+# HELP cbproxy_backend_long_lived Upgraded connections (WebSockets) and event streams this node has open to the backend.
+# TYPE cbproxy_backend_long_lived gauge
+cbproxy_backend_long_lived{backend="10.0.0.1:80",pool="blue",service="shop"} 3
+cbproxy_backend_long_lived{backend="10.0.0.2:80",pool="canary",service="shop"} 0
 # HELP cbproxy_pool_effective_percent The share of new requests this node sends to the pool, in percent, after moving the share of pools without available backends to the others.
 # TYPE cbproxy_pool_effective_percent gauge
 cbproxy_pool_effective_percent{pool="blue",service="shop"} 100
@@ -98,6 +104,10 @@ cbproxy_requests_total{code="5xx",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="proxy_error",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="client_abort",pool="canary",service="shop"} 0
 cbproxy_requests_total{code="5xx",pool="none",service="shop"} 2
+# HELP cbproxy_streams_closed_total Upgraded connections and event streams this node closed because their backend stopped taking new requests, by why: switch, rollback, drain, removed, reload.
+# TYPE cbproxy_streams_closed_total counter
+cbproxy_streams_closed_total{pool="blue",reason="switch",service="shop"} 4
+cbproxy_streams_closed_total{pool="canary",reason="rollback",service="shop"} 1
 `
 	if err := testutil.CollectAndCompare(collector{rr}, strings.NewReader(want)); err != nil {
 		t.Fatal(err)

@@ -34,6 +34,9 @@ type route struct {
 	overridden map[string]*poolStats
 	backends   map[string]*backend // by address, those of the current table
 	none       *poolStats
+
+	// streams are the service's open long-lived connections.
+	streams streamSet
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics
@@ -141,6 +144,9 @@ func (rr *routeRegistry) rebuildLocked(r *route) {
 		return
 	}
 	r.built.service, r.built.deleted, r.built.healthGen = svc, deleted, gen
+	// Streams first: a stream that registers after this line but chose its
+	// pool from the old table is judged against the new service.
+	r.streams.serviceChanged(svc)
 	r.table.Store(r.buildTable(svc, deleted, prev, rr.backendHealth))
 }
 
@@ -212,21 +218,45 @@ func (dataPlane) Routes(service string) bool {
 	return r != nil && r.table.Load().service != nil
 }
 
-// InFlight implements controlplane.DataPlane.
-func (dataPlane) InFlight(service, pool, address string) int64 {
+// backend returns the route of a service and its record of a pool's backend,
+// or nil.
+func (dataPlane) backend(service, pool, address string) (*route, *backend) {
 	r := routes.lookup(service)
 	if r == nil {
-		return 0
+		return nil, nil
 	}
 	t := r.table.Load()
 	if i := t.pool(pool); i >= 0 {
 		for _, b := range t.pools[i].backends {
 			if b.address == address {
-				return b.inFlight()
+				return r, b.backend
 			}
 		}
 	}
-	return 0
+	return nil, nil
+}
+
+// InFlight implements controlplane.DataPlane: the ordinary requests open to
+// the backend. Caddy's count includes long-lived connections for their
+// lifetime; they are taken out, so that a drained backend reaches 0 once
+// its ordinary requests are done.
+func (dp dataPlane) InFlight(service, pool, address string) int64 {
+	r, b := dp.backend(service, pool, address)
+	if b == nil {
+		return 0
+	}
+	// The two counts are read apart and a stream leaves them a moment apart.
+	return max(0, b.requests()-r.streams.longLived(address))
+}
+
+// LongLived implements controlplane.DataPlane: the upgraded connections and
+// event streams open to the backend.
+func (dp dataPlane) LongLived(service, pool, address string) int64 {
+	r, b := dp.backend(service, pool, address)
+	if b == nil {
+		return 0
+	}
+	return r.streams.longLived(address)
 }
 
 // Interface guards

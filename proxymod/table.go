@@ -50,6 +50,8 @@ type RoutingTable struct {
 // poolRoute is one pool of a RoutingTable.
 type poolRoute struct {
 	service, name string
+	// source is the replicated service the table was built from.
+	source *state.Service
 	// weight is the replicated share, effective the share this node routes
 	// after giving the share of pools without available backends to the
 	// others; both in basis points.
@@ -92,14 +94,16 @@ type backend struct {
 	address string // as in the replicated state: host:port or https://host:port
 	dial    string // host:port
 	// host is Caddy's record of the address, learned when the address is
-	// first selected; its NumRequests is the backend's in-flight count.
+	// first selected; its NumRequests counts the backend's requests in
+	// flight and its long-lived connections.
 	host atomic.Pointer[reverseproxy.Host]
 	// dialing is set while a passive check dials the backend after a failure.
 	dialing atomic.Bool
 }
 
-// inFlight returns the number of requests this node has in flight to b.
-func (b *backend) inFlight() int64 {
+// requests returns the number of requests this node has open to b, long-lived
+// connections included.
+func (b *backend) requests() int64 {
 	if h := b.host.Load(); h != nil {
 		return int64(h.NumRequests())
 	}
@@ -219,7 +223,7 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 	up := make([]bool, len(names))
 	for i, name := range names {
 		p := &t.pools[i]
-		p.service, p.name = svc.Name, name
+		p.service, p.name, p.source = svc.Name, name, svc
 		p.weight = svc.Weights[name]
 		p.stats, p.overridden = rt.poolStats(name)
 		p.slowAbort = time.Duration(svc.SLO.Rollback.P95ms * float64(time.Millisecond))

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // settings is a backend's run-time behaviour, the body of GET and PUT /_backend.
@@ -95,11 +97,13 @@ func (bh *behavior) fails() bool {
 }
 
 // stats is the body of GET /_backend/stats. Requests counts served requests
-// (failed ones included), not health checks or control calls.
+// (failed ones included), not health checks, control calls or streams.
+// Streams is the number of WebSockets and event streams open now.
 type stats struct {
 	Requests     uint64 `json:"requests"`
 	Errors       uint64 `json:"errors"`
 	HealthChecks uint64 `json:"health_checks"`
+	Streams      uint64 `json:"streams"`
 }
 
 // backend is one named test backend and its HTTP handler.
@@ -116,6 +120,14 @@ type backend struct {
 	behavior                       atomic.Pointer[behavior]
 	putMu                          sync.Mutex // serializes read-modify-write of behavior
 	requests, errors, healthChecks atomic.Uint64
+
+	// streams counts the open WebSockets and event streams; stopping is
+	// closed at shutdown to end them, since a server's Shutdown does not
+	// wait for hijacked connections and waits forever for event streams.
+	streams  atomic.Uint64
+	stopping chan struct{}
+	stopOnce sync.Once
+	ws       websocket.Server
 }
 
 var jsonContentType = []string{"application/json"}
@@ -126,7 +138,10 @@ func newBackend(name, version, addr string, initial settings) *backend {
 		version:    version,
 		addr:       addr,
 		nameHeader: []string{name},
+		stopping:   make(chan struct{}),
 	}
+	// No Handshake function: any Origin is accepted, as a test backend should.
+	b.ws.Handler = b.serveEcho
 	b.bodyPrefix = fmt.Appendf(nil, `{"backend":%s,"version":%s,"addr":%s,"path":`,
 		jsonString(name), jsonString(version), jsonString(addr))
 	b.behavior.Store(newBehavior(name, initial))
@@ -146,6 +161,10 @@ func (b *backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.serveControl(w, r)
 	case "/_backend/stats":
 		b.serveStats(w, r)
+	case "/_backend/ws":
+		b.ws.ServeHTTP(w, r)
+	case "/_backend/events":
+		b.serveEvents(w, r)
 	default:
 		b.serveRequest(w, r)
 	}
@@ -247,8 +266,72 @@ func (b *backend) serveStats(w http.ResponseWriter, r *http.Request) {
 		Requests:     b.requests.Load(),
 		Errors:       b.errors.Load(),
 		HealthChecks: b.healthChecks.Load(),
+		Streams:      b.streams.Load(),
 	})
 }
+
+// serveEcho serves a WebSocket at /_backend/ws: every message comes back
+// as it was sent, until the client or the backend closes.
+func (b *backend) serveEcho(ws *websocket.Conn) {
+	b.streams.Add(1)
+	defer b.streams.Add(^uint64(0))
+	ended := make(chan struct{})
+	defer close(ended)
+	go func() {
+		select {
+		case <-b.stopping:
+			ws.Close()
+		case <-ended:
+		}
+	}()
+	var msg []byte
+	for websocket.Message.Receive(ws, &msg) == nil {
+		if websocket.Message.Send(ws, msg) != nil {
+			return
+		}
+	}
+}
+
+// eventInterval is how often /_backend/events sends an event.
+const eventInterval = time.Second
+
+var eventStreamContentType = []string{"text/event-stream"}
+
+// serveEvents serves an event stream at /_backend/events: an event naming
+// the backend at once and then every second, until the client leaves or the
+// backend stops.
+func (b *backend) serveEvents(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "use GET to read /_backend/events"})
+		return
+	}
+	b.streams.Add(1)
+	defer b.streams.Add(^uint64(0))
+	h := w.Header()
+	h["Content-Type"] = eventStreamContentType
+	h["X-Backend"] = b.nameHeader
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	tick := time.NewTicker(eventInterval)
+	defer tick.Stop()
+	for seq := 1; ; seq++ {
+		if _, err := fmt.Fprintf(w, "id: %d\ndata: {\"backend\":%s,\"seq\":%d}\n\n", seq, jsonString(b.name), seq); err != nil || rc.Flush() != nil {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-r.Context().Done():
+			return
+		case <-b.stopping:
+			return
+		}
+	}
+}
+
+// stop ends the backend's WebSockets and event streams.
+func (b *backend) stop() { b.stopOnce.Do(func() { close(b.stopping) }) }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	var buf bytes.Buffer
@@ -296,6 +379,9 @@ func start(cfg config) (*fleet, error) {
 // shutdown stops every backend, letting requests in flight finish until ctx
 // ends, then closing what is left.
 func (f *fleet) shutdown(ctx context.Context) error {
+	for _, b := range f.backends {
+		b.stop()
+	}
 	errs := make([]error, len(f.servers))
 	var wg sync.WaitGroup
 	for i, srv := range f.servers {

@@ -9,6 +9,9 @@
 // the header X-Backend. GET /health/ready reports its configured health, and
 // GET/PUT /_backend reads or changes its error rate, error status, added
 // latency and health at run time; GET /_backend/stats counts what it served.
+// For long-lived connections, /_backend/ws is a WebSocket that echoes every
+// message, and GET /_backend/events an event stream (text/event-stream) with
+// an event naming the backend every second.
 // The -error-rate, -error-status, -latency-ms and -health flags set the
 // starting values for every backend.
 package main

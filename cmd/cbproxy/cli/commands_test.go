@@ -22,7 +22,7 @@ const (
   "lkg": {"blue": 100, "green": 0, "canary": 0},
   "pools": {
     "blue": {"version": "v1.4.1", "backends": [
-      {"address": "10.0.0.11:8765", "health": "healthy", "draining": false, "in_flight": 3},
+      {"address": "10.0.0.11:8765", "health": "healthy", "draining": false, "in_flight": 3, "long_lived": 12},
       {"address": "10.0.0.12:8765", "health": "unhealthy", "draining": true, "in_flight": 0}]},
     "green": {"version": "", "backends": []},
     "canary": {"version": "v1.5.0-rc1", "backends": [
@@ -195,10 +195,10 @@ func TestCommandRequests(t *testing.T) {
 			want:       "GET /v1/services/codingbrain",
 			wantHeader: map[string]string{"Idempotency-Key": ""},
 			stdout: []string{
-				"codingbrain  version 42  guard 10m\n  POOL    WEIGHT  LKG   VERSION     BACKEND         HEALTH     DRAINING  IN FLIGHT\n",
-				"blue    99%     100%  v1.4.1      10.0.0.11:8765  healthy    no        3\n",
-				"                                  10.0.0.12:8765  unhealthy  yes       0\n",
-				"canary  1%      0%    v1.5.0-rc1  10.0.0.31:8765  degraded   no        0\n",
+				"codingbrain  version 42  guard 10m\n  POOL    WEIGHT  LKG   VERSION     BACKEND         HEALTH     DRAINING  IN FLIGHT  LONG-LIVED\n",
+				"blue    99%     100%  v1.4.1      10.0.0.11:8765  healthy    no        3          12\n",
+				"                                  10.0.0.12:8765  unhealthy  yes       0          0\n",
+				"canary  1%      0%    v1.5.0-rc1  10.0.0.31:8765  degraded   no        0          0\n",
 				"green   0%      0%    -           -\n",
 				"rollout: none",
 				"cluster: leader node1, term 3; nodes: node1 leader, node2 follower\n",

@@ -29,10 +29,11 @@ type (
 		Backends []backendBody `json:"backends"`
 	}
 	backendBody struct {
-		Address  string `json:"address"`
-		Health   string `json:"health"`
-		Draining bool   `json:"draining"`
-		InFlight int64  `json:"in_flight"`
+		Address   string `json:"address"`
+		Health    string `json:"health"`
+		Draining  bool   `json:"draining"`
+		InFlight  int64  `json:"in_flight"`
+		LongLived int64  `json:"long_lived"`
 	}
 	rolloutBody struct {
 		Strategy string            `json:"strategy"`
@@ -86,7 +87,7 @@ func writeStatus(w io.Writer, services []serviceBody, cluster clusterBody) error
 	}
 	for _, s := range services {
 		fmt.Fprintf(tw, "%s  version %d  guard %s\n", s.Name, s.Version, orDash(s.Guard))
-		fmt.Fprintln(tw, "  POOL\tWEIGHT\tLKG\tVERSION\tBACKEND\tHEALTH\tDRAINING\tIN FLIGHT")
+		fmt.Fprintln(tw, "  POOL\tWEIGHT\tLKG\tVERSION\tBACKEND\tHEALTH\tDRAINING\tIN FLIGHT\tLONG-LIVED")
 		for _, name := range slices.Sorted(maps.Keys(s.Pools)) {
 			p := s.Pools[name]
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s", name, percent(s.Weights, name), percent(s.LKG, name), orDash(p.Version))
@@ -97,7 +98,7 @@ func writeStatus(w io.Writer, services []serviceBody, cluster clusterBody) error
 				if i > 0 {
 					fmt.Fprint(tw, "  \t\t\t")
 				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%s\t%d\n", b.Address, orDash(b.Health), yesNo(b.Draining), b.InFlight)
+				fmt.Fprintf(tw, "\t%s\t%s\t%s\t%d\t%d\n", b.Address, orDash(b.Health), yesNo(b.Draining), b.InFlight, b.LongLived)
 			}
 		}
 		fmt.Fprintf(tw, "  rollout: %s\n\n", rolloutLine(s.Rollout))
