@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"net/http"
 	"strconv"
 	"strings"
@@ -151,7 +152,7 @@ func (a *adminServer) postJoin(w http.ResponseWriter, r *http.Request) {
 		a.membershipError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
+	a.writeMembership(w, r)
 }
 
 func (a *adminServer) postNotify(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +180,7 @@ func (a *adminServer) deleteNode(w http.ResponseWriter, r *http.Request, actor s
 		a.membershipError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
+	a.writeMembership(w, r)
 }
 
 func (a *adminServer) membershipError(w http.ResponseWriter, err error) {
@@ -189,6 +190,16 @@ func (a *adminServer) membershipError(w http.ResponseWriter, err error) {
 		return
 	}
 	writeError(w, http.StatusBadRequest, "invalid", err.Error())
+}
+
+// writeMembership answers a join or a removal with the cluster body once
+// this node has applied everything the leader committed: a follower that
+// forwarded the change would otherwise list the nodes from before it.
+func (a *adminServer) writeMembership(w http.ResponseWriter, r *http.Request) {
+	if err := a.n.consistentRead(r.Context()); err != nil {
+		a.n.log().Debug("membership answer may lag the leader", zap.Error(err))
+	}
+	writeJSON(w, http.StatusOK, a.n.clusterStatus(r.Context()))
 }
 
 // retryOnLeader runs a leader-only operation, retrying while there is no
