@@ -1,5 +1,7 @@
 # cbproxy — everything a developer or CI runs. See README.md.
 SHELL := /bin/bash
+# A piped test (soak, bench-rollback) fails the target when the test fails.
+.SHELLFLAGS := -o pipefail -c
 GO    ?= go
 BIN   := bin
 PKGS  := ./...
@@ -55,9 +57,11 @@ bench-go:
 
 # Time to rollback: a canary at 5 % of ~400 req/s over a real three-node
 # cluster starts failing every request; 10 trials, from the onset until every
-# node applied the rollback (e2e TestRollbackTrials).
+# node applied the rollback (e2e TestRollbackTrials). Then a dead target: 10
+# trials of a switched-to pool whose only backend is killed, 10 of a canary at
+# 5 % killed (e2e TestDeadTargetTrials).
 bench-rollback: build
-	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 20m -v -run 'TestRollbackTrials' ./e2e/ | grep -E 'rolled back on|time to rollback|^(---|ok|FAIL)'
+	CBPROXY_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run 'TestRollbackTrials|TestDeadTargetTrials' ./e2e/ | grep -E 'rolled back on|time to rollback|^(---|ok|FAIL)'
 
 # Repeated trials the issues ask figures for (not part of make test): leader
 # failover of a real three-node cluster 10 times, 20 healthy canary rollouts

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +41,23 @@ func freeAddr(t *testing.T) string {
 
 func newCluster(t *testing.T, size int, tune func(*Config)) *testCluster {
 	t.Helper()
+	// The addresses are chosen before the nodes start (each joins the
+	// others'), and a test of another package may take one in between:
+	// then the cluster is set up again on new ones.
+	for attempt := 1; ; attempt++ {
+		c, err := tryCluster(t, size, tune)
+		if err == nil {
+			c.waitReady(60 * time.Second)
+			return c
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("setting the cluster up again: %v", err)
+	}
+}
+
+func tryCluster(t *testing.T, size int, tune func(*Config)) (*testCluster, error) {
 	c := &testCluster{t: t, nodes: make([]*Node, size)}
 	admins := make([]string, size)
 	for i := range admins {
@@ -63,19 +82,24 @@ func newCluster(t *testing.T, size int, tune func(*Config)) *testCluster {
 		}
 		c.cfgs = append(c.cfgs, cfg)
 	}
-	// Start in reverse order: any order must form the cluster.
-	for i := size - 1; i >= 0; i-- {
-		c.start(i)
-	}
-	t.Cleanup(func() {
+	shutdown := func() {
 		for _, n := range c.nodes {
 			if n != nil {
 				_ = n.shutdown(false)
 			}
 		}
-	})
-	c.waitReady(60 * time.Second)
-	return c
+	}
+	// Start in reverse order: any order must form the cluster.
+	for i := size - 1; i >= 0; i-- {
+		n, err := Start(c.cfgs[i])
+		if err != nil {
+			shutdown()
+			return nil, fmt.Errorf("start node%d: %w", i+1, err)
+		}
+		c.nodes[i] = n
+	}
+	t.Cleanup(shutdown)
+	return c, nil
 }
 
 func (c *testCluster) start(i int) {

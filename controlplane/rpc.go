@@ -196,8 +196,12 @@ func (n *Node) localStatus() nodeStatus {
 	return st
 }
 
-// readIndexAsLeader confirms leadership with a quorum and returns the commit
-// index a linearizable read must see (Raft dissertation §6.4).
+// readIndexAsLeader confirms leadership with a quorum and returns the index
+// a linearizable read must see (Raft dissertation §6.4): the last command at
+// or before the commit index. Not the commit index itself: the entries after
+// that command are no-ops or configuration changes (a new leader's first
+// entry is one), which the state machine never sees, so no reader could
+// wait for the machine to reach them.
 func (n *Node) readIndexAsLeader() (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, raft.ErrNotLeader
@@ -206,7 +210,29 @@ func (n *Node) readIndexAsLeader() (uint64, error) {
 	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return 0, err
 	}
-	return idx, nil
+	return n.lastCommandAtOrBefore(idx)
+}
+
+// lastCommandAtOrBefore returns the index of the last command entry at or
+// before idx. When the log holds none there (the commands are all in the
+// snapshot the log was compacted to), the snapshot is this node's, taken
+// from its state machine, which has therefore applied them: its index is the
+// answer.
+func (n *Node) lastCommandAtOrBefore(idx uint64) (uint64, error) {
+	first, err := n.wal.FirstIndex()
+	if err != nil {
+		return 0, err
+	}
+	for i := idx; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := n.wal.GetLog(i, &l); err != nil {
+			return 0, fmt.Errorf("reading log entry %d: %w", i, err)
+		}
+		if l.Type == raft.LogCommand {
+			return i, nil
+		}
+	}
+	return min(n.View().Index, idx), nil
 }
 
 // consistentRead waits until this node has applied everything the leader had
@@ -224,7 +250,13 @@ func (n *Node) consistentRead(ctx context.Context) error {
 			err = n.forward(ctx, rpcReadIndex, nil, &idx)
 		}
 		if err == nil {
-			return n.waitRaftApplied(ctx, idx)
+			// The state machine, not Raft's applied index: Raft counts an
+			// entry applied once it has handed it to the state machine,
+			// which applies it a moment later on its own goroutine.
+			if !n.fsm.waitIndex(ctx, idx) {
+				return ctx.Err()
+			}
+			return nil
 		}
 		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) || time.Now().After(deadline) {
 			return ErrNoLeader
@@ -235,24 +267,6 @@ func (n *Node) consistentRead(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// waitRaftApplied waits until Raft has applied index on this node and every
-// command up to it has reached the subscribers. The index may be a no-op or
-// a configuration entry (a new leader's first entry is one), which the state
-// machine never sees, so Raft's applied index is the measure here.
-func (n *Node) waitRaftApplied(ctx context.Context, index uint64) error {
-	for n.raft.AppliedIndex() < index {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	if !n.fsm.waitIndex(ctx, n.View().Index) {
-		return ctx.Err()
-	}
-	return nil
 }
 
 // waitAll waits (up to 5 s) until every node of the configuration has applied
