@@ -365,3 +365,76 @@ func TestRolloutLeaderKilled(t *testing.T) {
 	}
 	setBackend(t, c.backends["canary"], `{"error_rate":0}`)
 }
+
+// TestRolloutPauseResumeStorm: an operator pausing and resuming a canary
+// while the leader's watcher decides its steps, on real processes, over and
+// over at moments spread across the second. Whatever lands between a
+// decision and its commit, the rollout must never stall at a step (it
+// reaches promoted once the storm ends) and never skip one (every step is
+// an event), and a step never moves on sooner than its hold after the
+// resume that restarted it.
+func TestRolloutPauseResumeStorm(t *testing.T) {
+	c := newTestCluster(t)
+	useTestSLO(t, c)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.proxy()+"/")
+	}
+	l := startSteadyLoad(urls, 300, 3*time.Minute)
+	defer l.finish()
+	code, ro := api(t, "POST", c.nodes[1].admin()+"/v1/services/codingbrain/rollout",
+		`{"to":"canary","steps":[{"weight":1,"hold":"1s"},{"weight":5,"hold":"1s"},{"weight":25,"hold":"1s"},{"weight":50,"hold":"1s"},{"weight":100}]}`)
+	if code != 200 {
+		t.Fatalf("start: %d %v", code, ro)
+	}
+	id := ro["id"]
+	// The storm: pause, wait a little, resume, wait about a hold; the
+	// waits walk across the second so that some pauses land next to a
+	// decision. Bounded: 25 rounds or the rollout's end.
+	for round := 0; round < 25; round++ {
+		n := c.nodes[round%3]
+		if code, b := api(t, "POST", n.admin()+"/v1/services/codingbrain/rollout/pause", ""); code != 200 {
+			if b["code"] == "not_found" {
+				break // promoted: nothing runs any more
+			}
+			t.Fatalf("pause: %d %v", code, b)
+		}
+		time.Sleep(time.Duration(round%5) * 40 * time.Millisecond)
+		if code, b := api(t, "POST", n.admin()+"/v1/services/codingbrain/rollout/resume", ""); code != 200 {
+			t.Fatalf("resume: %d %v", code, b)
+		}
+		time.Sleep(900*time.Millisecond + time.Duration(round%7)*37*time.Millisecond)
+	}
+	end := waitRollout(t, c.nodes[0], 60*time.Second)
+	if end["state"] != "promoted" || end["id"] != id {
+		t.Fatalf("after the storm the rollout is %v: %v", end["state"], end)
+	}
+	// Every step came, in order, each one a whole hold after the step (or
+	// resume) that started its hold.
+	_, ev := api(t, "GET", c.nodes[2].admin()+"/v1/events?service=codingbrain&consistent&limit=1000", "")
+	var holdStart time.Time
+	steps := 1
+	for _, x := range ev["events"].([]any) {
+		e := x.(map[string]any)
+		at, _ := time.Parse(time.RFC3339Nano, e["time"].(string))
+		switch e["action"] {
+		case "rollout_start", "rollout_resume":
+			holdStart = at
+			if e["action"] == "rollout_start" {
+				steps = 1
+			}
+		case "rollout_step", "rollout_complete":
+			// A skipped hold shows as a step a few milliseconds after the
+			// resume; stamps are the leader's, to the millisecond or so.
+			if e["actor"] == "watcher" && at.Sub(holdStart) < 900*time.Millisecond {
+				t.Errorf("%s %v came %s after its hold began, before the 1 s hold: %v", e["action"], e["index"], at.Sub(holdStart), e["reason"])
+			}
+			holdStart = at
+			steps++
+		}
+	}
+	if steps != 6 {
+		t.Errorf("%d step events (start included), want 1 start, 4 steps and the completion", steps)
+	}
+	t.Logf("promoted through the pause/resume storm, %d steps", steps-1)
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ func TestSLOFiguresAreTheBackends(t *testing.T) {
 	})
 	svc.SLO = state.DefaultSLO
 	svc.SLO.Rollback.P95ms = 300
+	svc.SLO.MinRequests = 20
 	applyService(svc)
 	old := windows
 	windows = testSampler(routes)
@@ -121,6 +123,60 @@ func TestSLOFiguresAreTheBackends(t *testing.T) {
 			t.Errorf("slow abort counted with %v ms, want its wait (≥ 500 ms)", p95)
 		}
 	})
+}
+
+// TestSteeringAttackLeavesVerdict: the attack the steering rules stop, as a
+// verdict. While a healthy canary takes everything, an attacker sends slow
+// uploads (each 600 ms, twice the rollback P95) and gives up on requests at
+// once; without the rules its slow uploads alone make the canary's P95 breach
+// and roll a healthy release back.
+func TestSteeringAttackLeavesVerdict(t *testing.T) {
+	canary := newBackend(t, "canary", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "canary\n")
+	})
+	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": "attacked"})
+	runCaddy(t, cfg)
+	svc := service("attacked", map[string]state.Weight{"canary": state.Total}, map[string][]string{"canary": {canary.addr()}})
+	svc.SLO = state.DefaultSLO
+	svc.SLO.Rollback.P95ms = 300
+	svc.SLO.MinRequests = 20
+	applyService(svc)
+	old := windows
+	windows = testSampler(routes)
+	t.Cleanup(func() { windows = old })
+	url := "http://" + addrs[0] + "/"
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Go(func() { // a slow upload: 600 ms of trickle, then an instant answer
+			body, pw := io.Pipe()
+			go func() {
+				for range 3 {
+					time.Sleep(200 * time.Millisecond)
+					pw.Write([]byte("x"))
+				}
+				pw.Close()
+			}()
+			req, _ := http.NewRequest(http.MethodPost, url, body)
+			if resp, err := client.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	for range 10 { // honest traffic
+		get(t, client, url, nil)
+	}
+	w := dataPlane{}.Window("attacked", "canary", 30*time.Second)
+	v := slo.Judge(svc.SLO, "canary", w, slo.Nodes{Reporting: 1}, "", slo.Window{}, slo.Nodes{})
+	if v.Result == slo.Breach {
+		t.Fatalf("the attack moved the verdict: %s (%d requests)", v.Reason, w.Requests)
+	}
+	t.Logf("verdict under attack: %s", v.Reason)
 }
 
 // applyWeights publishes svc with new weights.
