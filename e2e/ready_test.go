@@ -64,23 +64,13 @@ func TestColdStartReady(t *testing.T) {
 	for i := range singleStarts {
 		n := &node{t: t, dir: t.TempDir(), httpPort: freePort(t), adminPort: freePort(t), clusterPort: freePort(t), caddyAdmin: freePort(t)}
 		n.caddyfile = filepath.Join(n.dir, "Caddyfile")
-		text := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	cbproxy {
-		node_id        node1
-		data_dir       %s
-		cluster_listen 127.0.0.1:%d
-		admin_listen   127.0.0.1:%d
-		bootstrap
-	}
-}
-
+		text := n.globalOptions(n.adminPort) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	cbproxy codingbrain {
 		pool blue %s
 	}
 }
-`, n.caddyAdmin, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, n.httpPort, backend)
+`, n.httpPort, backend)
 		if err := os.WriteFile(n.caddyfile, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -28,8 +28,8 @@ type node struct {
 func (n *node) admin() string { return fmt.Sprintf("http://127.0.0.1:%d", n.adminPort) }
 func (n *node) proxy() string { return fmt.Sprintf("http://127.0.0.1:%d", n.httpPort) }
 
-// caddyfileText is written from CONTRACT §3 alone.
-func (n *node) caddyfileText(seedWeights string, adminPort int) string {
+// globalOptions is the Caddyfile's global block of a single node.
+func (n *node) globalOptions(adminPort int) string {
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	cbproxy {
@@ -40,7 +40,12 @@ func (n *node) caddyfileText(seedWeights string, adminPort int) string {
 		bootstrap
 	}
 }
+`, n.caddyAdmin, filepath.Join(n.dir, "data"), n.clusterPort, adminPort)
+}
 
+// caddyfileText is written from the user docs alone (docs/caddyfile.md).
+func (n *node) caddyfileText(seedWeights string, adminPort int) string {
+	return n.globalOptions(adminPort) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	cbproxy codingbrain {
 		pool blue   %s
@@ -58,8 +63,7 @@ http://127.0.0.1:%d {
 		}
 	}
 }
-`, n.caddyAdmin, filepath.Join(n.dir, "data"), n.clusterPort, adminPort, n.httpPort,
-		n.backends["blue"], n.backends["green"], n.backends["canary"], seedWeights)
+`, n.httpPort, n.backends["blue"], n.backends["green"], n.backends["canary"], seedWeights)
 }
 
 func newNode(t *testing.T) *node {

@@ -20,30 +20,7 @@ import (
 // error — unless it gave up on a backend that kept it waiting past the
 // rollback P95, which is the backend's slowness.
 func TestSLOFiguresAreTheBackends(t *testing.T) {
-	canary := newBackend(t, "canary", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		io.WriteString(w, "canary\n")
-	})
-	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": "steered", "override_header": map[string]any{"name": "X-Cbproxy-Pool"}})
-	runCaddy(t, cfg)
-	svc := service("steered", map[string]state.Weight{"blue": state.Total, "canary": 0}, map[string][]string{
-		"blue": {canary.addr()}, "canary": {canary.addr()},
-	})
-	svc.SLO = state.DefaultSLO
-	svc.SLO.Rollback.P95ms = 300
-	svc.SLO.MinRequests = 20
-	applyService(svc)
-	old := windows
-	windows = testSampler(routes)
-	t.Cleanup(func() { windows = old })
-	url := "http://" + addrs[0] + "/"
+	svc, url := steeringSetup(t, "steered", map[string]state.Weight{"blue": state.Total, "canary": 0})
 	client := &http.Client{}
 	defer client.CloseIdleConnections()
 	window := func() slo.Window { return dataPlane{}.Window("steered", "canary", 30*time.Second) }
@@ -131,21 +108,7 @@ func TestSLOFiguresAreTheBackends(t *testing.T) {
 // once; without the rules its slow uploads alone make the canary's P95 breach
 // and roll a healthy release back.
 func TestSteeringAttackLeavesVerdict(t *testing.T) {
-	canary := newBackend(t, "canary", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		io.WriteString(w, "canary\n")
-	})
-	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": "attacked"})
-	runCaddy(t, cfg)
-	svc := service("attacked", map[string]state.Weight{"canary": state.Total}, map[string][]string{"canary": {canary.addr()}})
-	svc.SLO = state.DefaultSLO
-	svc.SLO.Rollback.P95ms = 300
-	svc.SLO.MinRequests = 20
-	applyService(svc)
-	old := windows
-	windows = testSampler(routes)
-	t.Cleanup(func() { windows = old })
-	url := "http://" + addrs[0] + "/"
+	svc, url := steeringSetup(t, "attacked", map[string]state.Weight{"canary": state.Total})
 	client := &http.Client{}
 	defer client.CloseIdleConnections()
 
@@ -177,6 +140,36 @@ func TestSteeringAttackLeavesVerdict(t *testing.T) {
 		t.Fatalf("the attack moved the verdict: %s (%d requests)", v.Reason, w.Requests)
 	}
 	t.Logf("verdict under attack: %s", v.Reason)
+}
+
+// steeringSetup serves a service whose blue and canary pools share one
+// backend (it reads the whole body, then answers, after ?sleep= if given),
+// with the override header and a rollback P95 of 300 ms, and counts windows
+// with a test sampler. It returns the service and the proxy's URL.
+func steeringSetup(t *testing.T, name string, weights map[string]state.Weight) (*state.Service, string) {
+	t.Helper()
+	backend := newBackend(t, "canary", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "canary\n")
+	})
+	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": name, "override_header": map[string]any{"name": "X-Cbproxy-Pool"}})
+	runCaddy(t, cfg)
+	svc := service(name, weights, map[string][]string{"blue": {backend.addr()}, "canary": {backend.addr()}})
+	svc.SLO = state.DefaultSLO
+	svc.SLO.Rollback.P95ms = 300
+	svc.SLO.MinRequests = 20
+	applyService(svc)
+	old := windows
+	windows = testSampler(routes)
+	t.Cleanup(func() { windows = old })
+	return svc, "http://" + addrs[0] + "/"
 }
 
 // applyWeights publishes svc with new weights.
