@@ -1,6 +1,7 @@
 package proxymod
 
 import (
+	"context"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -175,7 +176,7 @@ func (s statSnapshot) add(o statSnapshot) statSnapshot {
 // request body when the backend answers after reading it all, to the
 // response header. A slow upload is the client's time, not the backend's.
 type recorder struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	stats *poolStats
 	// dispatched is when the request went to the inner proxy.
 	dispatched time.Time
@@ -183,9 +184,8 @@ type recorder struct {
 	// proxy finished sending it.
 	upload  uploadClock
 	hasBody bool
-	// clientGone reports whether the client went away (the request's
-	// context is done).
-	clientGone func() error
+	// ctx is the request's: done when the client went away.
+	ctx context.Context
 	// slowAbort is the rollback P95: a client that gave up after waiting
 	// this long on the backend saw a slow backend.
 	slowAbort time.Duration
@@ -193,7 +193,7 @@ type recorder struct {
 }
 
 func newRecorder(w http.ResponseWriter, r *http.Request, stats *poolStats, slowAbort time.Duration) *recorder {
-	rec := &recorder{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, stats: stats, slowAbort: slowAbort, clientGone: r.Context().Err}
+	rec := &recorder{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, stats: stats, slowAbort: slowAbort, ctx: r.Context()}
 	// ContentLength is -1 for a chunked body, 0 without one (Caddy may
 	// have wrapped even an empty body).
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
@@ -226,7 +226,7 @@ func (rec *recorder) waited(now time.Time) (d time.Duration, sent bool) {
 const statusClientClosed = 499
 
 func (rec *recorder) note(status int) {
-	if status == statusClientClosed && rec.clientGone() != nil {
+	if status == statusClientClosed && rec.ctx.Err() != nil {
 		return
 	}
 	if !rec.counted && (status >= 200 || status == http.StatusSwitchingProtocols) {
