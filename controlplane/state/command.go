@@ -115,9 +115,15 @@ type Result struct {
 	// when the command was refused); 0 when the service does not exist.
 	Version uint64 `json:"version"`
 	// Service is the service as the command left it (nil after a delete or when
-	// it does not exist).
+	// it does not exist); on a replay, the service as it is now.
 	Service *Service `json:"service,omitempty"`
+	// Index is the Raft index of the command that gave this result: on a
+	// replay the first command's (0 when a snapshot of an older build did
+	// not record it); 0 for commands refused before the idempotency step.
+	Index uint64 `json:"index,omitempty"`
 	// Replayed is true when an idempotency key matched an earlier command.
+	// The code, error, version, index and Changed are then the first
+	// result's, and Service is the service as it is now.
 	Replayed bool `json:"replayed,omitempty"`
 	// Changed is false when the command was valid but changed nothing (a seed
 	// for a known name).

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -72,12 +73,71 @@ type Machine struct {
 	idem      map[string]idemEntry
 }
 
-// idemEntry is one remembered idempotency key and the result it gave.
+// idemEntry is one remembered idempotency key and what a replay answers: the
+// first result's code, error, version and index, never the service itself
+// (a replay answers with the service as it is now). Records cost about 150
+// bytes whatever the size of the service, so 100,000 keys stay in the tens
+// of megabytes.
 type idemEntry struct {
-	Key    string    `json:"key"`
-	Hash   string    `json:"hash"`
-	Time   time.Time `json:"time"`
-	Result Result    `json:"result"`
+	Key  string    `json:"key"`
+	Hash string    `json:"hash"`
+	Time time.Time `json:"time"`
+	// Index is the Raft index of the command that gave the result; 0 in
+	// records restored from a snapshot of a build that did not keep it.
+	Index uint64 `json:"index,omitempty"`
+	Code  string `json:"code,omitempty"`
+	Err   string `json:"error,omitempty"`
+	// Version is the result's version when it differs from Index (a refusal,
+	// a command that changed nothing, a delete); nil when it equals Index,
+	// the usual case of a change, so that most records do not repeat it.
+	Version *uint64 `json:"version,omitempty"`
+	// NoOp marks a success that changed nothing.
+	NoOp bool `json:"no_op,omitempty"`
+}
+
+// newIdemEntry keeps what a replay of res needs.
+func newIdemEntry(c *Command, index uint64, res Result) idemEntry {
+	e := idemEntry{Key: c.IdemKey, Hash: c.IdemHash, Time: c.Time, Index: index, Code: res.Code, Err: res.Err, NoOp: res.OK() && !res.Changed}
+	if res.Version != index {
+		v := res.Version
+		e.Version = &v
+	}
+	return e
+}
+
+// result is the first result again, as a replay answers it: cur is the
+// command's service as it is now.
+func (e idemEntry) result(cur *Service) Result {
+	r := Result{Code: e.Code, Err: e.Err, Version: e.Index, Index: e.Index, Service: cur, Replayed: true, Changed: e.Code == "" && !e.NoOp}
+	if e.Version != nil {
+		r.Version = *e.Version
+	}
+	return r
+}
+
+// UnmarshalJSON reads a record, also in the form of builds that kept the
+// whole first result ("result": {"code", "error", "version", "changed",
+// "service"}): the service is dropped, the rest kept.
+func (e *idemEntry) UnmarshalJSON(data []byte) error {
+	type plain idemEntry
+	var rec struct {
+		plain
+		Result *struct {
+			Code    string `json:"code"`
+			Err     string `json:"error"`
+			Version uint64 `json:"version"`
+			Changed bool   `json:"changed"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return err
+	}
+	*e = idemEntry(rec.plain)
+	if old := rec.Result; old != nil {
+		v := old.Version
+		e.Code, e.Err, e.Version, e.NoOp = old.Code, old.Err, &v, old.Code == "" && !old.Changed
+	}
+	return nil
 }
 
 // NewMachine returns a machine with empty state at index 0.
@@ -237,14 +297,13 @@ func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *e
 			if e.Hash != c.IdemHash {
 				return c, refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
 			}
-			r := e.Result
-			r.Replayed = true
-			return c, r, nil
+			return c, e.result(cur), nil
 		}
 	}
 	res, eff := m.run(v, cur, index, &c, h)
+	res.Index = index
 	if c.IdemKey != "" {
-		m.rememberIdem(idemEntry{Key: c.IdemKey, Hash: c.IdemHash, Time: c.Time, Result: res})
+		m.rememberIdem(newIdemEntry(&c, index, res))
 	}
 	return c, res, eff
 }

@@ -319,12 +319,13 @@ func TestIdempotency(t *testing.T) {
 	if !first.OK() || !first.Changed || first.Replayed {
 		t.Fatalf("first = %+v", first)
 	}
-	// Another write in between: the replay must still return the first result
-	// and change nothing.
+	// Another write in between: the replay must still return the first
+	// result (code, version, index) and change nothing; the service it
+	// carries is the service as it is now.
 	h.apply(setWeights("svc", Weights{"blue": 9800, "canary": 200}))
 	before := h.m.View().Services["svc"]
 	replay := h.apply(keyed)
-	if !replay.Replayed || replay.Version != first.Version || replay.Service != first.Service || !replay.Changed {
+	if !replay.Replayed || replay.Version != first.Version || replay.Index != first.Index || first.Index != 2 || replay.Service != before || !replay.Changed {
 		t.Errorf("replay = %+v, first = %+v", replay, first)
 	}
 	if h.m.View().Services["svc"] != before || len(h.lastAdded()) != 0 {
