@@ -44,10 +44,21 @@ func (a *adminServer) startRollout(w http.ResponseWriter, r *http.Request, actor
 		return
 	}
 	spec := body.RolloutSpec
-	applied, ok := a.commit(w, r, raw, body.IfVersion, state.Command{Kind: state.KindRolloutStart, Service: r.PathValue("svc"), RolloutSpec: &spec, Actor: actor})
-	if ok {
-		writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
+	cmd := state.Command{Kind: state.KindRolloutStart, Service: r.PathValue("svc"), RolloutSpec: &spec, Actor: actor}
+	if applied, ok := a.commit(w, r, raw, body.IfVersion, cmd); ok {
+		a.writeRollout(w, r, cmd, applied)
 	}
+}
+
+// writeRollout answers a rollout write with the rollout body of the service
+// as it is now (on a replay too), or, when a replay finds the service
+// deleted since, with the deletion.
+func (a *adminServer) writeRollout(w http.ResponseWriter, r *http.Request, cmd state.Command, applied Applied) {
+	if applied.Result.Service == nil {
+		a.writeDeleted(w, cmd, applied)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
 }
 
 func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ string) {
@@ -62,24 +73,33 @@ func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ strin
 	writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), s))
 }
 
-// changeRollout answers POST …/rollout/{pause,resume,promote,abort}.
+// changeRollout answers POST …/rollout/{pause,resume,promote,abort}. The
+// body is optional: {"if_version": N}.
 func (a *adminServer) changeRollout(action string) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
+		raw, ifVersion, ok := readVersionBody(w, r)
+		if !ok {
+			return
+		}
 		cmd := state.Command{Kind: state.KindRolloutChange, Service: r.PathValue("svc"), Action: action, Actor: actor}
 		if action == state.ActionRolloutAbort {
 			cmd = state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerAbort, Actor: actor, Reason: "aborted by " + actor}
 		}
-		applied, ok := a.commit(w, r, nil, nil, cmd)
-		if ok {
-			writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
+		if applied, ok := a.commit(w, r, raw, ifVersion, cmd); ok {
+			a.writeRollout(w, r, cmd, applied)
 		}
 	}
 }
 
 // rollback answers POST /v1/services/{svc}/rollback: the LKG weights now; a
-// running rollout ends as rolled_back.
+// running rollout ends as rolled_back. The body is optional:
+// {"if_version": N}.
 func (a *adminServer) rollback(w http.ResponseWriter, r *http.Request, actor string) {
-	a.write(w, r, nil, nil, state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerManual, Actor: actor, Reason: "rolled back by " + actor})
+	raw, ifVersion, ok := readVersionBody(w, r)
+	if !ok {
+		return
+	}
+	a.write(w, r, raw, ifVersion, state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerManual, Actor: actor, Reason: "rolled back by " + actor})
 }
 
 // verdict is the leader's latest verdict on a service's rollout or guard;

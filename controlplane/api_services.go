@@ -181,7 +181,25 @@ func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor s
 // first result even when that deleted the service.
 
 func (a *adminServer) deleteService(w http.ResponseWriter, r *http.Request, actor string) {
-	a.write(w, r, nil, nil, state.Command{Kind: state.KindDeleteService, Service: r.PathValue("svc"), Actor: actor})
+	raw, ifVersion, ok := readVersionBody(w, r)
+	if !ok {
+		return
+	}
+	a.write(w, r, raw, ifVersion, state.Command{Kind: state.KindDeleteService, Service: r.PathValue("svc"), Actor: actor})
+}
+
+// readVersionBody reads the optional body of the writes that take nothing
+// else: {"if_version": N}, an expected version like If-Match. It is read
+// strictly, so a misspelt field is a 400, not a check silently skipped.
+func readVersionBody(w http.ResponseWriter, r *http.Request) (raw []byte, ifVersion *uint64, ok bool) {
+	var body struct {
+		IfVersion *uint64 `json:"if_version"`
+	}
+	raw, ok = readRaw(w, r)
+	if !ok || !decodeBody(w, raw, &body, true) {
+		return nil, nil, false
+	}
+	return raw, body.IfVersion, true
 }
 
 type weightsBody struct {
@@ -263,14 +281,11 @@ func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor stri
 // ({"if_version": N}).
 func (a *adminServer) drain(action string) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
-		var body struct {
-			IfVersion *uint64 `json:"if_version"`
-		}
-		raw, ok := readRaw(w, r)
-		if !ok || !decodeBody(w, raw, &body, true) {
+		raw, ifVersion, ok := readVersionBody(w, r)
+		if !ok {
 			return
 		}
-		a.write(w, r, raw, body.IfVersion, state.Command{
+		a.write(w, r, raw, ifVersion, state.Command{
 			Kind: state.KindSetDrain, Service: r.PathValue("svc"), Pool: r.PathValue("pool"),
 			Backends: []string{r.PathValue("addr")}, Action: action, Actor: actor,
 		})
@@ -286,16 +301,39 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		return
 	}
 	res := applied.Result
-	if res.Service == nil { // deleted
-		writeJSON(w, http.StatusOK, map[string]any{"name": cmd.Service, "deleted": true, "version": applied.Index})
+	if cmd.Kind == state.KindDeleteService || res.Service == nil {
+		a.writeDeleted(w, cmd, applied)
 		return
 	}
 	body := a.render(res.Service)
+	// A replay answers the first result's version with the service as it
+	// is now: a client that builds an If-Match on it gets a 409 if the
+	// service moved on since, never a silent overwrite.
+	body.Version = res.Version
 	if r.URL.Query().Get("wait") == "all" {
 		on, not := a.n.waitAll(r.Context(), applied.Index)
 		body.AppliedOn, body.NotApplied = &on, &not
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// writeDeleted answers a write whose service is gone: a delete, whose
+// version is the index of the delete (the first one's on a replay), or the
+// replay of another write to a service deleted since, whose version is the
+// index of that deletion.
+func (a *adminServer) writeDeleted(w http.ResponseWriter, cmd state.Command, applied Applied) {
+	version := applied.Index
+	switch res := applied.Result; {
+	case cmd.Kind == state.KindDeleteService:
+		if res.Index != 0 {
+			version = res.Index
+		}
+	case res.Replayed:
+		if del := a.n.View().Deleted[cmd.Service]; del != 0 {
+			version = del
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": cmd.Service, "deleted": true, "version": version})
 }
 
 // commit proposes a command for a write endpoint with the expected version
@@ -317,7 +355,7 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 			writeError(w, http.StatusBadRequest, "invalid", "Idempotency-Key is longer than 255 characters")
 			return Applied{}, false
 		}
-		cmd.IdemKey = "client:" + key
+		cmd.IdemKey = clientIdemKey(key)
 		iv := ""
 		if ifVersion != nil {
 			iv = strconv.FormatUint(*ifVersion, 10)
@@ -336,6 +374,9 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 	}
 	res := applied.Result
 	w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(max(applied.Index, a.n.View().Index), 10))
+	if res.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	if !res.OK() {
 		status := map[string]int{
 			state.CodeInvalid:          http.StatusBadRequest,
@@ -356,6 +397,10 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 	}
 	return applied, true
 }
+
+// clientIdemKey is the state machine's idempotency key for a client's
+// Idempotency-Key (the node's own keys have other prefixes).
+func clientIdemKey(key string) string { return "client:" + key }
 
 // expectedVersion reads If-Match (quoted or bare) or the body's "if_version";
 // both given must agree.

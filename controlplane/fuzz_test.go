@@ -47,6 +47,12 @@ func FuzzAdminAPI(f *testing.F) {
 		{"POST", "/v1/services/svc/rollout/promote", ``, "", "p"},
 		{"POST", "/v1/services/svc/rollback", ``, "", ""},
 		{"POST", "/v1/services/svc/pools/blue/backends/127.0.0.1%3A9001/drain", ``, "", ""},
+		{"PUT", "/v1/services/svc4", `{"pools":{"a":{"backends":["127.0.0.1:1"]}},"health":{"path":"/h","interval":"1ns","timeout":"1h","fails":1000}}`, "", ""},
+		{"PUT", "/v1/services/svc4", `{"pools":{"a":{"backends":["127.0.0.1:1"]}},"slo":{"window":"10m"}}`, "", ""},
+		{"POST", "/v1/services/svc/rollout/abort", `{"if_version":2}`, "", "a"},
+		{"POST", "/v1/services/svc/rollout/resume", `{"if_version":2}`, `"2"`, ""},
+		{"POST", "/v1/services/svc/rollback", `{"if_version":1,"force":true}`, "", ""},
+		{"DELETE", "/v1/services/svc", `{"if_version":0}`, "", "d"},
 	}
 	for _, s := range seeds {
 		f.Add(s.method, s.path, []byte(s.body), s.ifMatch, s.key)

@@ -55,10 +55,12 @@ func onePool(pool string) func(*state.Service) []string {
 // checkGate answers 412 itself and returns false when one of the pools that
 // would gain traffic has no healthy backend. pools picks them from the
 // service. Backends not checked yet are waited for, up to one check interval
-// plus timeout.
+// plus timeout. A request whose Idempotency-Key the state machine already
+// remembers is not gated: it applies nothing, and answers its first result
+// (or a reuse conflict), which a pool failing since must not turn into a 412.
 func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service string, pools func(*state.Service) []string, force bool) bool {
 	s := a.n.View().Services[service]
-	if force || s == nil {
+	if force || s == nil || a.knownKey(r, false) {
 		return true // the state machine answers for unknown services and pools
 	}
 	var failing []failingBackend
@@ -77,6 +79,9 @@ func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service 
 		failing = append(failing, bad...)
 	}
 	if len(failing) == 0 && len(empty) == 0 {
+		return true
+	}
+	if a.knownKey(r, true) {
 		return true
 	}
 	var parts []string
@@ -102,6 +107,22 @@ func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service 
 		Failing: failing,
 	})
 	return false
+}
+
+// knownKey reports whether the request's Idempotency-Key is remembered by
+// this node's state machine. With consistent, it first waits until this node
+// has applied what the leader had committed, so that a first attempt
+// committed through another node counts too (a refusal is rare enough to
+// pay for that round trip).
+func (a *adminServer) knownKey(r *http.Request, consistent bool) bool {
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		return false
+	}
+	if consistent && a.n.consistentRead(r.Context()) != nil {
+		return false
+	}
+	return a.n.fsm.machine.RemembersKey(clientIdemKey(key), time.Now())
 }
 
 // poolFit reports whether a pool has a backend fit for traffic (healthy or

@@ -87,8 +87,8 @@ func TestReadyWaitsForDeclaredServices(t *testing.T) {
 		t.Fatalf("caught up, api-only and gone missing, nothing routed: %d %q", code, why)
 	}
 
-	for _, req := range []struct{ method, path string }{{"PUT", "/v1/services/api-only"}, {"PUT", "/v1/services/gone"}, {"DELETE", "/v1/services/gone"}} {
-		if code, _, body := c.do(req.method, req.path, demoService); code != 200 {
+	for _, req := range []struct{ method, path, body string }{{"PUT", "/v1/services/api-only", demoService}, {"PUT", "/v1/services/gone", demoService}, {"DELETE", "/v1/services/gone", ""}} {
+		if code, _, body := c.do(req.method, req.path, req.body); code != 200 {
 			t.Fatalf("%s %s: %d %v", req.method, req.path, code, body)
 		}
 	}

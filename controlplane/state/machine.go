@@ -321,6 +321,17 @@ func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, h handler
 	return h.apply(v, cur, index, c)
 }
 
+// RemembersKey reports whether the idempotency table holds key and will
+// still hold it for a command stamped at now (give or take a minute of
+// clock difference with the leader): such a command answers its first
+// result, or a reuse conflict, and applies nothing.
+func (m *Machine) RemembersKey(key string, now time.Time) bool {
+	m.mu.RLock()
+	e, ok := m.idem[key]
+	m.mu.RUnlock()
+	return ok && e.Time.After(now.Add(time.Minute-m.opts.IdemTTL))
+}
+
 // evictIdem forgets the keys stored before now - IdemTTL. Keys leave in the
 // order they were stored; leader-stamped times are nearly monotonic, and where
 // they are not a key just stays until the keys before it have gone. The rule
