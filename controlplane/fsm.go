@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/hashicorp/raft"
@@ -38,6 +40,8 @@ type fsm struct {
 	dirty chan struct{}
 	done  chan struct{}
 	wg    sync.WaitGroup
+	// writes counts the writes of applied.json.
+	writes atomic.Uint64
 
 	eventsMu   sync.Mutex
 	eventSubs  map[int]chan state.Event
@@ -242,14 +246,25 @@ func (f *fsm) subscribeEvents() (<-chan state.Event, func()) {
 	}
 }
 
-// persistLoop writes applied.json whenever the state changed; bursts of
-// commands coalesce into one write.
+// persistEvery is the shortest pause between two writes of applied.json.
+// Each write encodes and fsyncs the whole state (megabytes with a full event
+// trail and idempotency table), so a stream of applies must not cost one
+// write each. A crash loses at most the applies of the last pause from
+// applied.json; Raft's log still has them and replays them once the node
+// knows the commit index. A clean close always writes the last state.
+const persistEvery = 100 * time.Millisecond
+
+// persistLoop writes applied.json whenever the state changed: one write at a
+// time, each of the newest state, the next one no sooner than persistEvery
+// (or as long as the last write took, if longer) after the last, so bursts
+// of commands coalesce and writing never takes more than half the time. On
+// close it writes whatever is still unwritten.
 func (f *fsm) persistLoop() {
 	defer f.wg.Done()
+	var next time.Time // the earliest time of the next write
 	for {
 		select {
 		case <-f.dirty:
-			f.persist()
 		case <-f.done:
 			select {
 			case <-f.dirty:
@@ -258,6 +273,21 @@ func (f *fsm) persistLoop() {
 			}
 			return
 		}
+		// The state changed and is not written yet: from here on, closing
+		// writes it at once instead of waiting.
+		if wait := time.Until(next); wait > 0 {
+			timer := time.NewTimer(wait)
+			select {
+			case <-timer.C:
+			case <-f.done:
+				timer.Stop()
+				f.persist()
+				return
+			}
+		}
+		start := time.Now()
+		f.persist()
+		next = time.Now().Add(max(persistEvery, time.Since(start)))
 	}
 }
 
@@ -269,7 +299,9 @@ func (f *fsm) persist() {
 	}
 	if err := writeFileAtomic(f.path, buf.Bytes()); err != nil {
 		f.log().Error("persisting applied state", zap.String("path", f.path), zap.Error(err))
+		return
 	}
+	f.writes.Add(1)
 }
 
 func (f *fsm) close() {
