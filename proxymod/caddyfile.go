@@ -252,7 +252,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	if spec, ok := h.seed(); ok {
-		if _, err := state.NormalizeSpec(h.Service, spec); err != nil {
+		if err := state.CheckSpec(h.Service, spec); err != nil {
 			return d.Errf("%s: %v", where, err)
 		}
 	}

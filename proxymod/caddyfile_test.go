@@ -177,6 +177,10 @@ func TestUnmarshalDirectiveErrors(t *testing.T) {
 		{"cbproxy svc {\nslo {\nmin_requests many\n}\n}", `min_requests: "many" is not a whole number`},
 		{"cbproxy svc {\nslo {\npatience 3\n}\n}", `unknown option "patience"`},
 		{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nadvance error_rate<5%\n}\n}", "above the rollback error_rate"},
+		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 1ns\n}", "health check interval 1ns is out of range: use 100ms to 10m"},
+		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s timeout 2h\n}", "health check timeout 2h is out of range: use 10ms to 1m"},
+		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s fails 1000\n}", "health check fails 1000 is more than 100"},
+		{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nwindow 10m\n}\n}", "slo window 10m is out of range: use 1s to 5m"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.input, func(t *testing.T) {

@@ -205,7 +205,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("getting cbproxy app: %w", err)
 	}
 	if spec, ok := h.seed(); ok {
-		if _, err := state.NormalizeSpec(h.Service, spec); err != nil {
+		if err := state.CheckSpec(h.Service, spec); err != nil {
 			return fmt.Errorf("seed of service %q: %w", h.Service, err)
 		}
 		if err := app.(*App).addSeed(h.Service, spec); err != nil {

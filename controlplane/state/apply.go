@@ -48,8 +48,9 @@ var handlers = map[Kind]handler{
 
 // Validate checks the parts of c that need no state: the kind, the service
 // name and what the kind's handler checks (a spec, weights that sum to 100, a
-// pool's backends). Apply also checks c against the state (the service and
-// its pools must exist, for example).
+// pool's backends), and for a new definition the limits of CheckSpec. Apply
+// also checks c against the state (the service and its pools must exist, for
+// example), but not those limits (see CheckSpec).
 func (c Command) Validate() error {
 	h, err := c.handler()
 	if err != nil {
@@ -58,7 +59,13 @@ func (c Command) Validate() error {
 	if err := c.validateCommon(); err != nil {
 		return err
 	}
-	return h.check(&c)
+	if err := h.check(&c); err != nil {
+		return err
+	}
+	if c.Kind == KindPutService {
+		return CheckSpec(c.Service, *c.Spec)
+	}
+	return nil
 }
 
 // Known reports whether this build can apply commands of kind k. A node that

@@ -77,17 +77,35 @@ func FuzzServiceSpec(f *testing.F) {
 	f.Add("svc", []byte(`{"pools":{"blue":{"backends":["10.0.0.1:80","[::1]:81"]},"green":{"backends":[]}},"weights":{"green":100},"health":{"path":"/h","interval":"1s"},"slo":{"advance":{"p95_ms":100},"window":"1m"},"guard":"0s"}`))
 	f.Add("svc", []byte(`{"pools":{"a":{"version":"v1","backends":["https://x.example:443"]}},"slo":{"rollback":{"error_rate":1}}}`))
 	f.Add("Bad", []byte(`{"pools":{}}`))
+	f.Add("svc", []byte(`{"pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/h","interval":"1ns","timeout":"1h","fails":101,"passes":100}}`))
+	f.Add("svc", []byte(`{"pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/h","interval":"100ms","timeout":"10ms"},"slo":{"window":"5m"}}`))
+	f.Add("svc", []byte(`{"pools":{"a":{"backends":["10.0.0.1:80"]}},"slo":{"window":"5m0.001s"}}`))
 	f.Fuzz(func(t *testing.T, name string, data []byte) {
 		var spec ServiceSpec
 		if err := json.Unmarshal(data, &spec); err != nil {
 			return
 		}
 		s, err := NormalizeSpec(name, spec)
+		limitsErr := CheckSpec(name, spec)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty error")
 			}
+			if limitsErr == nil {
+				t.Fatalf("CheckSpec accepted what NormalizeSpec refused: %v", err)
+			}
 			return
+		}
+		// The limits only ever refuse more, and say why.
+		if limitsErr == nil {
+			if h := s.Health; h != nil && (h.Interval < MinHealthInterval || h.Interval > MaxHealthInterval || h.Timeout < MinHealthTimeout || h.Timeout > MaxHealthTimeout || h.Fails > MaxHealthCount || h.Passes > MaxHealthCount) {
+				t.Fatalf("CheckSpec accepted health check %+v", *h)
+			}
+			if s.SLO.Window < MinSLOWindow || s.SLO.Window > MaxSLOWindow {
+				t.Fatalf("CheckSpec accepted slo window %s", s.SLO.Window)
+			}
+		} else if limitsErr.Error() == "" {
+			t.Fatal("empty error")
 		}
 		if err := s.validate(); err != nil {
 			t.Fatalf("NormalizeSpec accepted an invalid service: %v", err)

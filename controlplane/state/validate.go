@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -251,6 +252,54 @@ func (s *SLO) validate() error {
 		return fmt.Errorf("slo min_requests must be at least 1, not %d", s.MinRequests)
 	case s.Consecutive < 1:
 		return fmt.Errorf("slo consecutive must be at least 1, not %d", s.Consecutive)
+	}
+	return nil
+}
+
+// Limits of a service definition written now, through the admin API or a
+// Caddyfile. A health check every nanosecond floods the backends; a window
+// longer than the five minutes of one-second samples every node keeps would
+// be judged over five minutes without saying so (proxymod/windows.go).
+const (
+	MinHealthInterval = Duration(100 * time.Millisecond)
+	MaxHealthInterval = Duration(10 * time.Minute)
+	MinHealthTimeout  = Duration(10 * time.Millisecond)
+	MaxHealthTimeout  = Duration(time.Minute)
+	// MaxHealthCount bounds fails and passes: more would keep a dead
+	// backend in traffic for hours.
+	MaxHealthCount = 100
+	MinSLOWindow   = Duration(time.Second)
+	MaxSLOWindow   = Duration(5 * time.Minute)
+)
+
+// CheckSpec validates a service definition someone writes now: what
+// NormalizeSpec checks, and the limits above. The admin API (through
+// Command.Validate) and the Caddyfile use it. Apply and Restore do not check
+// the limits: an entry or a snapshot that an older build accepted must apply
+// the same on every node, whichever build replays it.
+func CheckSpec(name string, spec ServiceSpec) error {
+	s, err := NormalizeSpec(name, spec)
+	if err != nil {
+		return err
+	}
+	return s.checkLimits()
+}
+
+func (s *Service) checkLimits() error {
+	if h := s.Health; h != nil {
+		switch {
+		case h.Interval < MinHealthInterval || h.Interval > MaxHealthInterval:
+			return fmt.Errorf("health check interval %s is out of range: use %s to %s", h.Interval, MinHealthInterval, MaxHealthInterval)
+		case h.Timeout < MinHealthTimeout || h.Timeout > MaxHealthTimeout:
+			return fmt.Errorf("health check timeout %s is out of range: use %s to %s", h.Timeout, MinHealthTimeout, MaxHealthTimeout)
+		case h.Fails > MaxHealthCount:
+			return fmt.Errorf("health check fails %d is more than %d", h.Fails, MaxHealthCount)
+		case h.Passes > MaxHealthCount:
+			return fmt.Errorf("health check passes %d is more than %d", h.Passes, MaxHealthCount)
+		}
+	}
+	if w := s.SLO.Window; w < MinSLOWindow || w > MaxSLOWindow {
+		return fmt.Errorf("slo window %s is out of range: use %s to %s (every node keeps five minutes of one-second samples)", w, MinSLOWindow, MaxSLOWindow)
 	}
 	return nil
 }

@@ -310,3 +310,61 @@ func TestCommandValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckSpecLimits: a definition written now must keep the limits; one an
+// older build accepted (in the log or a snapshot) still normalizes and
+// applies, so that every build replays it the same.
+func TestCheckSpecLimits(t *testing.T) {
+	health := func(edit func(*HealthCheck)) func(*ServiceSpec) {
+		return func(s *ServiceSpec) {
+			h := HealthCheck{Path: "/ready", Interval: Duration(2 * time.Second)}
+			edit(&h)
+			s.Health = &h
+		}
+	}
+	window := func(d time.Duration) func(*ServiceSpec) {
+		return func(s *ServiceSpec) { s.SLO = &SLO{Window: Duration(d)} }
+	}
+	for _, tc := range []struct {
+		name    string
+		edit    func(*ServiceSpec)
+		wantErr string // "" when accepted
+	}{
+		{"interval 1ns", health(func(h *HealthCheck) { h.Interval = 1 }), "health check interval 1ns is out of range: use 100ms to 10m"},
+		{"interval 99ms", health(func(h *HealthCheck) { h.Interval = Duration(99 * time.Millisecond) }), "interval 99ms is out of range"},
+		{"interval 100ms", health(func(h *HealthCheck) { h.Interval = Duration(100 * time.Millisecond) }), ""},
+		{"interval 10m", health(func(h *HealthCheck) { h.Interval = Duration(10 * time.Minute) }), ""},
+		{"interval 1h", health(func(h *HealthCheck) { h.Interval = Duration(time.Hour) }), "interval 1h is out of range"},
+		{"timeout 1ms", health(func(h *HealthCheck) { h.Timeout = Duration(time.Millisecond) }), "health check timeout 1ms is out of range: use 10ms to 1m"},
+		{"timeout 2m", health(func(h *HealthCheck) { h.Timeout = Duration(2 * time.Minute) }), "timeout 2m is out of range"},
+		{"timeout above interval", health(func(h *HealthCheck) { h.Interval, h.Timeout = Duration(300*time.Millisecond), Duration(time.Second) }), ""},
+		{"fails 101", health(func(h *HealthCheck) { h.Fails = 101 }), "health check fails 101 is more than 100"},
+		{"passes 1000", health(func(h *HealthCheck) { h.Passes = 1000 }), "health check passes 1000 is more than 100"},
+		{"window 5m", window(5 * time.Minute), ""},
+		{"window 5m1s", window(5*time.Minute + time.Second), "slo window 5m1s is out of range: use 1s to 5m"},
+		{"window 1h", window(time.Hour), "slo window 1h is out of range"},
+		{"window 500ms", window(500 * time.Millisecond), "slo window 500ms is out of range"},
+	} {
+		spec := testSpec()
+		tc.edit(&spec)
+		err := CheckSpec("svc", spec)
+		cmdErr := Command{Kind: KindPutService, Service: "svc", Spec: &spec}.Validate()
+		if tc.wantErr == "" {
+			if err != nil || cmdErr != nil {
+				t.Errorf("%s: CheckSpec = %v, Validate = %v; want accepted", tc.name, err, cmdErr)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || cmdErr == nil || cmdErr.Error() != err.Error() {
+			t.Errorf("%s: CheckSpec = %v, Validate = %v; want %q", tc.name, err, cmdErr, tc.wantErr)
+		}
+		// What an older build committed still applies.
+		if _, err := NormalizeSpec("svc", spec); err != nil {
+			t.Errorf("%s: NormalizeSpec refuses what older builds accepted: %v", tc.name, err)
+		}
+		h := newHarness(t, Options{})
+		if r := h.apply(put("svc", spec)); !r.OK() || !r.Changed {
+			t.Errorf("%s: Apply of an entry an older build accepted = %+v", tc.name, r)
+		}
+	}
+}
