@@ -136,7 +136,7 @@ func TestDataPlaneRoutes(t *testing.T) {
 	if dp.Routes("routes-probe") {
 		t.Error("routes a service without a route")
 	}
-	routes.get("routes-probe") // a handler provisioned before the service exists
+	routes.hold("routes-probe") // a handler provisioned before the service exists
 	if dp.Routes("routes-probe") {
 		t.Error("routes a service the replicated state does not have")
 	}

@@ -112,6 +112,9 @@ type Handler struct {
 	StreamCloseDelayRollback *caddy.Duration `json:"stream_close_delay_rollback,omitempty"`
 
 	route *route
+	// held is set once Provision holds the route (routes.hold); Cleanup
+	// releases it. Requests still served after Cleanup keep using it.
+	held bool
 	// acquired is set once Provision counted this handler in its route's
 	// streams; Cleanup then releases it.
 	acquired     bool
@@ -217,7 +220,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionChoice(); err != nil {
 		return err
 	}
-	h.route = routes.get(h.Service)
+	h.route, h.held = routes.hold(h.Service), true
 	h.provisionStreamDelays()
 
 	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
@@ -385,6 +388,10 @@ func (h *Handler) Cleanup() error {
 	if h.acquired {
 		h.acquired = false
 		h.route.streams.handlerRemoved()
+	}
+	if h.held {
+		h.held = false
+		routes.release(h.route)
 	}
 	var errs []error
 	for _, rp := range []*reverseproxy.Handler{h.proxy, h.tlsProxy} {

@@ -14,7 +14,7 @@ import (
 
 func TestMetrics(t *testing.T) {
 	rr := newRouteRegistry()
-	r := rr.get("shop")
+	r := rr.hold("shop")
 	// canary has no available backend: its 0.5 % goes to blue on this node.
 	rr.apply(&state.View{Index: 7, Services: map[string]*state.Service{
 		"shop": service("shop", map[string]state.Weight{"blue": 9950, "canary": 50}, map[string][]string{
@@ -133,7 +133,7 @@ cbproxy_streams_closed_total{pool="canary",reason="rollback",service="shop"} 1
 
 func TestMetricsPoolNamedNone(t *testing.T) {
 	rr := newRouteRegistry()
-	r := rr.get("odd")
+	r := rr.hold("odd")
 	rr.apply(&state.View{Index: 1, Services: map[string]*state.Service{
 		"odd": service("odd", map[string]state.Weight{"none": 10000}, map[string][]string{"none": {"10.0.0.1:80"}}),
 	}})

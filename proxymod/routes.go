@@ -22,15 +22,23 @@ type route struct {
 	table atomic.Pointer[RoutingTable]
 
 	// Only the registry touches the fields below, under its lock.
-	built struct {
+	//
+	// holders counts the handlers that keep a pointer to the route (hold,
+	// release). A route nobody holds leaves the registry when its service
+	// is deleted; one still held stays, with its figures reset.
+	holders int
+	built   struct {
 		service *state.Service
 		deleted bool
 		// healthGen is the registry's healthGen[service] the table saw.
 		healthGen uint64
 	}
-	stats map[string]*poolStats // by pool name, kept for good
+	// stats counts the requests of each pool, by pool name, kept while the
+	// service lives (a pool removed from it keeps its counts); a delete of
+	// the service resets them, so that a name used again starts from zero.
+	stats map[string]*poolStats
 	// overridden counts the override-header requests of each pool, kept
-	// for good like stats.
+	// like stats.
 	overridden map[string]*poolStats
 	backends   map[string]*backend // by address, those of the current table
 	none       *poolStats
@@ -76,15 +84,25 @@ func (rr *routeRegistry) lookup(service string) *route {
 	return (*rr.byName.Load())[service]
 }
 
-// get returns the route of a service, creating it (with a table built from
-// the last view) if needed.
-func (rr *routeRegistry) get(service string) *route {
-	if r := rr.lookup(service); r != nil {
-		return r
-	}
+// hold returns the route of a service, creating it (with a table built from
+// the last view) if needed, and counts the caller as one of its holders
+// until it calls release: a held route stays in the registry even while its
+// service is deleted, so the holder's pointer stays the service's route.
+func (rr *routeRegistry) hold(service string) *route {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	return rr.getLocked(service)
+	r := rr.getLocked(service)
+	r.holders++
+	return r
+}
+
+// release undoes one hold. The last release of a deleted service's route
+// takes it out of the registry.
+func (rr *routeRegistry) release(r *route) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	r.holders--
+	rr.dropDeletedLocked()
 }
 
 func (rr *routeRegistry) getLocked(service string) *route {
@@ -115,7 +133,8 @@ func newRoute(service string) *route {
 // apply brings every route up to date with a new view: it is what the app
 // subscribes to node.OnChange. Every service of the view gets a route (so
 // the admin API and metrics see all of them); a table is rebuilt only when
-// its service changed.
+// its service changed. The routes of deleted services that no handler holds
+// leave the registry, so that /metrics and the SLO windows forget them.
 func (rr *routeRegistry) apply(v *state.View) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
@@ -125,6 +144,30 @@ func (rr *routeRegistry) apply(v *state.View) {
 	}
 	for _, r := range *rr.byName.Load() {
 		rr.rebuildLocked(r)
+	}
+	rr.dropDeletedLocked()
+}
+
+// dropDeletedLocked takes the routes of deleted services that nobody holds
+// out of the registry. Streams still open on them close on their timers.
+func (rr *routeRegistry) dropDeletedLocked() {
+	if rr.view == nil {
+		return
+	}
+	old := *rr.byName.Load()
+	var next map[string]*route
+	for name, r := range old {
+		if r.holders > 0 || rr.view.Deleted[name] == 0 {
+			continue
+		}
+		if next == nil {
+			next = maps.Clone(old)
+		}
+		delete(next, name)
+		delete(rr.healthGen, name)
+	}
+	if next != nil {
+		rr.byName.Store(&next)
 	}
 }
 
@@ -143,11 +186,25 @@ func (rr *routeRegistry) rebuildLocked(r *route) {
 	if prev != nil && r.built.service == svc && r.built.deleted == deleted && r.built.healthGen == gen {
 		return
 	}
+	if deleted && !r.built.deleted {
+		r.forgetFigures()
+	}
 	r.built.service, r.built.deleted, r.built.healthGen = svc, deleted, gen
 	// Streams first: a stream that registers after this line but chose its
 	// pool from the old table is judged against the new service.
 	r.streams.serviceChanged(svc)
 	r.table.Store(r.buildTable(svc, deleted, prev, rr.backendHealth))
+}
+
+// forgetFigures resets the counters of a deleted service: a service created
+// later under the same name starts from zero, and /metrics lists no pool
+// of the deleted one. The SLO sampler drops its samples of the old counters
+// at its next tick (it follows the counters' identity).
+func (r *route) forgetFigures() {
+	r.stats = make(map[string]*poolStats)
+	r.overridden = make(map[string]*poolStats)
+	r.none = new(poolStats)
+	r.streams.forgetClosed()
 }
 
 // poolStats returns the counters of one pool, its judged ones and those of

@@ -285,6 +285,14 @@ func (ss *streamSet) longLived(address string) int64 {
 	return ss.byAddress[address]
 }
 
+// forgetClosed resets the counts of closed streams (the service was
+// deleted).
+func (ss *streamSet) forgetClosed() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.closed = nil
+}
+
 // snapshot returns copies of the open streams per address and the closed
 // counts, for the metrics.
 func (ss *streamSet) snapshot() (byAddress map[string]int64, closed map[closeKey]uint64) {

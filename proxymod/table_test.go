@@ -228,7 +228,7 @@ func TestBuildTable(t *testing.T) {
 
 func TestRouteRegistryApply(t *testing.T) {
 	rr := newRouteRegistry()
-	r := rr.get("svc")
+	r := rr.hold("svc")
 	if tbl := r.table.Load(); tbl == nil || tbl.service != nil {
 		t.Fatal("a route made before any view must refuse, not be nil")
 	}

@@ -113,13 +113,24 @@ func (s *sampler) sample() {
 	}
 	slot := s.taken % windowSlots
 	s.times[slot] = s.now()
+	seen := make(map[poolKey]bool, len(pools))
 	for _, p := range pools {
+		seen[p.key] = true
 		ser := s.series[p.key]
-		if ser == nil {
+		if ser == nil || ser.stats != p.stats {
+			// New, or its counters were reset (the service was deleted
+			// and created again): the old samples belong to other counters.
 			ser = &series{stats: p.stats}
 			s.series[p.key] = ser
 		}
 		ser.ring[slot] = sampleOf(p.stats)
+	}
+	// The pools of deleted services are gone from the registry: so are
+	// their samples.
+	for key := range s.series {
+		if !seen[key] {
+			delete(s.series, key)
+		}
 	}
 	s.taken++
 }
@@ -133,9 +144,15 @@ func (s *sampler) sample() {
 // oldest sample; a pool younger than d gives all of its traffic.
 func (s *sampler) window(service, pool string, d time.Duration) slo.Window {
 	s.once.Do(s.start)
+	// The pool's counters now: samples of other counters (a deleted
+	// service's, not dropped yet) do not count.
+	st := s.routes.stats(service, pool)
 	s.mu.Lock()
 	now := s.now()
 	ser := s.series[poolKey{service, pool}]
+	if ser != nil && ser.stats != st {
+		ser = nil
+	}
 	var from sample // a pool born since the last sample starts from zero
 	empty := false
 	if ser != nil {
@@ -163,13 +180,6 @@ func (s *sampler) window(service, pool string, d time.Duration) slo.Window {
 		return slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
 	}
 
-	var st *poolStats
-	if ser != nil {
-		st = ser.stats
-	} else {
-		// Born since the last sample, or unknown.
-		st = s.routes.stats(service, pool)
-	}
 	w := slo.Window{Buckets: make([]uint64, len(latencyBounds)+1)}
 	if st == nil {
 		return w
