@@ -107,6 +107,11 @@ func TestReplayAnswersFirstVersion(t *testing.T) {
 	if w := again["weights"].(map[string]any); w["blue"] != 90.0 || w["canary"] != 10.0 {
 		t.Errorf("replay body weights %v; want the service as it is now (90/10)", w)
 	}
+	// The same request formatted otherwise is the same request.
+	code, hdr, _ = c.do("PUT", "/v1/services/svc/weights", "{ \"weights\" : {\"canary\":5,\n \"blue\":95} }", "Idempotency-Key", "k1")
+	if code != 200 || hdr.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("replay with other whitespace and key order: %d %v", code, hdr)
+	}
 
 	code, _, del := c.do("DELETE", "/v1/services/svc", "", "Idempotency-Key", "del")
 	if code != 200 || del["deleted"] != true {
