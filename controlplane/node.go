@@ -174,6 +174,9 @@ type Node struct {
 	// bootstrap_expect cluster forms.
 	notifyMu sync.Mutex
 	notified map[string]state.NodeInfo
+	// removedNotice is why the cluster refuses this node's own join (it was
+	// removed); readiness shows it until an operator joins the node.
+	removedNotice atomic.Pointer[string]
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -590,6 +593,9 @@ func (n *Node) waitingFor() []string {
 	why := []string{}
 	if n.Ready() {
 		return why
+	}
+	if msg := n.removedNotice.Load(); msg != nil {
+		why = append(why, *msg)
 	}
 	if !n.caughtUp.Load() {
 		why = append(why, fmt.Sprintf("catching up with the cluster: applied index %d, leader %q", n.raft.AppliedIndex(), n.raftDependency().Leader))
