@@ -29,19 +29,28 @@ import (
 // openClusterPort listens on cluster_listen for Raft and the node-to-node RPC,
 // authenticated with the cluster secret and, when configured, mutual TLS.
 func (n *Node) openClusterPort() (*cluster.Transport, error) {
-	auth := cluster.Auth{Secret: n.cfg.ClusterSecret}
-	if n.cfg.ClusterTLSCert != "" {
-		tc, err := clusterTLS(n.cfg)
-		if err != nil {
-			return nil, err
-		}
-		auth.TLS = tc
+	auth, err := clusterAuth(n.cfg)
+	if err != nil {
+		return nil, err
 	}
 	t, err := cluster.Listen(cluster.Config{Listen: n.cfg.ClusterListen, Auth: auth, Logger: n.log().Named("cluster")})
 	if err != nil {
 		return nil, fmt.Errorf("cluster_listen %s: %w", n.cfg.ClusterListen, err)
 	}
 	return t, nil
+}
+
+// clusterAuth is how a node with cfg proves to its peers that it belongs.
+func clusterAuth(cfg Config) (cluster.Auth, error) {
+	auth := cluster.Auth{Secret: cfg.ClusterSecret}
+	if cfg.ClusterTLSCert != "" {
+		tc, err := clusterTLS(cfg)
+		if err != nil {
+			return cluster.Auth{}, err
+		}
+		auth.TLS = tc
+	}
+	return auth, nil
 }
 
 func clusterTLS(cfg Config) (*tls.Config, error) {
