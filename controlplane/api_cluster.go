@@ -112,7 +112,7 @@ func (a *adminServer) clusterCall(w http.ResponseWriter, r *http.Request, dst an
 	}
 	signed := strings.HasPrefix(r.Header.Get("Authorization"), clusterAuthScheme)
 	if a.n.clusterAuthorized(r, raw) {
-		actor = "cluster"
+		actor = state.ActorCluster
 	} else if signed || peersOnly {
 		// A bad signature never falls back to the loopback rule.
 		writeError(w, http.StatusUnauthorized, "unauthorized", "this call is for cluster peers: sign it with the cluster secret")
@@ -137,9 +137,9 @@ func (a *adminServer) postJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}
-	join := func(ctx context.Context) error { return a.n.join(ctx, ni) }
+	join := func(ctx context.Context) error { return a.n.join(ctx, ni, actor) }
 	var err error
-	if actor == "cluster" {
+	if actor == state.ActorCluster {
 		// A peer that is still forming the cluster asks every node in turn:
 		// answer at once when there is no leader yet, it asks again.
 		if err = join(r.Context()); errors.Is(err, raft.ErrNotLeader) {
@@ -184,6 +184,11 @@ func (a *adminServer) deleteNode(w http.ResponseWriter, r *http.Request, actor s
 }
 
 func (a *adminServer) membershipError(w http.ResponseWriter, err error) {
+	var mc *membershipConflict
+	if errors.As(err, &mc) {
+		writeError(w, http.StatusConflict, mc.code, mc.msg)
+		return
+	}
 	if errors.Is(err, ErrNoLeader) {
 		w.Header().Set("Retry-After", "2")
 		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())

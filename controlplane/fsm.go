@@ -62,6 +62,12 @@ func newFSM(dataDir string, maxEvents int, snaps raft.SnapshotStore, log func() 
 	if err := f.restoreAtStart(snaps); err != nil {
 		return nil, err
 	}
+	// What was restored is on disk already: nothing to persist (so a dry
+	// run of Recover writes nothing).
+	select {
+	case <-f.dirty:
+	default:
+	}
 	f.wg.Add(1)
 	go f.persistLoop()
 	return f, nil

@@ -29,19 +29,28 @@ import (
 // openClusterPort listens on cluster_listen for Raft and the node-to-node RPC,
 // authenticated with the cluster secret and, when configured, mutual TLS.
 func (n *Node) openClusterPort() (*cluster.Transport, error) {
-	auth := cluster.Auth{Secret: n.cfg.ClusterSecret}
-	if n.cfg.ClusterTLSCert != "" {
-		tc, err := clusterTLS(n.cfg)
-		if err != nil {
-			return nil, err
-		}
-		auth.TLS = tc
+	auth, err := clusterAuth(n.cfg)
+	if err != nil {
+		return nil, err
 	}
 	t, err := cluster.Listen(cluster.Config{Listen: n.cfg.ClusterListen, Auth: auth, Logger: n.log().Named("cluster")})
 	if err != nil {
 		return nil, fmt.Errorf("cluster_listen %s: %w", n.cfg.ClusterListen, err)
 	}
 	return t, nil
+}
+
+// clusterAuth is how a node with cfg proves to its peers that it belongs.
+func clusterAuth(cfg Config) (cluster.Auth, error) {
+	auth := cluster.Auth{Secret: cfg.ClusterSecret}
+	if cfg.ClusterTLSCert != "" {
+		tc, err := clusterTLS(cfg)
+		if err != nil {
+			return cluster.Auth{}, err
+		}
+		auth.TLS = tc
+	}
+	return auth, nil
 }
 
 func clusterTLS(cfg Config) (*tls.Config, error) {
@@ -81,10 +90,13 @@ func (n *Node) maintainMembership() {
 	for {
 		delay := 500*time.Millisecond + rand.N(500*time.Millisecond)
 		if n.inCluster() {
+			n.removedNotice.Store(nil)
 			n.registerSelf()
 			delay = 2 * time.Second
-		} else if n.cfg.multiNode() {
-			n.tryToJoin()
+		} else if n.cfg.multiNode() && !n.tryToJoin() {
+			// Removed: only an operator takes it back; ask now and then,
+			// so the refusal stays in the log and in readiness.
+			delay = 5 * time.Second
 		}
 		select {
 		case <-n.done:
@@ -120,7 +132,7 @@ func (n *Node) registerSelf() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: "cluster"})
+	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: state.ActorCluster})
 	if err != nil {
 		n.log().Debug("registering node", zap.Error(err))
 	}
@@ -128,17 +140,27 @@ func (n *Node) registerSelf() {
 
 // tryToJoin asks each peer in join to add us; failing that, with
 // bootstrap_expect, it announces us and bootstraps once enough nodes did.
-func (n *Node) tryToJoin() {
+// It returns false when the cluster refused us as a removed node.
+func (n *Node) tryToJoin() bool {
 	me := n.self()
 	body, _ := json.Marshal(joinBody{NodeID: me.ID, ClusterAddr: me.ClusterAddr, AdminAddr: me.AdminAddr})
 	for _, peer := range n.cfg.Join {
-		if err := n.clusterPost(peer, "/v1/cluster/join", body); err == nil {
+		err := n.clusterPost(peer, "/v1/cluster/join", body)
+		if err == nil {
 			n.log().Info("joined the cluster", zap.String("via", peer))
-			return
+			return true
+		}
+		var refused *peerRefusal
+		if errors.As(err, &refused) && refused.code == state.CodeNodeRemoved {
+			if old := n.removedNotice.Swap(&refused.msg); old == nil || *old != refused.msg {
+				n.log().Warn("the cluster refuses this node: it was removed", zap.String("via", peer), zap.String("error", refused.msg))
+			}
+			// A removed node must not form a cluster of its own either.
+			return false
 		}
 	}
 	if n.cfg.BootstrapExpect <= 1 {
-		return
+		return true
 	}
 	n.noteNotify(me)
 	for _, peer := range n.cfg.Join {
@@ -153,7 +175,7 @@ func (n *Node) tryToJoin() {
 	}
 	n.notifyMu.Unlock()
 	if len(servers) < n.cfg.BootstrapExpect || n.hadState {
-		return
+		return true
 	}
 	slices.SortFunc(servers, func(a, b raft.Server) int { return strings.Compare(string(a.ID), string(b.ID)) })
 	err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
@@ -165,6 +187,7 @@ func (n *Node) tryToJoin() {
 	default:
 		n.log().Warn("bootstrapping the cluster", zap.Error(err))
 	}
+	return true
 }
 
 func (n *Node) noteNotify(ni state.NodeInfo) {
@@ -178,13 +201,30 @@ func (n *Node) noteNotify(ni state.NodeInfo) {
 
 // join adds a node as a voter. It runs on the leader (followers forward it)
 // and is idempotent: a node already present with the same address is left
-// alone; one whose ID or address changed is removed and added again.
-func (n *Node) join(ctx context.Context, ni state.NodeInfo) error {
+// alone. Everything is checked before anything changes, so a wrong request
+// never costs a live member its vote: a removed node may not join by itself
+// (actor state.ActorCluster), an address belongs to one member, and the node
+// must answer on its address as the ID it claims. A member whose address
+// changed keeps its vote: AddVoter moves it in one configuration change.
+func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error {
 	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
 		return err
 	}
+	if actor == "" {
+		// A follower of an older version forwards no actor: only nodes
+		// joined by themselves then.
+		actor = state.ActorCluster
+	}
 	if n.raft.State() != raft.Leader {
-		return n.forward(ctx, rpcJoin, ni, nil)
+		return n.forward(ctx, rpcJoin, joinRequest{NodeInfo: ni, Actor: actor}, nil)
+	}
+	// A leader that has just been elected may not have applied the removal
+	// yet: read the state as committed.
+	if err := n.consistentRead(ctx); err != nil {
+		return err
+	}
+	if at, removed := n.View().Removed[ni.ID]; removed && actor == state.ActorCluster {
+		return &membershipConflict{code: state.CodeNodeRemoved, msg: state.RemovedNodeMessage(ni.ID, at)}
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -196,33 +236,68 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo) error {
 		switch {
 		case sameID && sameAddr:
 			present = true
-		case sameID || sameAddr:
-			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
-				return fmt.Errorf("removing the old entry of %s: %w", s.ID, err)
-			}
+		case sameAddr:
+			return &membershipConflict{code: codeAddressTaken, msg: fmt.Sprintf(
+				"cluster address %s is member %s's, not %s's: each node joins on an address of its own; if %s is gone for good, remove it first (cbproxy cluster remove %s)",
+				ni.ClusterAddr, s.ID, ni.ID, s.ID, s.ID)}
 		}
 	}
 	if !present {
-		// The node must answer on its cluster address, which proves it holds
-		// the cluster secret (the handshake is mutual) before it can count
-		// towards quorum.
-		var st nodeStatus
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := n.cluster.Call(cctx, ni.ClusterAddr, rpcStatus, nil, &st)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("node %s does not answer on its cluster address %s with the cluster secret: %w", ni.ID, ni.ClusterAddr, err)
+		if err := n.checkJoiner(ctx, ni); err != nil {
+			return err
 		}
-		if st.ID != ni.ID {
-			return fmt.Errorf("the node at %s calls itself %q, not %q", ni.ClusterAddr, st.ID, ni.ID)
-		}
+		// With the ID already a voter (its address changed), AddVoter only
+		// moves it: it never stops being a member.
 		if err := n.raft.AddVoter(raft.ServerID(ni.ID), raft.ServerAddress(ni.ClusterAddr), 0, 10*time.Second).Error(); err != nil {
 			return fmt.Errorf("adding %s as a voter: %w", ni.ID, err)
 		}
 	}
-	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: "cluster"})
-	return err
+	a, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: actor})
+	if err != nil {
+		return err
+	}
+	if a.Result.Code == state.CodeNodeRemoved {
+		return &membershipConflict{code: state.CodeNodeRemoved, msg: a.Result.Err}
+	}
+	return nil
 }
+
+// checkJoiner calls a joining node on its cluster address. The answer
+// proves it holds the cluster secret (the handshake is mutual) before it
+// can count towards quorum, and that it is the node it says it is, with
+// Raft running.
+func (n *Node) checkJoiner(ctx context.Context, ni state.NodeInfo) error {
+	var st nodeStatus
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := n.cluster.Call(cctx, ni.ClusterAddr, rpcStatus, nil, &st)
+	cancel()
+	switch {
+	case err != nil:
+		return fmt.Errorf("node %s does not answer on its cluster address %s with the cluster secret: %w", ni.ID, ni.ClusterAddr, err)
+	case st.ID != ni.ID:
+		return fmt.Errorf("the node at %s calls itself %q, not %q", ni.ClusterAddr, st.ID, ni.ID)
+	case st.State == stateName(raft.Shutdown):
+		return fmt.Errorf("node %s answers at %s but its Raft has stopped (a leader removed from the cluster stops it): restart the node, then join it", ni.ID, ni.ClusterAddr)
+	}
+	return nil
+}
+
+// joinRequest is a join a follower forwards to the leader (rpcJoin): the
+// node, inlined as a leader of an older version reads it, and who asked.
+type joinRequest struct {
+	state.NodeInfo
+	Actor string `json:"actor,omitempty"`
+}
+
+// codeAddressTaken refuses a join on a member's cluster address (409).
+const codeAddressTaken = "address_taken"
+
+// membershipConflict is a join the cluster's state refuses (409): the node
+// was removed (state.CodeNodeRemoved) or its address is another member's
+// (codeAddressTaken). It crosses the forwarding RPC with its code.
+type membershipConflict struct{ code, msg string }
+
+func (e *membershipConflict) Error() string { return e.msg }
 
 // remove takes a node out of the cluster (on the leader; followers forward).
 func (n *Node) remove(ctx context.Context, id string, actor string) error {
@@ -241,6 +316,10 @@ func (n *Node) remove(ctx context.Context, id string, actor string) error {
 		found = found || s.ID == raft.ServerID(id)
 	}
 	if !found && n.View().Nodes[id].ID == "" {
+		if _, removed := n.View().Removed[id]; removed {
+			// Removed already: a retry gets the answer of the first call.
+			return nil
+		}
 		return errNodeNotFound
 	}
 	// Forget the node first, while this leader surely has quorum.
@@ -319,11 +398,23 @@ func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("%s%s: %d %s", adminAddr, path, resp.StatusCode, bytes.TrimSpace(msg))
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		var e struct{ Error, Code string }
+		_ = json.Unmarshal(raw, &e)
+		return &peerRefusal{peer: adminAddr + path, status: resp.StatusCode, code: e.Code, msg: e.Error, raw: string(bytes.TrimSpace(raw))}
 	}
 	return nil
 }
+
+// peerRefusal is a peer's error answer to a cluster-signed call.
+type peerRefusal struct {
+	peer      string
+	status    int
+	code, msg string // from the JSON error body, when it is one
+	raw       string
+}
+
+func (e *peerRefusal) Error() string { return fmt.Sprintf("%s: %d %s", e.peer, e.status, e.raw) }
 
 // peerClient talks to peers' admin APIs. Admin certificates of peers are
 // checked against the system roots; a private admin CA needs them installed.

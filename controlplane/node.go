@@ -174,6 +174,12 @@ type Node struct {
 	// bootstrap_expect cluster forms.
 	notifyMu sync.Mutex
 	notified map[string]state.NodeInfo
+	// bootstrapNotice says that a single-node start met the state of a
+	// cluster of several (noteBootstrapIgnored); readiness shows it.
+	bootstrapNotice string
+	// removedNotice is why the cluster refuses this node's own join (it was
+	// removed); readiness shows it until an operator joins the node.
+	removedNotice atomic.Pointer[string]
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -261,9 +267,86 @@ func Start(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// openRaft opens the log store, snapshots and transport, restores the state the
-// node last applied, and starts Raft (bootstrapping a fresh single node).
+// openRaft opens the stores, restores the state the node last applied, and
+// starts Raft on the cluster port (bootstrapping a fresh single node).
 func (n *Node) openRaft() error {
+	if err := n.openStores(); err != nil {
+		return err
+	}
+	var err error
+	if n.cluster, err = n.openClusterPort(); err != nil {
+		return err
+	}
+	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: n.cluster.RaftStreamLayer(), MaxPool: 3, Timeout: 10 * time.Second, Logger: n.hclogger(),
+	})
+
+	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	if err != nil {
+		return fmt.Errorf("reading raft state: %w", err)
+	}
+	if idx := n.fsm.machine.View().Index; !hasState && idx > 0 {
+		// Every entry of a new log up to idx would count as already applied
+		// (fsm.Apply), and a log from the cluster would be mixed with a
+		// state of another history.
+		return fmt.Errorf("data dir %s holds the applied state up to index %d (applied.json) but no Raft log or snapshot: "+
+			"the node cannot start a new log under it. To keep this state as a one-node cluster, run `cbproxy cluster recover --data-dir %s` "+
+			"(docs/operations.md, \"Recovering from quorum loss\"); to start empty, move applied.json away", n.cfg.DataDir, idx, n.cfg.DataDir)
+	}
+	if n.startIndex, err = n.wal.LastIndex(); err != nil {
+		return fmt.Errorf("reading raft log: %w", err)
+	}
+	if n.raft, err = raft.NewRaft(n.raftConfig(), n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
+		return fmt.Errorf("starting raft: %w", err)
+	}
+	n.hadState = hasState
+	// Bootstrap only over empty state: bootstrapping again would fork the
+	// cluster. A multi-node cluster forms in maintainMembership.
+	if !n.cfg.multiNode() {
+		if hasState {
+			n.noteBootstrapIgnored()
+			return nil
+		}
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(n.cfg.NodeID),
+			Address:  n.transport.LocalAddr(),
+		}}}
+		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+		}
+	}
+	return nil
+}
+
+// noteBootstrapIgnored says loudly, in the log and in readiness, that a
+// single-node start (bootstrap, or no cluster settings) over the state of a
+// cluster of several does not make a one-node cluster: the state on disk
+// wins, and the node waits for a quorum of its members. Bootstrapping over
+// it would fork the cluster; `cbproxy cluster recover` is the way.
+func (n *Node) noteBootstrapIgnored() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	var members []string
+	for _, s := range f.Configuration().Servers {
+		members = append(members, string(s.ID))
+	}
+	if len(members) == 0 || len(members) == 1 && members[0] == n.cfg.NodeID {
+		return
+	}
+	msg := fmt.Sprintf("bootstrap is ignored: the data dir holds the state of a cluster of %d (%s), which wins over the Caddyfile; "+
+		"the node waits for a quorum of those members. If the others are gone for good, stop this node and run `cbproxy cluster recover` "+
+		"(docs/operations.md, \"Recovering from quorum loss\")", len(members), strings.Join(members, ", "))
+	n.bootstrapNotice = msg
+	n.log().Warn(msg)
+}
+
+// openStores opens the data dir's Raft log (raft-wal), its snapshots, and
+// the state machine, restored from the newer of applied.json and the latest
+// snapshot. Recover opens them the same way.
+func (n *Node) openStores() error {
 	raftDir := filepath.Join(n.cfg.DataDir, "raft")
 	walDir := filepath.Join(raftDir, "wal")
 	if err := os.MkdirAll(walDir, 0o700); err != nil {
@@ -281,19 +364,14 @@ func (n *Node) openRaft() error {
 		return fmt.Errorf("opening raft snapshots: %w", err)
 	}
 	n.fsm, err = newFSM(n.cfg.DataDir, n.cfg.MaxEvents, n.snaps, n.log)
-	if err != nil {
-		return err
-	}
-	if n.cluster, err = n.openClusterPort(); err != nil {
-		return err
-	}
-	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: n.cluster.RaftStreamLayer(), MaxPool: 3, Timeout: 10 * time.Second, Logger: hl,
-	})
+	return err
+}
 
+// raftConfig is hashicorp/raft's configuration of this node.
+func (n *Node) raftConfig() *raft.Config {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeID)
-	rc.Logger = hl
+	rc.Logger = n.hclogger()
 	// Our FSM restores itself from the state it last applied (fsm.go), which is
 	// never older than the newest snapshot, and skips entries it already has.
 	rc.NoSnapshotRestoreOnStart = true
@@ -324,32 +402,7 @@ func (n *Node) openRaft() error {
 	if n.cfg.LeaderLease > 0 {
 		rc.LeaderLeaseTimeout = n.cfg.LeaderLease
 	}
-
-	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
-	if err != nil {
-		return fmt.Errorf("reading raft state: %w", err)
-	}
-	if n.startIndex, err = n.wal.LastIndex(); err != nil {
-		return fmt.Errorf("reading raft log: %w", err)
-	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
-		return fmt.Errorf("starting raft: %w", err)
-	}
-	n.hadState = hasState
-	// Bootstrap only over empty state: bootstrapping again would fork the
-	// cluster (research/raft-controlplane.md §1, pitfall 1). A multi-node
-	// cluster forms in maintainMembership.
-	if !hasState && !n.cfg.multiNode() {
-		conf := raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter,
-			ID:       raft.ServerID(n.cfg.NodeID),
-			Address:  n.transport.LocalAddr(),
-		}}}
-		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			return fmt.Errorf("bootstrapping single-node cluster: %w", err)
-		}
-	}
-	return nil
+	return rc
 }
 
 // multiNode reports whether the node forms or joins a cluster of several.
@@ -590,6 +643,12 @@ func (n *Node) waitingFor() []string {
 	why := []string{}
 	if n.Ready() {
 		return why
+	}
+	if n.bootstrapNotice != "" {
+		why = append(why, n.bootstrapNotice)
+	}
+	if msg := n.removedNotice.Load(); msg != nil {
+		why = append(why, *msg)
 	}
 	if !n.caughtUp.Load() {
 		why = append(why, fmt.Sprintf("catching up with the cluster: applied index %d, leader %q", n.raft.AppliedIndex(), n.raftDependency().Leader))

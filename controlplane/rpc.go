@@ -113,14 +113,19 @@ func (n *Node) registerRPC() {
 		return idx, nil
 	})
 	n.cluster.Handle(rpcJoin, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
-		var ni state.NodeInfo
-		if err := json.Unmarshal(req, &ni); err != nil {
+		var jr joinRequest
+		if err := json.Unmarshal(req, &jr); err != nil {
 			return nil, err
 		}
 		if n.raft.State() != raft.Leader {
 			return nil, cluster.CodedError(codeNotLeader, "not the leader")
 		}
-		return nil, n.join(ctx, ni)
+		err := n.join(ctx, jr.NodeInfo, jr.Actor)
+		var mc *membershipConflict
+		if errors.As(err, &mc) {
+			return nil, cluster.CodedError(mc.code, mc.msg)
+		}
+		return nil, err
 	})
 	n.cluster.Handle(rpcRemove, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
 		var r removeRequest
@@ -168,6 +173,8 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 			return raft.ErrNotLeader
 		case codeNotFound:
 			return errNodeNotFound
+		case state.CodeNodeRemoved, codeAddressTaken:
+			return &membershipConflict{code: re.Code, msg: re.Message}
 		}
 		return fmt.Errorf("leader %s: %s", id, re.Message)
 	case ctx.Err() != nil:

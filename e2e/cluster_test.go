@@ -59,9 +59,7 @@ func prepareTestCluster(t *testing.T, directives ...string) *testCluster {
 	}
 	start(t, bins.backend, "-backends", strings.Join(spec, ","))
 	for i := 1; i <= 3; i++ {
-		n := &clusterNode{id: fmt.Sprintf("node%d", i), dir: t.TempDir(), httpPort: freePort(t), adminPort: freePort(t), clusterPort: freePort(t), caddyAdmin: freePort(t)}
-		n.caddyfile = filepath.Join(n.dir, "Caddyfile")
-		c.nodes = append(c.nodes, n)
+		c.nodes = append(c.nodes, c.newNode(fmt.Sprintf("node%d", i)))
 	}
 	for _, n := range c.nodes {
 		var join []string
@@ -70,15 +68,31 @@ func prepareTestCluster(t *testing.T, directives ...string) *testCluster {
 				join = append(join, fmt.Sprintf("127.0.0.1:%d", p.adminPort))
 			}
 		}
-		text := fmt.Sprintf(`{
+		c.writeCaddyfile(n, "bootstrap_expect 3\n\t\tjoin             "+strings.Join(join, " "), directives...)
+	}
+	return c
+}
+
+// newNode is one more node on fresh ports and a fresh data dir, without a
+// Caddyfile yet.
+func (c *testCluster) newNode(id string) *clusterNode {
+	n := &clusterNode{id: id, dir: c.t.TempDir(), httpPort: freePort(c.t), adminPort: freePort(c.t), clusterPort: freePort(c.t), caddyAdmin: freePort(c.t)}
+	n.caddyfile = filepath.Join(n.dir, "Caddyfile")
+	return n
+}
+
+// writeCaddyfile writes n's Caddyfile, routing "codingbrain" to the
+// cluster's backends; membership is the cbproxy lines that form or join the
+// cluster (bootstrap_expect, join), directives go into its cbproxy block.
+func (c *testCluster) writeCaddyfile(n *clusterNode, membership string, directives ...string) {
+	text := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	cbproxy {
 		node_id          %s
 		data_dir         %s
 		cluster_listen   127.0.0.1:%d
 		admin_listen     127.0.0.1:%d
-		bootstrap_expect 3
-		join             %s
+		%s
 		cluster_secret   {env.CBPROXY_CLUSTER_SECRET}
 	}
 }
@@ -92,12 +106,10 @@ http://127.0.0.1:%d {
 		%s
 	}
 }
-`, n.caddyAdmin, n.id, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, strings.Join(join, " "), n.httpPort, c.backends["blue"], c.backends["canary"], strings.Join(directives, "\n\t\t"))
-		if err := os.WriteFile(n.caddyfile, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+`, n.caddyAdmin, n.id, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, membership, n.httpPort, c.backends["blue"], c.backends["canary"], strings.Join(directives, "\n\t\t"))
+	if err := os.WriteFile(n.caddyfile, []byte(text), 0o600); err != nil {
+		c.t.Fatal(err)
 	}
-	return c
 }
 
 func (c *testCluster) start(n *clusterNode) {

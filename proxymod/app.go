@@ -1,6 +1,7 @@
 package proxymod
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -157,6 +158,19 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // provision too.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.fillDefaults()
+	if err := registerCollector(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	if n := runningNode(); n != nil {
+		return a.checkRestart(n.Config())
+	}
+	return nil
+}
+
+// fillDefaults replaces placeholders and fills in the defaults of the node's
+// settings.
+func (a *App) fillDefaults() {
 	repl := caddy.NewReplacer()
 	for _, s := range []*string{&a.NodeID, &a.DataDir, &a.ClusterSecret} {
 		*s = repl.ReplaceKnown(*s, "")
@@ -173,13 +187,29 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for i := range a.Tokens {
 		a.Tokens[i].Secret = repl.ReplaceKnown(a.Tokens[i].Secret, "")
 	}
-	if err := registerCollector(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
+}
+
+// NodeConfig is the node configuration a Caddy config (JSON, as adapted
+// from a Caddyfile) gives its cbproxy app, with placeholders replaced and
+// defaults filled in as the running node has them: for tools that work on
+// a stopped node's data dir, such as cbproxy cluster recover. A config
+// without the app gets the app's defaults, as a site with a cbproxy handler
+// does.
+func NodeConfig(caddyJSON []byte) (controlplane.Config, error) {
+	var cfg struct {
+		Apps struct {
+			Cbproxy *App `json:"cbproxy"`
+		} `json:"apps"`
 	}
-	if n := runningNode(); n != nil {
-		return a.checkRestart(n.Config())
+	if err := json.Unmarshal(caddyJSON, &cfg); err != nil {
+		return controlplane.Config{}, fmt.Errorf("reading the config: %w", err)
 	}
-	return nil
+	a := cfg.Apps.Cbproxy
+	if a == nil {
+		a = new(App)
+	}
+	a.fillDefaults()
+	return a.nodeConfig(), nil
 }
 
 // runningNode returns the node of this process (nil when none runs).

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/cbproxy/cbproxy/controlplane"
 	"github.com/cbproxy/cbproxy/controlplane/state"
@@ -197,5 +198,43 @@ func TestAppValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestNodeConfig: a tool that works on a stopped node (cluster recover)
+// reads the node's settings from its Caddyfile as the node has them:
+// placeholders replaced, defaults filled in.
+func TestNodeConfig(t *testing.T) {
+	t.Setenv("CBPROXY_TEST_SECRET", "s3cret")
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`{
+	cbproxy {
+		node_id        node7
+		data_dir       /var/lib/cbproxy7
+		cluster_secret {env.CBPROXY_TEST_SECRET}
+		join           10.0.0.5:7101
+	}
+}
+:8080 {
+	cbproxy demo
+}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := NodeConfig(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeID != "node7" || cfg.DataDir != "/var/lib/cbproxy7" || cfg.ClusterSecret != "s3cret" ||
+		cfg.ClusterListen != controlplane.DefaultClusterListen || len(cfg.Join) != 1 {
+		t.Fatalf("node config %+v", cfg)
+	}
+	// Without the global option: the defaults a cbproxy handler's node has.
+	cfg, err = NodeConfig([]byte(`{"apps":{"http":{}}}`))
+	if err != nil || cfg.DataDir != filepath.Join(caddy.AppDataDir(), "cbproxy") || cfg.NodeID != "" {
+		t.Fatalf("default node config %+v, %v", cfg, err)
+	}
+	if _, err := NodeConfig([]byte(`{"apps":`)); err == nil {
+		t.Fatal("accepted a broken config")
 	}
 }

@@ -376,8 +376,28 @@ func ValidateNodeID(id string) error {
 	return nil
 }
 
+// ActorCluster is the actor of what nodes do by themselves: a node that
+// joins through its join list, records its addresses, or forms the cluster.
+const ActorCluster = "cluster"
+
+// CodeNodeRemoved refuses a node that asks to join by itself after it was
+// removed (409): removed means removed until an operator joins it.
+const CodeNodeRemoved = "node_removed"
+
+// RemovedNodeMessage is why a removed node may not join by itself, and what
+// the operator does to take it back.
+func RemovedNodeMessage(id string, index uint64) string {
+	return fmt.Sprintf("node %s was removed from the cluster (at index %d) and does not join again by itself; to take it back, run `cbproxy cluster join %s CLUSTER_ADDR ADMIN_ADDR` by hand (POST /v1/cluster/join with an admin token)", id, index, id)
+}
+
+// applyNodeJoin records a member's addresses. A node removed earlier joins
+// again only through an operator (any actor but ActorCluster), which clears
+// its tombstone.
 func applyNodeJoin(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
 	n := *c.Node
+	if at, removed := v.Removed[n.ID]; removed && c.Actor == ActorCluster {
+		return Result{Code: CodeNodeRemoved, Err: RemovedNodeMessage(n.ID, at)}, nil
+	}
 	if old, ok := v.Nodes[n.ID]; ok && old == n {
 		return Result{}, nil
 	}
@@ -385,8 +405,11 @@ func applyNodeJoin(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) 
 	return Result{Changed: true}, &effect{node: &n, event: ev}
 }
 
+// applyNodeRemove forgets a member and remembers it as removed (also a voter
+// that never recorded its addresses). Removing a removed node changes nothing.
 func applyNodeRemove(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
-	if _, ok := v.Nodes[c.Node.ID]; !ok {
+	_, member := v.Nodes[c.Node.ID]
+	if _, removed := v.Removed[c.Node.ID]; removed && !member {
 		return Result{}, nil
 	}
 	ev := Event{Action: ActionNodeRemove, Reason: fmt.Sprintf("node %s removed", c.Node.ID)}

@@ -154,6 +154,11 @@ func FuzzApply(f *testing.F) {
 	f.Add(bytes.Join(seed[:12], []byte("\n")))
 	f.Add(bytes.Join(seed[20:40], []byte("\n")))
 	f.Add([]byte("\x01{}\n\x03{\"service\":\"svc\",\"weights\":{\"a\":100}}\n\x85{}"))
+	// Membership: join, removal (tombstone), a refused self-join, an
+	// operator's join, the removal of a voter never recorded.
+	n2 := `"node":{"id":"n2","cluster_addr":"127.0.0.1:7002","admin_addr":"127.0.0.1:7102"}`
+	f.Add([]byte("\x06{" + n2 + `,"actor":"cluster"}` + "\n\x07{\"node\":{\"id\":\"n2\"},\"actor\":\"ops\"}\n\x06{" + n2 + `,"actor":"cluster"}` +
+		"\n\x06{" + n2 + `,"actor":"ops"}` + "\n\x07{\"node\":{\"id\":\"n9\"}}\n\x07{\"node\":{\"id\":\"n9\"}}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := NewMachine(Options{MaxEvents: 8})
 		for i, entry := range bytes.Split(data, []byte("\n")) {
@@ -162,6 +167,11 @@ func FuzzApply(f *testing.F) {
 				t.Fatalf("refusal without an error: %+v", r)
 			}
 			checkViewValid(t, m.View())
+			for id := range m.View().Removed {
+				if _, member := m.View().Nodes[id]; member {
+					t.Fatalf("node %s is both a member and removed", id)
+				}
+			}
 		}
 		var buf bytes.Buffer
 		if err := m.WriteSnapshot(&buf); err != nil {

@@ -23,6 +23,10 @@ type View struct {
 	Deleted map[string]uint64
 	// Nodes of the cluster by ID.
 	Nodes map[string]NodeInfo
+	// Removed holds the nodes taken out of the cluster, by ID, with the
+	// index of their removal: such a node may not join again by itself,
+	// only by an operator's join. A node is never both in Nodes and here.
+	Removed map[string]uint64
 }
 
 // Options tune a Machine; zero values take the defaults.
@@ -149,7 +153,7 @@ func NewMachine(opts Options) *Machine {
 		opts.IdemTTL = DefaultIdemTTL
 	}
 	m := &Machine{opts: opts, idem: map[string]idemEntry{}}
-	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}, Nodes: map[string]NodeInfo{}})
+	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}, Nodes: map[string]NodeInfo{}, Removed: map[string]uint64{}})
 	return m
 }
 
@@ -230,17 +234,20 @@ func (m *Machine) QueryEvents(q EventQuery) ([]Event, *EventGap) {
 func (m *Machine) Apply(index uint64, data []byte) Result {
 	m.mu.Lock()
 	cur := m.view.Load()
-	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes}
+	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
 	var added []Event
 	c, res, eff := m.apply(cur, index, data)
 	switch {
 	case eff == nil:
 	case eff.node != nil:
 		next.Nodes = maps.Clone(cur.Nodes)
+		next.Removed = maps.Clone(cur.Removed)
 		if eff.node.ClusterAddr == "" {
 			delete(next.Nodes, eff.node.ID)
+			next.Removed[eff.node.ID] = index
 		} else {
 			next.Nodes[eff.node.ID] = *eff.node
+			delete(next.Removed, eff.node.ID)
 		}
 	default:
 		next.Services = maps.Clone(cur.Services)

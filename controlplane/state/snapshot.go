@@ -18,6 +18,7 @@ type snapshot struct {
 	Services map[string]*Service `json:"services"`
 	Deleted  map[string]uint64   `json:"deleted"`
 	Nodes    map[string]NodeInfo `json:"nodes,omitempty"`
+	Removed  map[string]uint64   `json:"removed,omitempty"`
 	Events   []Event             `json:"events"`
 	// EventsDroppedThrough is the index of the newest event the trail
 	// dropped (0: none). Absent in snapshots of builds that did not record
@@ -38,6 +39,7 @@ func (m *Machine) WriteSnapshot(w io.Writer) error {
 		Services:    v.Services,
 		Deleted:     v.Deleted,
 		Nodes:       v.Nodes,
+		Removed:     v.Removed,
 		Events:      m.events,
 		Idempotency: m.idemQueue,
 	}
@@ -69,9 +71,12 @@ func (m *Machine) Restore(r io.Reader) error {
 	if err := snap.validate(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted, Nodes: snap.Nodes}
+	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted, Nodes: snap.Nodes, Removed: snap.Removed}
 	if v.Nodes == nil {
 		v.Nodes = map[string]NodeInfo{}
+	}
+	if v.Removed == nil {
+		v.Removed = map[string]uint64{}
 	}
 	if v.Services == nil {
 		v.Services = map[string]*Service{}
@@ -129,6 +134,11 @@ func (s *snapshot) validate() error {
 		}
 		if _, ok := s.Deleted[name]; ok {
 			return fmt.Errorf("service %q is both live and deleted", name)
+		}
+	}
+	for _, id := range sortedKeys(s.Removed) {
+		if _, ok := s.Nodes[id]; ok {
+			return fmt.Errorf("node %q is both a member and removed", id)
 		}
 	}
 	for i := 1; i < len(s.Events); i++ {

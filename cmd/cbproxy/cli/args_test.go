@@ -212,11 +212,17 @@ func TestRunUsage(t *testing.T) {
 		{top: "pool", argv: []string{"set", "svc", "blue"}, code: exitUsage, wantOut: "cbproxy pool set: missing ADDR"},
 		{top: "cluster", argv: []string{"status", "extra"}, code: exitUsage, wantOut: `cbproxy cluster status: unexpected argument "extra"`},
 		{top: "cluster", code: exitUsage, wantOut: "missing subcommand"},
+		{top: "cluster", argv: []string{"recover"}, code: exitUsage, wantOut: "cbproxy cluster recover: name the stopped node with --config (its Caddyfile) or --data-dir"},
+		{top: "cluster", argv: []string{"recover", "--data-dir"}, code: exitUsage, wantOut: "flag --data-dir needs a value (DIR)"},
+		{top: "cluster", argv: []string{"recover", "--data-dir", "/x", "--node-id", "bad id"}, code: exitUsage, wantOut: "may hold only letters"},
+		{top: "cluster", argv: []string{"recover", "/x"}, code: exitUsage, wantOut: `unexpected argument "/x"`},
+		{top: "cluster", argv: []string{"recover", "--data-dir=/x", "--dry-run=maybe"}, code: exitUsage, wantOut: "takes no value"},
 
 		{top: "weights", argv: []string{"-h"}, code: exitOK, wantOut: "Usage: cbproxy weights SERVICE POOL=PCT... [--if-version N] [--force]"},
 		{top: "pool", argv: []string{"--help"}, code: exitOK, wantOut: "cbproxy pool set SERVICE POOL ADDR... [--version LABEL]"},
 		{top: "pool", argv: []string{"set", "-h"}, code: exitOK, wantOut: "--version LABEL"},
 		{top: "cluster", argv: []string{"status", "--help"}, code: exitOK, wantOut: "--admin URL"},
+		{top: "cluster", argv: []string{"recover", "-h"}, code: exitOK, wantOut: "[--config FILE] [--data-dir DIR] [--node-id ID] [--force] [--dry-run]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.top+" "+strings.Join(tt.argv, " "), func(t *testing.T) {
@@ -255,6 +261,9 @@ func FuzzParseArgs(f *testing.F) {
 		"svc\x00--to\x00canary\x00--steps\x001:5m,5:10m,25:15m,50:15m,100\x00--manual",
 		"--to=green\x00svc\x00--bake\x005m\x00--strategy=blue-green\x00--force\x00--from\x00blue",
 		"svc\x00--follow\x00--json\x00--steps=1,2:x",
+		"--config\x00/etc/caddy/Caddyfile\x00--dry-run",
+		"--data-dir=/var/lib/cbproxy\x00--node-id\x00node1\x00--force",
+		"--node-id=bad id\x00--data-dir\x00",
 	} {
 		for i := range commands {
 			f.Add(uint8(i), seed)

@@ -51,7 +51,7 @@ var groupShort = map[string]string{
 	"rollout": "Move a service's traffic to a pool, judged by its SLO",
 	"pool":    "Change the pools of a service",
 	"backend": "Drain or undrain one backend of a pool",
-	"cluster": "Show the cluster",
+	"cluster": "Show and change the cluster's members, or recover from a lost quorum",
 }
 
 func init() {

@@ -176,8 +176,28 @@ CLUSTER_ADDR before it adds it. Joining a member again changes nothing.`,
 		name:   "cluster remove",
 		params: []string{"NODE_ID"},
 		short:  "Remove a node from the cluster",
-		long:   `Removes NODE_ID from the cluster's voters and its node list.`,
-		run:    runClusterRemove,
+		long: `Removes NODE_ID from the cluster's voters and its node list. A removed node
+does not join again by itself (through its join list): only 'cluster join'
+takes it back. Removing a removed node again changes nothing.`,
+		run: runClusterRemove,
+	},
+	{
+		name:  "cluster recover",
+		flags: recoverFlags,
+		short: "Make a stopped survivor of a lost quorum a one-node cluster (offline)",
+		long: `Run on the machine of a STOPPED node whose cluster lost its quorum for good
+(a majority of nodes gone with their data). It turns the node's data dir into
+a one-node cluster that keeps every service, weight, version and event; start
+the node, then add fresh nodes with join. It works on the data dir, not
+through the admin API: --config names the node's Caddyfile (data_dir,
+node_id, cluster_secret), or --data-dir and --node-id say it directly.
+
+It refuses while a node runs on the data dir, and while any other member of
+the old configuration answers on its cluster address (a healthy cluster must
+not be split), unless --force. It prints what it finds, what it will do and
+what it did; --dry-run stops before changing anything. Runbook:
+docs/operations.md, "Recovering from quorum loss".`,
+		run: runClusterRecover,
 	},
 }
 
