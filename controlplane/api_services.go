@@ -308,6 +308,12 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 		return Applied{}, false
 	}
 	cmd.IfVersion = ifVersion
+	if !a.n.fsm.machine.Capabilities().Has(cmd.Kind) {
+		// This node's build lacks the command: Validate would call it
+		// unknown, while the leader would refuse it naming this node.
+		writeProposeError(w, upgradeError([]string{fmt.Sprintf("%s (this node) runs a cbproxy version that cannot apply %s", a.n.cfg.NodeID, cmd.Kind)}))
+		return Applied{}, false
+	}
 	if err := cmd.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return Applied{}, false
@@ -326,12 +332,7 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 	}
 	applied, err := a.n.Propose(r.Context(), cmd)
 	if err != nil {
-		if errors.Is(err, ErrNoLeader) {
-			w.Header().Set("Retry-After", "2")
-			writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
-			return Applied{}, false
-		}
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
+		writeProposeError(w, err)
 		return Applied{}, false
 	}
 	res := applied.Result
@@ -355,6 +356,24 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 		return Applied{}, false
 	}
 	return applied, true
+}
+
+// writeProposeError answers a write that Propose did not commit.
+func writeProposeError(w http.ResponseWriter, err error) {
+	var upgrade *UpgradeError
+	switch {
+	case errors.Is(err, ErrNoLeader):
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
+	case errors.As(err, &upgrade):
+		// No Retry-After: the write can go through once an operator has
+		// upgraded the members named.
+		writeError(w, http.StatusServiceUnavailable, "upgrade_in_progress", err.Error())
+	case errors.Is(err, ErrHalted):
+		writeError(w, http.StatusServiceUnavailable, "node_halted", err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
+	}
 }
 
 // expectedVersion reads If-Match (quoted or bare) or the body's "if_version";
