@@ -136,12 +136,18 @@ func FuzzApply(f *testing.F) {
 	f.Add(bytes.Join(seed[:12], []byte("\n")))
 	f.Add(bytes.Join(seed[20:40], []byte("\n")))
 	f.Add([]byte("\x01{}\n\x03{\"service\":\"svc\",\"weights\":{\"a\":100}}\n\x85{}"))
+	// Entries of a newer build: unknown fields, top-level and nested.
+	f.Add(append(bytes.Join(seed[:3], []byte("\n")), []byte("\n\x03{\"service\":\"svc\",\"weights\":{\"blue\":100},\"zone\":1}\n\x01{\"service\":\"svc\",\"spec\":{\"pools\":{\"a\":{\"backends\":[],\"zone\":\"b\"}}}}")...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := NewMachine(Options{MaxEvents: 8})
 		for i, entry := range bytes.Split(data, []byte("\n")) {
+			before := m.View()
 			r := m.Apply(uint64(i+1), entry)
 			if !r.OK() && r.Err == "" {
 				t.Fatalf("refusal without an error: %+v", r)
+			}
+			if r.Code == CodeUnsupported && m.View() != before {
+				t.Fatalf("an entry this build cannot apply changed the state: %q", entry)
 			}
 			checkViewValid(t, m.View())
 		}
