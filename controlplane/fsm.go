@@ -32,9 +32,10 @@ type fsm struct {
 	machine *state.Machine
 	path    string // applied.json
 	log     func() *zap.Logger
-	// halted is set once, by the entry that halted the fsm; onHalt, if set,
-	// runs then on Raft's FSM goroutine and must not block.
+	// halted is set once, by the entry that halted the fsm. onHalt (see
+	// notifyHalt) runs then, on Raft's FSM goroutine, and must not block.
 	halted atomic.Pointer[halt]
+	haltMu sync.Mutex
 	onHalt func(halt)
 
 	mu   sync.Mutex
@@ -150,11 +151,26 @@ func (f *fsm) Apply(l *raft.Log) any {
 		close(f.applied) // waiters of later indexes give up now
 		f.applied = make(chan struct{})
 		f.mu.Unlock()
-		if f.onHalt != nil {
-			f.onHalt(*h)
+		f.haltMu.Lock()
+		fn := f.onHalt
+		f.haltMu.Unlock()
+		if fn != nil {
+			fn(*h)
 		}
 	}
 	return res
+}
+
+// notifyHalt makes fn run when the fsm halts, or at once if it already has
+// (Raft's FSM goroutine runs before Raft's constructor returns). fn may run
+// twice; it must not block.
+func (f *fsm) notifyHalt(fn func(halt)) {
+	f.haltMu.Lock()
+	f.onHalt = fn
+	f.haltMu.Unlock()
+	if h := f.halted.Load(); h != nil {
+		fn(*h)
+	}
 }
 
 // halt returns where the fsm stopped, nil while it applies.

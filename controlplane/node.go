@@ -297,7 +297,6 @@ func (n *Node) openRaft() error {
 	if err != nil {
 		return err
 	}
-	n.fsm.onHalt = n.halted
 	if n.cluster, err = n.openClusterPort(); err != nil {
 		return err
 	}
@@ -349,6 +348,7 @@ func (n *Node) openRaft() error {
 	if n.raft, err = raft.NewRaft(rc, n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
+	n.fsm.notifyHalt(n.halted)
 	n.hadState = hasState
 	// Bootstrap only over empty state: bootstrapping again would fork the
 	// cluster (research/raft-controlplane.md §1, pitfall 1). A multi-node
