@@ -308,11 +308,13 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 		return Applied{}, false
 	}
 	cmd.IfVersion = ifVersion
-	if !a.n.fsm.machine.Capabilities().Has(cmd.Kind) {
-		// This node's build lacks the command: Validate would call it
-		// unknown, while the leader would refuse it naming this node.
-		writeProposeError(w, upgradeError([]string{fmt.Sprintf("%s (this node) runs a cbproxy version that cannot apply %s", a.n.cfg.NodeID, cmd.Kind)}))
-		return Applied{}, false
+	if data, err := state.Encode(cmd); err == nil {
+		// A command this node's build lacks: Validate would call its kind
+		// unknown, where the leader would refuse it naming this node.
+		if err := a.n.selfLacks(data); err != nil {
+			writeProposeError(w, err)
+			return Applied{}, false
+		}
 	}
 	if err := cmd.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
