@@ -102,6 +102,10 @@ func (a *adminServer) routes() http.Handler {
 				// A linearizable read: wait until this node has applied what
 				// the leader had committed when the read came in.
 				if err := a.n.consistentRead(r.Context()); err != nil {
+					if errors.Is(err, ErrHalted) {
+						writeError(w, http.StatusServiceUnavailable, "node_halted", "a consistent read needs a node that applies the log: "+err.Error())
+						return
+					}
 					w.Header().Set("Retry-After", "2")
 					writeError(w, http.StatusServiceUnavailable, "no_quorum", "a consistent read needs a leader: "+err.Error())
 					return

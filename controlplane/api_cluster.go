@@ -32,6 +32,8 @@ type clusterNode struct {
 	Voter         bool   `json:"voter"`
 	LastContactMs int64  `json:"last_contact_ms"`
 	AppliedIndex  uint64 `json:"applied_index"`
+	// Halted says why the node stopped applying the log (state "halted").
+	Halted string `json:"halted,omitempty"`
 }
 
 func (a *adminServer) getCluster(w http.ResponseWriter, r *http.Request, _ string) {
@@ -60,8 +62,10 @@ func (n *Node) clusterStatus(ctx context.Context) clusterBody {
 		wg.Add(1)
 		go func(node *clusterNode) {
 			defer wg.Done()
-			st := n.localStatus()
-			if node.ID != n.cfg.NodeID {
+			var st nodeStatus
+			if node.ID == n.cfg.NodeID {
+				st = n.localStatus()
+			} else {
 				cctx, cancel := context.WithTimeout(ctx, time.Second)
 				defer cancel()
 				if err := n.cluster.Call(cctx, node.ClusterAddr, rpcStatus, nil, &st); err != nil {
@@ -69,7 +73,7 @@ func (n *Node) clusterStatus(ctx context.Context) clusterBody {
 					return
 				}
 			}
-			node.State, node.AppliedIndex, node.LastContactMs = st.State, st.AppliedIndex, st.LastContactMs
+			node.State, node.AppliedIndex, node.LastContactMs, node.Halted = st.State, st.AppliedIndex, st.LastContactMs, st.Halted
 			if st.AdminAddr != "" {
 				node.AdminAddr = st.AdminAddr
 			}
@@ -189,9 +193,9 @@ func (a *adminServer) membershipError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, mc.code, mc.msg)
 		return
 	}
-	if errors.Is(err, ErrNoLeader) {
-		w.Header().Set("Retry-After", "2")
-		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
+	var upgrade *UpgradeError
+	if errors.Is(err, ErrNoLeader) || errors.As(err, &upgrade) || errors.Is(err, ErrHalted) {
+		writeProposeError(w, err)
 		return
 	}
 	writeError(w, http.StatusBadRequest, "invalid", err.Error())

@@ -346,6 +346,14 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 		return Applied{}, false
 	}
 	cmd.IfVersion = ifVersion
+	if data, err := state.Encode(cmd); err == nil {
+		// A command this node's build lacks: Validate would call its kind
+		// unknown, where the leader would refuse it naming this node.
+		if err := a.n.selfLacks(data); err != nil {
+			writeProposeError(w, err)
+			return Applied{}, false
+		}
+	}
 	if err := cmd.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return Applied{}, false
@@ -364,12 +372,7 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 	}
 	applied, err := a.n.Propose(r.Context(), cmd)
 	if err != nil {
-		if errors.Is(err, ErrNoLeader) {
-			w.Header().Set("Retry-After", "2")
-			writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
-			return Applied{}, false
-		}
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
+		writeProposeError(w, err)
 		return Applied{}, false
 	}
 	res := applied.Result
@@ -401,6 +404,24 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 // clientIdemKey is the state machine's idempotency key for a client's
 // Idempotency-Key (the node's own keys have other prefixes).
 func clientIdemKey(key string) string { return "client:" + key }
+
+// writeProposeError answers a write that Propose did not commit.
+func writeProposeError(w http.ResponseWriter, err error) {
+	var upgrade *UpgradeError
+	switch {
+	case errors.Is(err, ErrNoLeader):
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
+	case errors.As(err, &upgrade):
+		// No Retry-After: the write can go through once an operator has
+		// upgraded the members named.
+		writeError(w, http.StatusServiceUnavailable, "upgrade_in_progress", err.Error())
+	case errors.Is(err, ErrHalted):
+		writeError(w, http.StatusServiceUnavailable, "node_halted", err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())
+	}
+}
 
 // expectedVersion reads If-Match (quoted or bare) or the body's "if_version";
 // both given must agree.

@@ -24,10 +24,20 @@ import (
 // Raft's newest snapshot. Raft is started with NoSnapshotRestoreOnStart and
 // replays the log after its snapshot; entries the machine already holds are
 // skipped, so nothing is applied twice.
+//
+// An entry the build cannot apply (state.CodeUnsupported) halts the fsm: it
+// applies nothing more, takes no snapshot and restores none until the process
+// restarts, so neither the state machine's index nor applied.json ever moves
+// past that entry, and a newer build replays it from the log.
 type fsm struct {
 	machine *state.Machine
 	path    string // applied.json
 	log     func() *zap.Logger
+	// halted is set once, by the entry that halted the fsm. onHalt (see
+	// notifyHalt) runs then, on Raft's FSM goroutine, and must not block.
+	halted atomic.Pointer[halt]
+	haltMu sync.Mutex
+	onHalt func(halt)
 
 	mu   sync.Mutex
 	subs map[int]func(*state.View)
@@ -48,7 +58,19 @@ type fsm struct {
 	nextEvents int
 }
 
-func newFSM(dataDir string, maxEvents int, snaps raft.SnapshotStore, log func() *zap.Logger) (*fsm, error) {
+// halt is where and why the fsm stopped applying.
+type halt struct {
+	// Index is the log entry it cannot apply; Applied is the last index it
+	// did apply (what the data plane serves).
+	Index, Applied uint64
+	Reason         string
+}
+
+func (h halt) String() string {
+	return fmt.Sprintf("stopped applying the replicated log at index %d: %s; upgrade cbproxy on this node and restart it, it then applies the entry from its log; until then it serves the state of index %d and stays out of the cluster's quorum", h.Index, h.Reason, h.Applied)
+}
+
+func newFSM(dataDir string, opts state.Options, snaps raft.SnapshotStore, log func() *zap.Logger) (*fsm, error) {
 	f := &fsm{
 		path:      filepath.Join(dataDir, "applied.json"),
 		log:       log,
@@ -58,7 +80,8 @@ func newFSM(dataDir string, maxEvents int, snaps raft.SnapshotStore, log func() 
 		applied:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	f.machine = state.NewMachine(state.Options{MaxEvents: maxEvents, OnApply: f.onApply})
+	opts.OnApply = f.onApply
+	f.machine = state.NewMachine(opts)
 	if err := f.restoreAtStart(snaps); err != nil {
 		return nil, err
 	}
@@ -115,24 +138,61 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	if len(l.Data) > 0 {
-		if k := state.Kind(l.Data[0]); !k.Known() && k&state.IgnoreUnknown == 0 {
-			// A newer node wrote a command this build cannot apply. Skipping it
-			// would let this node's state diverge; say so loudly. The data
-			// plane keeps serving the last weights.
-			f.log().Error("raft log holds a command this cbproxy version does not know; upgrade this node", zap.Uint64("index", l.Index), zap.Uint8("kind", uint8(k)))
-		}
+	if h := f.halted.Load(); h != nil {
+		// Raft may hand over entries queued behind the one that halted us
+		// before it stops; none is applied.
+		return state.Result{Code: state.CodeUnsupported, Err: "this node " + h.String()}
 	}
 	if l.Index <= f.machine.View().Index {
 		// Already part of the state this node restored at start.
 		return state.Result{Code: state.CodeInvalid, Err: "entry already applied"}
 	}
-	return f.machine.Apply(l.Index, l.Data)
+	res := f.machine.Apply(l.Index, l.Data)
+	if res.Code == state.CodeUnsupported {
+		// A newer node wrote a command this build cannot apply. Skipping it
+		// would let this node's state diverge and lose the entry for good;
+		// stop before it instead, loudly. The machine changed nothing.
+		h := &halt{Index: l.Index, Applied: f.machine.View().Index, Reason: res.Err}
+		f.halted.Store(h)
+		f.log().Error("STOPPED: this node cannot apply the replicated log; upgrade cbproxy on it and restart it, it then applies the entry from its log",
+			zap.Uint64("index", h.Index), zap.Uint64("applied_index", h.Applied), zap.String("reason", h.Reason))
+		f.mu.Lock()
+		close(f.applied) // waiters of later indexes give up now
+		f.applied = make(chan struct{})
+		f.mu.Unlock()
+		f.haltMu.Lock()
+		fn := f.onHalt
+		f.haltMu.Unlock()
+		if fn != nil {
+			fn(*h)
+		}
+	}
+	return res
 }
+
+// notifyHalt makes fn run when the fsm halts, or at once if it already has
+// (Raft's FSM goroutine runs before Raft's constructor returns). fn may run
+// twice; it must not block.
+func (f *fsm) notifyHalt(fn func(halt)) {
+	f.haltMu.Lock()
+	f.onHalt = fn
+	f.haltMu.Unlock()
+	if h := f.halted.Load(); h != nil {
+		fn(*h)
+	}
+}
+
+// halt returns where the fsm stopped, nil while it applies.
+func (f *fsm) halt() *halt { return f.halted.Load() }
 
 // Snapshot implements raft.FSM. The state is encoded at once, so the snapshot
 // holds exactly what was applied when Raft asked, while Persist runs later.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if h := f.halted.Load(); h != nil {
+		// Raft would label it with the index of the entry that halted us,
+		// and a restart would then skip that entry.
+		return nil, errors.New("no snapshot: this node " + h.String())
+	}
 	var buf bytes.Buffer
 	if err := f.machine.WriteSnapshot(&buf); err != nil {
 		return nil, err
@@ -143,6 +203,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // Restore implements raft.FSM (a snapshot installed by the leader).
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if h := f.halted.Load(); h != nil {
+		return errors.New("no restore: this node " + h.String())
+	}
 	return f.machine.Restore(rc)
 }
 
@@ -200,7 +263,7 @@ func (f *fsm) onApply(v *state.View, added []state.Event) {
 }
 
 // waitIndex waits until the machine has applied index; false if ctx ended
-// first.
+// first or the fsm halted before index.
 func (f *fsm) waitIndex(ctx context.Context, index uint64) bool {
 	for {
 		f.mu.Lock()
@@ -208,6 +271,9 @@ func (f *fsm) waitIndex(ctx context.Context, index uint64) bool {
 		f.mu.Unlock()
 		if published >= index {
 			return true
+		}
+		if f.halted.Load() != nil {
+			return false
 		}
 		select {
 		case <-ch:

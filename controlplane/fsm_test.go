@@ -23,7 +23,7 @@ func newTestFSM(t *testing.T, dir string) *fsm {
 		t.Fatal(err)
 	}
 	log := zaptest.NewLogger(t)
-	f, err := newFSM(dir, 0, snaps, func() *zap.Logger { return log })
+	f, err := newFSM(dir, state.Options{}, snaps, func() *zap.Logger { return log })
 	if err != nil {
 		t.Fatal(err)
 	}

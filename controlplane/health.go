@@ -26,12 +26,17 @@ type dependency struct {
 }
 
 // raftDependency is healthy with a known leader, degraded without one (the
-// data plane keeps serving the last weights).
+// data plane keeps serving the last weights), unhealthy once the state
+// machine halted. Its applied index is the state machine's, which a halted
+// node never moves past the entry it cannot apply.
 func (n *Node) raftDependency() dependency {
 	_, leader := n.raft.LeaderWithID()
-	d := dependency{Status: "healthy", State: stateName(n.raft.State()), Leader: string(leader), Applied: n.raft.AppliedIndex()}
+	d := dependency{Status: "healthy", State: stateName(n.raft.State()), Leader: string(leader), Applied: n.View().Index}
 	if leader == "" || n.raft.State() == raft.Shutdown {
 		d.Status = "degraded"
+	}
+	if h := n.fsm.halt(); h != nil {
+		d.Status, d.State, d.Error = "unhealthy", "halted", h.String()
 	}
 	return d
 }
@@ -75,7 +80,11 @@ func overall(deps map[string]dependency) string {
 func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
 	deps := a.n.dependencies()
 	if !a.n.Ready() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting", "dependencies": deps, "waiting_for": a.n.waitingFor()})
+		status := "starting"
+		if a.n.fsm.halt() != nil {
+			status = "halted"
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "dependencies": deps, "waiting_for": a.n.waitingFor()})
 		return
 	}
 	status := "ok"
@@ -88,7 +97,7 @@ func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
 func (a *adminServer) healthDeps(w http.ResponseWriter, r *http.Request) {
 	deps := a.n.dependencies()
 	status := overall(deps)
-	if deps["raft"].State == "shutdown" {
+	if deps["raft"].State == "shutdown" || deps["raft"].Status == "unhealthy" {
 		status = "unhealthy"
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": status, "dependencies": deps})

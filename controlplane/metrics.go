@@ -12,6 +12,7 @@ type nodeMetrics struct {
 	n            *Node
 	isLeader     prometheus.GaugeFunc
 	applied      prometheus.GaugeFunc
+	halted       prometheus.GaugeFunc
 	applySeconds prometheus.Histogram
 }
 
@@ -29,8 +30,17 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		}),
 		applied: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cbproxy_raft_applied_index",
-			Help: "Raft index of the last entry this node applied.",
-		}, func() float64 { return float64(n.raft.AppliedIndex()) }),
+			Help: "Raft index of the last command this node's state machine applied.",
+		}, func() float64 { return float64(n.View().Index) }),
+		halted: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cbproxy_raft_halted",
+			Help: "1 once this node stopped applying the replicated log at an entry its cbproxy build cannot apply (upgrade and restart it), 0 otherwise.",
+		}, func() float64 {
+			if n.fsm.halt() != nil {
+				return 1
+			}
+			return 0
+		}),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cbproxy_raft_apply_seconds",
 			Help:    "Time from proposing a command on the leader to its commit and apply.",
@@ -53,6 +63,7 @@ func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- rollbacksDesc
 	m.isLeader.Describe(ch)
 	m.applied.Describe(ch)
+	m.halted.Describe(ch)
 	m.applySeconds.Describe(ch)
 }
 
@@ -70,5 +81,6 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.isLeader.Collect(ch)
 	m.applied.Collect(ch)
+	m.halted.Collect(ch)
 	m.applySeconds.Collect(ch)
 }

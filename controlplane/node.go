@@ -106,6 +106,12 @@ type Config struct {
 	// judges without it; SetDataPlane replaces it (a config reload). Nil
 	// means a node without one (readiness is then catching up alone).
 	DataPlane DataPlane
+
+	// withoutKinds and withoutFields make the node apply like an older
+	// build that lacks them (state.Options), so tests run mixed-version
+	// clusters in one process.
+	withoutKinds  []state.Kind
+	withoutFields []string
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -180,6 +186,13 @@ type Node struct {
 	// removedNotice is why the cluster refuses this node's own join (it was
 	// removed); readiness shows it until an operator joins the node.
 	removedNotice atomic.Pointer[string]
+	// members is what the other members can apply, as the leader learned
+	// it (versions.go).
+	members memberCapabilities
+	// raftStop is Raft's shutdown, started once: by Shutdown, or when the
+	// state machine halts.
+	raftStopOnce sync.Once
+	raftStop     raft.Future
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -299,6 +312,7 @@ func (n *Node) openRaft() error {
 	if n.raft, err = raft.NewRaft(n.raftConfig(), n.fsm, n.wal, n.wal, n.snaps, n.transport); err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
+	n.fsm.notifyHalt(n.halted)
 	n.hadState = hasState
 	// Bootstrap only over empty state: bootstrapping again would fork the
 	// cluster. A multi-node cluster forms in maintainMembership.
@@ -363,7 +377,7 @@ func (n *Node) openStores() error {
 	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 3, hl); err != nil {
 		return fmt.Errorf("opening raft snapshots: %w", err)
 	}
-	n.fsm, err = newFSM(n.cfg.DataDir, n.cfg.MaxEvents, n.snaps, n.log)
+	n.fsm, err = newFSM(n.cfg.DataDir, state.Options{MaxEvents: n.cfg.MaxEvents, WithoutKinds: n.cfg.withoutKinds, WithoutFields: n.cfg.withoutFields}, n.snaps, n.log)
 	return err
 }
 
@@ -544,6 +558,28 @@ func (n *Node) pendingServices() []string {
 // hands leadership over first.
 func (n *Node) Shutdown() error { return n.shutdown(true) }
 
+// stopRaft starts Raft's shutdown once and returns its future. It does not
+// wait, so the state machine may call it from Raft's FSM goroutine.
+func (n *Node) stopRaft() raft.Future {
+	n.raftStopOnce.Do(func() { n.raftStop = n.raft.Shutdown() })
+	return n.raftStop
+}
+
+// halted runs on Raft's FSM goroutine when the state machine meets an entry
+// it cannot apply. The node stops Raft: a node that stays in the cluster
+// without applying would, as leader, keep its leadership while it applies
+// nothing (a blocked FSM stalls Raft's own loop once its queue of 128
+// batches is full, which also runs the lease check that would make it step
+// down). Stopped, it counts as down: the others elect a leader and go on.
+// The data plane keeps serving the last applied state; readiness, health and
+// cbproxy_raft_halted say why.
+func (n *Node) halted(h halt) {
+	future := n.stopRaft()
+	// Close the Raft transport once Raft's goroutines are gone, so peers
+	// are refused at once rather than left waiting on an RPC nobody reads.
+	go func() { _ = future.Error() }()
+}
+
 // shutdown stops the node; without handOver it stops as abruptly as Raft
 // allows (tests use it to play a crash).
 func (n *Node) shutdown(handOver bool) error {
@@ -557,7 +593,7 @@ func (n *Node) shutdown(handOver bool) error {
 			n.admin.close()
 		}
 		if n.raft != nil {
-			err = n.raft.Shutdown().Error()
+			err = n.stopRaft().Error()
 		}
 		n.wg.Wait()
 		n.closeStores()
@@ -635,8 +671,9 @@ func (n *Node) Health() *healthcheck.Checker { return n.health }
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
 // Ready reports whether the node has caught up with the cluster once and
-// then served every service its data plane declares.
-func (n *Node) Ready() bool { return n.ready.Load() }
+// then served every service its data plane declares, and has not halted
+// since (a halted node serves an old state).
+func (n *Node) Ready() bool { return n.ready.Load() && n.fsm.halt() == nil }
 
 // waitingFor says why the node is not ready yet (nothing once it is).
 func (n *Node) waitingFor() []string {
@@ -649,6 +686,9 @@ func (n *Node) waitingFor() []string {
 	}
 	if msg := n.removedNotice.Load(); msg != nil {
 		why = append(why, *msg)
+	}
+	if h := n.fsm.halt(); h != nil {
+		why = append(why, "this node "+h.String())
 	}
 	if !n.caughtUp.Load() {
 		why = append(why, fmt.Sprintf("catching up with the cluster: applied index %d, leader %q", n.raft.AppliedIndex(), n.raftDependency().Leader))

@@ -34,6 +34,9 @@ type Applied struct {
 // leadership or a broken connection, whose outcome is unknown, can never apply
 // it twice. Without a leader it retries for up to 5 s, then ErrNoLeader.
 func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) {
+	if err := n.haltedError(); err != nil {
+		return Applied{}, err
+	}
 	if cmd.IdemKey == "" {
 		cmd.IdemKey = "auto:" + randomID()
 		cmd.IdemHash = cmd.IdemKey
@@ -73,15 +76,16 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 
 func (n *Node) proposeOnce(ctx context.Context, cmd state.Command) (Applied, error) {
 	if n.raft.State() == raft.Leader {
-		return n.applyAsLeader(cmd)
+		return n.applyAsLeader(ctx, cmd)
 	}
 	var a Applied
 	err := n.forward(ctx, rpcPropose, cmd, &a)
 	return a, err
 }
 
-// applyAsLeader applies a command on this node, which must be the leader.
-func (n *Node) applyAsLeader(cmd state.Command) (Applied, error) {
+// applyAsLeader applies a command on this node, which must be the leader,
+// once every member can apply it (UpgradeError otherwise).
+func (n *Node) applyAsLeader(ctx context.Context, cmd state.Command) (Applied, error) {
 	if n.raft.State() != raft.Leader {
 		return Applied{}, raft.ErrNotLeader
 	}
@@ -89,6 +93,9 @@ func (n *Node) applyAsLeader(cmd state.Command) (Applied, error) {
 	data, err := state.Encode(cmd)
 	if err != nil {
 		return Applied{}, fmt.Errorf("encoding command: %w", err)
+	}
+	if err := n.checkMembersApply(ctx, data); err != nil {
+		return Applied{}, err
 	}
 	start := time.Now()
 	f := n.raft.Apply(data, noLeaderHold)

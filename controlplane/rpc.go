@@ -36,6 +36,9 @@ const (
 const (
 	codeNotLeader = "not_leader"
 	codeNotFound  = "not_found"
+	// codeUpgrade carries an UpgradeError; the follower answers it as the
+	// leader would.
+	codeUpgrade = "upgrade_in_progress"
 )
 
 // nodeStatus is what rpcStatus answers.
@@ -46,6 +49,12 @@ type nodeStatus struct {
 	CommitIndex   uint64 `json:"commit_index"`
 	LastContactMs int64  `json:"last_contact_ms"`
 	AdminAddr     string `json:"admin_addr"`
+	// Capabilities is what this node's build applies; the leader writes
+	// nothing a member lacks. Absent from builds before versioned commands.
+	Capabilities *state.Capabilities `json:"capabilities,omitempty"`
+	// Halted says why this node stopped applying the log ("" while it
+	// applies).
+	Halted string `json:"halted,omitempty"`
 }
 
 type waitRequest struct {
@@ -69,7 +78,12 @@ func (n *Node) registerRPC() {
 		if err := json.Unmarshal(req, &cmd); err != nil {
 			return nil, err
 		}
-		a, err := n.applyAsLeader(cmd)
+		// A follower of a newer build may send what this leader cannot
+		// apply; decoding it would drop the fields it does not know.
+		if err := n.selfLacks(append([]byte{byte(cmd.Kind)}, req...)); err != nil {
+			return nil, rpcError(err)
+		}
+		a, err := n.applyAsLeader(ctx, cmd)
 		if err != nil {
 			return nil, rpcError(err)
 		}
@@ -143,8 +157,13 @@ func (n *Node) registerRPC() {
 	})
 }
 
-// rpcError turns the leader-side errors a follower may retry into coded ones.
+// rpcError turns the leader-side errors a follower may retry, or answers as
+// they are, into coded ones.
 func rpcError(err error) error {
+	var ue *UpgradeError
+	if errors.As(err, &ue) {
+		return cluster.CodedError(codeUpgrade, err.Error())
+	}
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout) {
 		return cluster.CodedError(codeNotLeader, err.Error())
@@ -175,6 +194,8 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 			return errNodeNotFound
 		case state.CodeNodeRemoved, codeAddressTaken:
 			return &membershipConflict{code: re.Code, msg: re.Message}
+		case codeUpgrade:
+			return &UpgradeError{msg: re.Message}
 		}
 		return fmt.Errorf("leader %s: %s", id, re.Message)
 	case ctx.Err() != nil:
@@ -189,9 +210,13 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 
 // localStatus is this node's own view of itself.
 func (n *Node) localStatus() nodeStatus {
+	caps := n.fsm.machine.Capabilities()
 	st := nodeStatus{
 		ID: n.cfg.NodeID, State: stateName(n.raft.State()), AppliedIndex: n.View().Index,
-		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.AdminAddr(),
+		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.AdminAddr(), Capabilities: &caps,
+	}
+	if h := n.fsm.halt(); h != nil {
+		st.State, st.Halted = "halted", h.String()
 	}
 	if n.raft.State() != raft.Leader {
 		if lc := n.raft.LastContact(); !lc.IsZero() {
@@ -245,6 +270,9 @@ func (n *Node) lastCommandAtOrBefore(idx uint64) (uint64, error) {
 // consistentRead waits until this node has applied everything the leader had
 // committed when the read began, so the read that follows is linearizable.
 func (n *Node) consistentRead(ctx context.Context) error {
+	if err := n.haltedError(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*noLeaderHold)
 	defer cancel()
 	deadline := time.Now().Add(noLeaderHold)

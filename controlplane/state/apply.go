@@ -33,6 +33,8 @@ type effect struct {
 }
 
 // handlers is the dispatch table, one entry per kind (Consul's FSM style).
+// Its kinds are the build's kind capabilities; a kind added here needs a name
+// in kindNames.
 var handlers = map[Kind]handler{
 	KindPutService:    {checkPutService, applyPutService},
 	KindDeleteService: {func(*Command) error { return nil }, applyDeleteService},
@@ -68,19 +70,9 @@ func (c Command) Validate() error {
 	return nil
 }
 
-// Known reports whether this build can apply commands of kind k. A node that
-// meets an unknown kind without IgnoreUnknown should stop rather than skip it.
-func (k Kind) Known() bool {
-	_, ok := handlers[k]
-	return ok
-}
-
 func (c *Command) handler() (handler, error) {
 	h, ok := handlers[c.Kind]
 	if !ok {
-		if c.Kind&IgnoreUnknown != 0 {
-			return h, fmt.Errorf("unknown command kind %#02x (marked ignore-if-unknown)", byte(c.Kind))
-		}
 		return h, fmt.Errorf("unknown command kind %#02x; is this node older than the one that proposed it?", byte(c.Kind))
 	}
 	return h, nil

@@ -8,9 +8,9 @@ import (
 )
 
 // Kind is the first byte of an encoded command; it selects the handler in the
-// dispatch table. Kinds with IgnoreUnknown set may be skipped by an older node
-// that does not know them; any other unknown kind stops the node rather than let
-// its state diverge (Consul's rule).
+// dispatch table. A node never skips a kind it does not know: it stops before
+// it rather than let its state diverge, and the leader writes no kind some
+// member lacks (Capabilities).
 type Kind uint8
 
 const (
@@ -26,8 +26,6 @@ const (
 	KindRolloutStart  Kind = 0x08
 	KindRolloutChange Kind = 0x09 // step, promote, pause, resume, wait
 	KindRollback      Kind = 0x0A
-
-	IgnoreUnknown Kind = 0x80
 )
 
 // Command is one replicated change. The node that proposes it (the leader)
@@ -150,8 +148,10 @@ func Encode(c Command) ([]byte, error) {
 	return append([]byte{byte(c.Kind)}, b...), nil
 }
 
-// Decode is the inverse of Encode. The Kind byte is authoritative; unknown
-// JSON fields are ignored so that a newer leader may add some.
+// Decode is the inverse of Encode. The Kind byte is authoritative. Decode
+// itself ignores JSON fields Command lacks; Apply refuses such an entry as
+// unsupported first (Capabilities.Lacks), so a field a newer leader added is
+// never dropped in silence.
 func Decode(data []byte) (Command, error) {
 	if len(data) == 0 {
 		return Command{}, errors.New("empty command")

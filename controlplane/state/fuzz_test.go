@@ -159,12 +159,18 @@ func FuzzApply(f *testing.F) {
 	n2 := `"node":{"id":"n2","cluster_addr":"127.0.0.1:7002","admin_addr":"127.0.0.1:7102"}`
 	f.Add([]byte("\x06{" + n2 + `,"actor":"cluster"}` + "\n\x07{\"node\":{\"id\":\"n2\"},\"actor\":\"ops\"}\n\x06{" + n2 + `,"actor":"cluster"}` +
 		"\n\x06{" + n2 + `,"actor":"ops"}` + "\n\x07{\"node\":{\"id\":\"n9\"}}\n\x07{\"node\":{\"id\":\"n9\"}}"))
+	// Entries of a newer build: unknown fields, top-level and nested.
+	f.Add(append(bytes.Join(seed[:3], []byte("\n")), []byte("\n\x03{\"service\":\"svc\",\"weights\":{\"blue\":100},\"zone\":1}\n\x01{\"service\":\"svc\",\"spec\":{\"pools\":{\"a\":{\"backends\":[],\"zone\":\"b\"}}}}")...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := NewMachine(Options{MaxEvents: 8})
 		for i, entry := range bytes.Split(data, []byte("\n")) {
+			before := m.View()
 			r := m.Apply(uint64(i+1), entry)
 			if !r.OK() && r.Err == "" {
 				t.Fatalf("refusal without an error: %+v", r)
+			}
+			if r.Code == CodeUnsupported && m.View() != before {
+				t.Fatalf("an entry this build cannot apply changed the state: %q", entry)
 			}
 			checkViewValid(t, m.View())
 			for id := range m.View().Removed {

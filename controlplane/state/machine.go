@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,12 @@ type Options struct {
 	// the applying goroutine with the new view and the events the command added.
 	// It must not block.
 	OnApply func(v *View, added []Event)
+	// WithoutKinds and WithoutFields (paths as in Capabilities.Fields) make
+	// the machine apply like an older build that lacks them: it does not
+	// advertise them and refuses entries that use them as unsupported. For
+	// tests of mixed-version clusters in one process.
+	WithoutKinds  []Kind
+	WithoutFields []string
 }
 
 // Defaults of Options, and the bound on remembered idempotency keys (a burst
@@ -56,6 +63,7 @@ const (
 // concurrent use.
 type Machine struct {
 	opts Options
+	caps Capabilities
 	view atomic.Pointer[View]
 
 	// mu guards the event trail and the idempotency table, and makes a
@@ -152,13 +160,20 @@ func NewMachine(opts Options) *Machine {
 	if opts.IdemTTL <= 0 {
 		opts.IdemTTL = DefaultIdemTTL
 	}
-	m := &Machine{opts: opts, idem: map[string]idemEntry{}}
+	m := &Machine{opts: opts, caps: newCapabilities(opts.WithoutKinds, opts.WithoutFields), idem: map[string]idemEntry{}}
 	m.view.Store(&View{Services: map[string]*Service{}, Deleted: map[string]uint64{}, Nodes: map[string]NodeInfo{}, Removed: map[string]uint64{}})
 	return m
 }
 
 // View returns the current view.
 func (m *Machine) View() *View { return m.view.Load() }
+
+// Capabilities is what this machine can apply (a copy the caller may keep).
+func (m *Machine) Capabilities() Capabilities {
+	c := m.caps
+	c.Kinds, c.Fields = slices.Clone(c.Kinds), slices.Clone(c.Fields)
+	return c
+}
 
 // EventQuery selects events of the trail.
 type EventQuery struct {
@@ -230,8 +245,14 @@ func (m *Machine) QueryEvents(q EventQuery) ([]Event, *EventGap) {
 }
 
 // Apply decodes and applies one encoded command at the given Raft index.
-// Every command, even one that is refused, advances the view's Index.
+// Every command, even one that is refused, advances the view's Index, except
+// an entry this build cannot apply (CodeUnsupported): that one changes
+// nothing at all and publishes nothing, so the node can stop before it and
+// apply it once it runs a build that can.
 func (m *Machine) Apply(index uint64, data []byte) Result {
+	if res, ok := m.unsupported(data); !ok {
+		return res
+	}
 	m.mu.Lock()
 	cur := m.view.Load()
 	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
@@ -279,6 +300,22 @@ func (m *Machine) Apply(index uint64, data []byte) Result {
 		m.opts.OnApply(next, added)
 	}
 	return res
+}
+
+// unsupported checks that this build can apply the entry: its kind and every
+// field are among the machine's capabilities, and it decodes.
+func (m *Machine) unsupported(data []byte) (Result, bool) {
+	lacks := m.caps.Lacks(data)
+	if len(lacks) == 0 {
+		if _, err := Decode(data); err != nil {
+			lacks = []string{"a command it cannot decode (" + err.Error() + ")"}
+		}
+	}
+	if len(lacks) == 0 {
+		return Result{}, true
+	}
+	return Result{Code: CodeUnsupported, Err: "this cbproxy build cannot apply the log entry: it lacks " + strings.Join(lacks, ", ") +
+		" (a newer build wrote it)"}, false
 }
 
 // apply runs one command against the view v: decoding, the common checks, the

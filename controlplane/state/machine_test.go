@@ -206,7 +206,6 @@ func TestApplyCommands(t *testing.T) {
 		{name: "seed of a live name", cmd: Command{Kind: KindPutService, Service: "svc", Seed: true, Spec: ptr(withSpec(func(s *ServiceSpec) { s.Weights = Weights{"green": 10000} }))}, weights: blue100},
 		{name: "seed of a new name", cmd: Command{Kind: KindPutService, Service: "other", Seed: true, Spec: ptr(testSpec())}, changed: true, event: ActionServicePut},
 		{name: "invalid spec", cmd: put("third", ServiceSpec{}), code: CodeInvalid},
-		{name: "unknown kind", cmd: Command{Kind: 0x0e, Service: "svc"}, code: CodeInvalid},
 		{name: "bad service name", cmd: Command{Kind: KindDeleteService, Service: "Bad Name"}, code: CodeInvalid},
 	}
 
@@ -294,19 +293,6 @@ func countEvents(added [][]Event) int {
 		n += len(a)
 	}
 	return n
-}
-
-func TestApplyUndecodable(t *testing.T) {
-	m := NewMachine(Options{})
-	for i, data := range [][]byte{nil, {byte(KindSetWeights)}, {byte(KindSetWeights), '{'}, append([]byte{byte(KindSetWeights)}, `{"weights":{"blue":"100"}}`...)} {
-		r := m.Apply(uint64(i+1), data)
-		if r.Code != CodeInvalid || r.Err == "" {
-			t.Errorf("Apply(%q) = %+v", data, r)
-		}
-		if m.View().Index != uint64(i+1) {
-			t.Errorf("index did not advance")
-		}
-	}
 }
 
 func TestIdempotency(t *testing.T) {

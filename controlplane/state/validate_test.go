@@ -269,14 +269,6 @@ func TestServiceSpecJSON(t *testing.T) {
 	}
 }
 
-func TestKindKnown(t *testing.T) {
-	for k, want := range map[Kind]bool{KindPutService: true, KindSetDrain: true, KindNodeJoin: true, KindNodeRemove: true, 0: false, 0x7f: false, IgnoreUnknown | 0x7f: false} {
-		if k.Known() != want {
-			t.Errorf("Kind(%#02x).Known() = %v", byte(k), !want)
-		}
-	}
-}
-
 func TestCommandValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
