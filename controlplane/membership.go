@@ -300,7 +300,6 @@ func clusterMAC(secret, method, path string, ts int64, body []byte) string {
 
 // clusterPost sends a signed POST to a peer's admin API.
 func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
-	ts := time.Now().Unix()
 	scheme := "http://"
 	if n.cfg.AdminTLSCert != "" {
 		scheme = "https://"
@@ -311,7 +310,7 @@ func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", clusterAuthScheme+"ts="+strconv.FormatInt(ts, 10)+",mac="+clusterMAC(n.cfg.ClusterSecret, http.MethodPost, path, ts, body))
+	signClusterCall(req, n.cfg.ClusterSecret, body)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := peerClient.Do(req)
 	if err != nil {
@@ -323,6 +322,12 @@ func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 		return fmt.Errorf("%s%s: %d %s", adminAddr, path, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	return nil
+}
+
+// signClusterCall signs a request to a peer's admin API with the secret.
+func signClusterCall(req *http.Request, secret string, body []byte) {
+	ts := time.Now().Unix()
+	req.Header.Set("Authorization", clusterAuthScheme+"ts="+strconv.FormatInt(ts, 10)+",mac="+clusterMAC(secret, req.Method, req.URL.Path, ts, body))
 }
 
 // peerClient talks to peers' admin APIs. Admin certificates of peers are
