@@ -184,7 +184,7 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 func (n *Node) localStatus() nodeStatus {
 	st := nodeStatus{
 		ID: n.cfg.NodeID, State: stateName(n.raft.State()), AppliedIndex: n.View().Index,
-		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.AdminAddr(),
+		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.advertisedAdminAddr(),
 	}
 	if n.raft.State() != raft.Leader {
 		if lc := n.raft.LastContact(); !lc.IsZero() {
