@@ -26,7 +26,8 @@ const maxBody = 1 << 20
 // adminLimits bound what one client can hold on the admin listener. Nobody
 // is authenticated before the request's header is in, so a header must
 // arrive within readHeader and the whole request (header and body) within
-// read; streams lift the read limit once authorized. An idle keep-alive
+// read. The read limit ends with the request: net/http clears the deadline
+// once the body is in, so an event stream lasts. An idle keep-alive
 // connection is closed after idle.
 type adminLimits struct {
 	readHeader, read, idle time.Duration

@@ -112,9 +112,6 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 		q.Since = v
 	}
 	rc := http.NewResponseController(w)
-	// The server's read timeout bounds how long a request may take to
-	// arrive; a stream, once authorized, lasts.
-	_ = rc.SetReadDeadline(time.Time{})
 	// Subscribe before reading the backlog so nothing falls between the two.
 	live, cancel := a.n.fsm.subscribeEvents()
 	defer cancel()

@@ -249,11 +249,18 @@ func TestSignedCallChecks(t *testing.T) {
 }
 
 // TestEventStreamEndsWithItsToken: a reload that removes a token ends the
-// event streams opened with it; streams of tokens that remain go on.
+// event streams opened with it; streams of tokens that remain go on, also
+// past the server's read timeout.
 func TestEventStreamEndsWithItsToken(t *testing.T) {
-	n := startNode(t, t.TempDir(),
-		Token{Name: "viewer", Secret: "view-secret", Role: RoleRead},
-		Token{Name: "ops", Secret: "ops-secret", Role: RoleAdmin})
+	limits := defaultAdminLimits
+	limits.read = time.Second
+	n := startNodeTuned(t, t.TempDir(), func(c *Config) {
+		c.Tokens = []Token{
+			{Name: "viewer", Secret: "view-secret", Role: RoleRead},
+			{Name: "ops", Secret: "ops-secret", Role: RoleAdmin},
+		}
+		c.adminLimits = &limits
+	})
 	open := func(token string) <-chan string {
 		req, _ := http.NewRequest("GET", "http://"+n.AdminAddr()+"/v1/events/stream", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -283,6 +290,7 @@ func TestEventStreamEndsWithItsToken(t *testing.T) {
 			t.Fatal("the stream of a removed token is still open after 10 s")
 		}
 	}
+	time.Sleep(2 * limits.read) // the stream outlives the read timeout
 	c := newClient(t, n)
 	c.token = "ops-secret"
 	if code, _, b := c.do("PUT", "/v1/services/svc", demoService); code != 200 {
