@@ -23,6 +23,26 @@ import (
 // maxBody is the largest request body the admin API reads (CONTRACT §4: 413).
 const maxBody = 1 << 20
 
+// adminLimits bound what one client can hold on the admin listener. Nobody
+// is authenticated before the request's header is in, so a header must
+// arrive within readHeader and the whole request (header and body) within
+// read. The read limit ends with the request: net/http clears the deadline
+// once the body is in, so an event stream lasts. An idle keep-alive
+// connection is closed after idle.
+type adminLimits struct {
+	readHeader, read, idle time.Duration
+	maxHeaderBytes         int
+}
+
+// defaultAdminLimits: a 1 MiB body within 30 s is 35 KB/s, slower than any
+// honest client; headers are a few hundred bytes.
+var defaultAdminLimits = adminLimits{
+	readHeader:     10 * time.Second,
+	read:           30 * time.Second,
+	idle:           60 * time.Second,
+	maxHeaderBytes: 64 << 10,
+}
+
 // adminServer is the admin API listener: /v1, /health/*, /metrics. It belongs
 // to the node, so it survives Caddy config reloads.
 type adminServer struct {
@@ -45,10 +65,16 @@ func newAdminServer(n *Node) (*adminServer, error) {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	a := &adminServer{n: n, ln: ln}
+	limits := defaultAdminLimits
+	if n.cfg.adminLimits != nil {
+		limits = *n.cfg.adminLimits
+	}
 	a.srv = &http.Server{
 		Handler:           a.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: limits.readHeader,
+		ReadTimeout:       limits.read,
+		IdleTimeout:       limits.idle,
+		MaxHeaderBytes:    limits.maxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(n.log().Named("admin")),
 	}
 	go func() { _ = a.srv.Serve(ln) }()
@@ -173,33 +199,60 @@ func (a *adminServer) commonHeaders(next http.Handler) http.Handler {
 
 // authorize checks the bearer token against the role a route needs and returns
 // the actor name for the event trail. Without tokens, only loopback callers are
-// let in, as admin ("local").
+// let in, as admin ("local"). It writes the refusal itself.
 func (a *adminServer) authorize(w http.ResponseWriter, r *http.Request, need Role) (string, bool) {
+	actor, refused := a.checkCaller(r, need)
+	if refused != nil {
+		dropUnreadBody(w, r)
+		if refused.challenge != "" {
+			w.Header().Set("WWW-Authenticate", refused.challenge)
+		}
+		writeError(w, refused.status, refused.code, refused.msg)
+		return "", false
+	}
+	return actor, true
+}
+
+// dropUnreadBody makes the server close the connection after it refused a
+// caller, instead of reading the rest of a body it will not use: net/http
+// reads up to 256 KiB of it before it closes, as slowly as the caller sends.
+func dropUnreadBody(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+}
+
+// refusal is why a caller is not let in.
+type refusal struct {
+	status    int
+	code, msg string
+	challenge string // WWW-Authenticate, when there is one
+}
+
+// checkCaller judges a request against the tokens as they are now: event
+// streams ask again whenever the tokens change.
+func (a *adminServer) checkCaller(r *http.Request, need Role) (string, *refusal) {
 	tokens := *a.n.tokens.Load()
 	if len(tokens) == 0 {
 		if !isLoopbackRemote(r.RemoteAddr) {
-			writeError(w, http.StatusForbidden, "forbidden", "no tokens are configured, so only loopback callers may use the admin API")
-			return "", false
+			return "", &refusal{status: http.StatusForbidden, code: "forbidden", msg: "no tokens are configured, so only loopback callers may use the admin API"}
 		}
-		return "local", true
+		return "local", nil
 	}
 	secret, ok := bearer(r)
 	if !ok {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cbproxy"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing token: send Authorization: Bearer <token> (cbproxy --token or CBPROXY_TOKEN)")
-		return "", false
+		return "", &refusal{status: http.StatusUnauthorized, code: "unauthorized", challenge: `Bearer realm="cbproxy"`,
+			msg: "missing token: send Authorization: Bearer <token> (cbproxy --token or CBPROXY_TOKEN)"}
 	}
 	tok, found := matchToken(tokens, secret)
 	if !found {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cbproxy", error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "unknown token")
-		return "", false
+		return "", &refusal{status: http.StatusUnauthorized, code: "unauthorized", challenge: `Bearer realm="cbproxy", error="invalid_token"`, msg: "unknown token"}
 	}
 	if tok.Role < need {
-		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("token %q has role %s; this call needs %s", tok.Name, tok.Role, need))
-		return "", false
+		return "", &refusal{status: http.StatusForbidden, code: "forbidden", msg: fmt.Sprintf("token %q has role %s; this call needs %s", tok.Name, tok.Role, need)}
 	}
-	return tok.Name, true
+	return tok.Name, nil
 }
 
 // matchToken compares the secret with every token in constant time (over

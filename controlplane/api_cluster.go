@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -108,21 +107,39 @@ type joinBody struct {
 }
 
 // clusterCall authorizes a membership call: a peer signs it with the cluster
-// secret, an operator sends an admin token. It writes the error itself.
+// secret, an operator sends an admin token. Either way the caller is
+// authenticated before its body is read: a signed call's header carries the
+// body's digest, checked once the body is in. It writes the error itself.
 func (a *adminServer) clusterCall(w http.ResponseWriter, r *http.Request, dst any, peersOnly bool) (actor string, ok bool) {
-	raw, ok := readRaw(w, r)
-	if !ok {
-		return "", false
-	}
-	signed := strings.HasPrefix(r.Header.Get("Authorization"), clusterAuthScheme)
-	if a.n.clusterAuthorized(r, raw) {
-		actor = state.ActorCluster
-	} else if signed || peersOnly {
+	var raw []byte
+	switch {
+	case isSignedCall(r):
 		// A bad signature never falls back to the loopback rule.
+		digest, err := a.n.verifyClusterCall(r)
+		if err != nil {
+			dropUnreadBody(w, r)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "signed cluster call refused: "+err.Error())
+			return "", false
+		}
+		if raw, ok = readRaw(w, r); !ok {
+			return "", false
+		}
+		if !checkSignedBody(raw, digest) {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "signed cluster call refused: the body is not the one signed")
+			return "", false
+		}
+		actor = state.ActorCluster
+	case peersOnly:
+		dropUnreadBody(w, r)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "this call is for cluster peers: sign it with the cluster secret")
 		return "", false
-	} else if actor, ok = a.authorize(w, r, RoleAdmin); !ok {
-		return "", false
+	default:
+		if actor, ok = a.authorize(w, r, RoleAdmin); !ok {
+			return "", false
+		}
+		if raw, ok = readRaw(w, r); !ok {
+			return "", false
+		}
 	}
 	if dst != nil && !decodeBody(w, raw, dst, false) {
 		return "", false

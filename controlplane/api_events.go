@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
+	"go.uber.org/zap"
 )
 
 const (
@@ -82,11 +83,22 @@ func (a *adminServer) listEvents(w http.ResponseWriter, r *http.Request, _ strin
 	writeJSON(w, http.StatusOK, body)
 }
 
+// streamWriteTimeout bounds one write to an event stream: a reader that
+// takes no bytes for this long is cut off rather than hold the stream.
+const streamWriteTimeout = 30 * time.Second
+
 // streamEvents sends the trail as server-sent events: first every event after
 // Last-Event-ID (or ?since=), in pages of the oldest events not yet sent, with
 // an `event: gap` where the trail dropped some; then every new event as it is
-// applied.
+// applied. The stream ends when the tokens change so that its caller may no
+// longer read.
 func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ string) {
+	// Watch the tokens from before the caller is judged again, so that no
+	// change falls between the two.
+	tokensChange := a.n.tokensChange()
+	if _, ok := a.authorize(w, r, RoleRead); !ok {
+		return
+	}
 	q, ok := eventQuery(w, r)
 	if !ok {
 		return
@@ -114,6 +126,7 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 
 	write := func(id uint64, event string, v any) bool {
 		data, _ := json.Marshal(v)
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, event, data); err != nil {
 			return false
 		}
@@ -169,7 +182,14 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 			if !send(e) {
 				return
 			}
+		case <-tokensChange:
+			if _, refused := a.checkCaller(r, RoleRead); refused != nil {
+				a.n.log().Info("event stream closed: the tokens changed and its caller may no longer read", zap.String("reason", refused.msg))
+				return
+			}
+			tokensChange = a.n.tokensChange()
 		case <-keepalive.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}

@@ -3,20 +3,17 @@ package controlplane
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +26,7 @@ import (
 // openClusterPort listens on cluster_listen for Raft and the node-to-node RPC,
 // authenticated with the cluster secret and, when configured, mutual TLS.
 func (n *Node) openClusterPort() (*cluster.Transport, error) {
-	auth, err := clusterAuth(n.cfg)
+	auth, err := peerAuth(n.clusterSecret, n.cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -40,9 +37,10 @@ func (n *Node) openClusterPort() (*cluster.Transport, error) {
 	return t, nil
 }
 
-// clusterAuth is how a node with cfg proves to its peers that it belongs.
-func clusterAuth(cfg Config) (cluster.Auth, error) {
-	auth := cluster.Auth{Secret: cfg.ClusterSecret}
+// peerAuth is how a node with cfg and the cluster secret proves to its
+// peers that it belongs.
+func peerAuth(secret string, cfg Config) (cluster.Auth, error) {
+	auth := cluster.Auth{Secret: secret}
 	if cfg.ClusterTLSCert != "" {
 		tc, err := clusterTLS(cfg)
 		if err != nil {
@@ -77,7 +75,27 @@ func clusterTLS(cfg Config) (*tls.Config, error) {
 
 // self is this node as its peers see it.
 func (n *Node) self() state.NodeInfo {
-	return state.NodeInfo{ID: n.cfg.NodeID, ClusterAddr: n.cluster.Addr(), AdminAddr: n.AdminAddr()}
+	return state.NodeInfo{ID: n.cfg.NodeID, ClusterAddr: n.cluster.Addr(), AdminAddr: n.advertisedAdminAddr()}
+}
+
+// advertisedAdminAddr is the admin address peers and clients are given: the
+// bound one, or for a wildcard admin_listen (0.0.0.0, [::]) the host of the
+// cluster address with the admin port. Peers reach the cluster address, and
+// a wildcard listener takes connections on that host too.
+func (n *Node) advertisedAdminAddr() string {
+	bound := n.AdminAddr()
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return bound
+	}
+	clusterHost, _, err := net.SplitHostPort(n.cluster.Addr())
+	if err != nil {
+		return bound
+	}
+	return net.JoinHostPort(clusterHost, port)
 }
 
 // maintainMembership forms or joins the cluster (bootstrap_expect / join) and
@@ -362,24 +380,8 @@ func (n *Node) handOverLeadership() {
 	n.log().Info("handed over leadership before stopping")
 }
 
-// Cluster-authenticated admin calls: a joining node proves it holds the
-// cluster secret with an HMAC over the request; the secret never travels.
-
-const clusterAuthScheme = "Cbproxy-Cluster "
-
-// clusterAuthSkew bounds how old a signed request may be.
-const clusterAuthSkew = 5 * time.Minute
-
-func clusterMAC(secret, method, path string, ts int64, body []byte) string {
-	m := hmac.New(sha256.New, []byte(secret))
-	sum := sha256.Sum256(body)
-	fmt.Fprintf(m, "%s\n%s\n%d\n%x", method, path, ts, sum)
-	return hex.EncodeToString(m.Sum(nil))
-}
-
 // clusterPost sends a signed POST to a peer's admin API.
 func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
-	ts := time.Now().Unix()
 	scheme := "http://"
 	if n.cfg.AdminTLSCert != "" {
 		scheme = "https://"
@@ -390,7 +392,7 @@ func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", clusterAuthScheme+"ts="+strconv.FormatInt(ts, 10)+",mac="+clusterMAC(n.cfg.ClusterSecret, http.MethodPost, path, ts, body))
+	signClusterCall(req, n.clusterSecret, body)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := peerClient.Do(req)
 	if err != nil {
@@ -419,27 +421,3 @@ func (e *peerRefusal) Error() string { return fmt.Sprintf("%s: %d %s", e.peer, e
 // peerClient talks to peers' admin APIs. Admin certificates of peers are
 // checked against the system roots; a private admin CA needs them installed.
 var peerClient = &http.Client{Timeout: 10 * time.Second}
-
-// clusterAuthorized checks a cluster-signed request.
-func (n *Node) clusterAuthorized(r *http.Request, body []byte) bool {
-	h := r.Header.Get("Authorization")
-	if n.cfg.ClusterSecret == "" || !strings.HasPrefix(h, clusterAuthScheme) {
-		return false
-	}
-	var ts int64
-	var mac string
-	for part := range strings.SplitSeq(strings.TrimPrefix(h, clusterAuthScheme), ",") {
-		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-		switch k {
-		case "ts":
-			ts, _ = strconv.ParseInt(v, 10, 64)
-		case "mac":
-			mac = v
-		}
-	}
-	if d := time.Since(time.Unix(ts, 0)); d > clusterAuthSkew || d < -clusterAuthSkew {
-		return false
-	}
-	want := clusterMAC(n.cfg.ClusterSecret, r.Method, r.URL.Path, ts, body)
-	return hmac.Equal([]byte(mac), []byte(want))
-}

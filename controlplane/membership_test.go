@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,10 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 func signedJoin(t *testing.T, secret string, n *Node) string {
 	t.Helper()
 	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n.cluster.Addr(), n.AdminAddr())
-	ts := time.Now().Unix()
-	return fmt.Sprintf("%sts=%d,mac=%s", clusterAuthScheme, ts, clusterMAC(secret, "POST", "/v1/cluster/join", ts, []byte(body)))
+	req, err := http.NewRequest("POST", "/v1/cluster/join", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signClusterCall(req, secret, []byte(body))
+	return req.Header.Get("Authorization")
 }

@@ -83,7 +83,9 @@ type Config struct {
 	BootstrapExpect int
 	Join            []string
 	Tokens          []Token
-	ClusterSecret   string
+	// ClusterSecret authenticates nodes to each other; "" means the one
+	// kept in DataDir/cluster-secret, generated on first start.
+	ClusterSecret string
 	// Mutual TLS on the cluster port: this node's certificate and key, and the
 	// CA that signs every node's certificate. Optional.
 	ClusterTLSCert string
@@ -112,6 +114,8 @@ type Config struct {
 	// clusters in one process.
 	withoutKinds  []state.Kind
 	withoutFields []string
+	// adminLimits replaces defaultAdminLimits; tests shorten them.
+	adminLimits *adminLimits
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -149,7 +153,9 @@ type Node struct {
 	cfg    Config
 	logger atomic.Pointer[zap.Logger]
 	tokens atomic.Pointer[[]Token]
-	dp     atomic.Pointer[DataPlane]
+	// tokensChanged is closed and replaced by SetTokens.
+	tokensChanged atomic.Pointer[chan struct{}]
+	dp            atomic.Pointer[DataPlane]
 
 	fsm       *fsm
 	raft      *raft.Raft
@@ -162,6 +168,13 @@ type Node struct {
 	health   *healthcheck.Checker
 	watcher  *watcher
 	registry *prometheus.Registry
+	// clusterSecret is the configured cluster_secret or else the one kept in
+	// the data dir (effectiveClusterSecret); never empty. Config keeps what
+	// was configured, so that a reload compares like with like.
+	clusterSecret string
+	// seenCalls holds the signed admin calls accepted lately, so that a
+	// replay is refused.
+	seenCalls seenCalls
 	// stickyKey seals the data plane's sticky cookies (StickyKey).
 	stickyKey []byte
 	metrics   *nodeMetrics
@@ -220,7 +233,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("bootstrap_expect %d needs join with the admin addresses of the other nodes", cfg.BootstrapExpect)
 	}
 	if cfg.multiNode() && cfg.ClusterSecret == "" {
-		return nil, errors.New("a multi-node cluster needs cluster_secret: nodes prove to each other that they belong with it")
+		return nil, errors.New("a multi-node cluster needs cluster_secret: nodes prove to each other that they belong with it (a node started without one keeps its own in data_dir/cluster-secret)")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
@@ -236,11 +249,12 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	stickyKey, err := loadStickyKey(cfg)
+	secret, err := effectiveClusterSecret(cfg, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry(), stickyKey: stickyKey}
+	n := &Node{cfg: cfg, done: make(chan struct{}), registry: prometheus.NewRegistry(),
+		clusterSecret: secret, stickyKey: stickyKeyFrom(secret)}
 	n.logger.Store(cfg.Logger)
 	n.SetTokens(cfg.Tokens)
 	if cfg.DataPlane != nil {
@@ -638,11 +652,19 @@ func (n *Node) SetLogger(l *zap.Logger) {
 
 func (n *Node) log() *zap.Logger { return n.logger.Load() }
 
-// SetTokens replaces the admin API tokens live.
+// SetTokens replaces the admin API tokens live. Event streams whose caller
+// the new tokens no longer let read are closed.
 func (n *Node) SetTokens(t []Token) {
 	c := append([]Token(nil), t...)
 	n.tokens.Store(&c)
+	next := make(chan struct{})
+	if prev := n.tokensChanged.Swap(&next); prev != nil {
+		close(*prev)
+	}
 }
+
+// tokensChange is closed by the next SetTokens.
+func (n *Node) tokensChange() <-chan struct{} { return *n.tokensChanged.Load() }
 
 // SetDataPlane tells the admin API where to read backends' in-flight requests
 // and long-lived connections from.

@@ -260,7 +260,7 @@ type memberProbe struct {
 func probeMembers(ctx context.Context, cfg Config, members []raft.Server, timeout time.Duration) []memberProbe {
 	probes := make([]memberProbe, len(members))
 	var client *cluster.Transport
-	if auth, err := clusterAuth(cfg); err == nil && (auth.Secret != "" || auth.TLS != nil) {
+	if auth, err := peerAuth(storedClusterSecret(cfg), cfg); err == nil && (auth.Secret != "" || auth.TLS != nil) {
 		client, _ = cluster.Listen(cluster.Config{Listen: "127.0.0.1:0", Auth: auth, Logger: cfg.Logger.Named("cluster"), Timeout: timeout})
 	}
 	if client != nil {

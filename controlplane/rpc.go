@@ -213,7 +213,7 @@ func (n *Node) localStatus() nodeStatus {
 	caps := n.fsm.machine.Capabilities()
 	st := nodeStatus{
 		ID: n.cfg.NodeID, State: stateName(n.raft.State()), AppliedIndex: n.View().Index,
-		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.AdminAddr(), Capabilities: &caps,
+		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.advertisedAdminAddr(), Capabilities: &caps,
 	}
 	if h := n.fsm.halt(); h != nil {
 		st.State, st.Halted = "halted", h.String()

@@ -65,7 +65,13 @@ type App struct {
 	// admins. Secrets may be placeholders like `{env.CBPROXY_OPS_TOKEN}`.
 	Tokens []Token `json:"tokens,omitempty"`
 
-	// The secret nodes authenticate each other with. May be a placeholder.
+	// The secret nodes authenticate each other with, on the cluster port and
+	// in the admin calls they make to each other. Default: a random secret
+	// generated on first start and kept in data_dir/cluster-secret (mode
+	// 0600); nodes that join this one need its content as their
+	// cluster_secret. Required with bootstrap_expect or join. May be a
+	// placeholder, such as `{env.CBPROXY_CLUSTER_SECRET}` or
+	// `{file./path/to/cluster-secret}`.
 	ClusterSecret string `json:"cluster_secret,omitempty"`
 
 	// Mutual TLS between nodes.
@@ -172,6 +178,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 // settings.
 func (a *App) fillDefaults() {
 	repl := caddy.NewReplacer()
+	secrets := []namedSecret{{"cluster_secret", a.ClusterSecret}}
+	for _, t := range a.Tokens {
+		secrets = append(secrets, namedSecret{"token " + t.Name, t.Secret})
+	}
+	warnLiteralSecrets(a.logger, repl, secrets...)
 	for _, s := range []*string{&a.NodeID, &a.DataDir, &a.ClusterSecret} {
 		*s = repl.ReplaceKnown(*s, "")
 	}
@@ -210,6 +221,27 @@ func NodeConfig(caddyJSON []byte) (controlplane.Config, error) {
 	}
 	a.fillDefaults()
 	return a.nodeConfig(), nil
+}
+
+// namedSecret is a secret as written in the config, with what it is.
+type namedSecret struct{ name, value string }
+
+// warnLiteralSecrets warns about secrets written into the config as they
+// are rather than as placeholders: Caddy serves the config it loaded on its
+// admin endpoint (GET /config/), placeholders as written, so a literal
+// secret is readable by whoever reaches that endpoint. It names the
+// secrets, never their values.
+func warnLiteralSecrets(log *zap.Logger, repl *caddy.Replacer, secrets ...namedSecret) {
+	var literal []string
+	for _, s := range secrets {
+		if s.value != "" && repl.ReplaceKnown(s.value, "") == s.value {
+			literal = append(literal, s.name)
+		}
+	}
+	if len(literal) > 0 {
+		log.Warn("secrets written in the config are readable on Caddy's admin endpoint (GET /config/): write them as placeholders, {env.NAME} or {file./path}, or turn the endpoint off with the global option `admin off`",
+			zap.Strings("secrets", literal))
+	}
 }
 
 // runningNode returns the node of this process (nil when none runs).
@@ -293,7 +325,7 @@ func (a *App) Validate() error {
 		return errors.New("cluster_tls needs a certificate, a key and a CA file")
 	}
 	if (a.BootstrapExpect > 1 || len(a.Join) > 0) && a.ClusterSecret == "" {
-		return errors.New("a multi-node cluster (bootstrap_expect, join) needs cluster_secret; set it to the same secret on every node, e.g. cluster_secret {env.CBPROXY_CLUSTER_SECRET}")
+		return errors.New("a multi-node cluster (bootstrap_expect, join) needs cluster_secret; set it to the same secret on every node, e.g. cluster_secret {env.CBPROXY_CLUSTER_SECRET}; a node started without one keeps its own in data_dir/cluster-secret")
 	}
 	return nil
 }

@@ -217,6 +217,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	app.(*App).declare(h.Service)
 
+	if o := h.OverrideHeader; o != nil {
+		warnLiteralSecrets(ctx.Logger(), caddy.NewReplacer(), namedSecret{"override_header secret of service " + h.Service, o.Secret})
+	}
 	if err := h.provisionChoice(); err != nil {
 		return err
 	}

@@ -23,10 +23,7 @@ func TestSecretAuth(t *testing.T) {
 		wantRefusals int   // "refused cluster connection" entries in the server log
 	}{
 		{name: "same secret", server: "right-secret", client: "right-secret"},
-		{name: "no secret on either", server: "", client: ""},
 		{name: "wrong secret", server: "right-secret", client: "wrong-secret", wantErr: ErrAuth, wantRefusals: 1},
-		{name: "client without secret", server: "right-secret", client: "", wantErr: ErrAuth, wantRefusals: 1},
-		{name: "server without secret", server: "", client: "right-secret", wantErr: ErrAuth, wantRefusals: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,6 +62,33 @@ func TestSecretAuth(t *testing.T) {
 			checkLogsFree(t, client.logs, secrets...)
 		})
 	}
+}
+
+// A transport without a secret and without TLS is refused: its port would be
+// open to anyone.
+func TestListenNeedsAuth(t *testing.T) {
+	tr, err := Listen(Config{Listen: "127.0.0.1:0"})
+	if !errors.Is(err, ErrNoAuth) {
+		if tr != nil {
+			_ = tr.Close()
+		}
+		t.Fatalf("Listen without auth: %v, want %v", err, ErrNoAuth)
+	}
+}
+
+// A client that proves an empty secret, or none, gets nowhere; the server
+// says so in its log.
+func TestHandshakeRefusesEmptySecret(t *testing.T) {
+	server := listenNode(t, Auth{Secret: "right-secret"}, 2*time.Second)
+	for _, guess := range [][]byte{nil, []byte("wrong-secret")} {
+		conn := rawDial(t, server.Addr())
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		err := clientHandshake(conn, guess, purposeRPC, "127.0.0.1:1", nil)
+		if !errors.Is(err, ErrAuth) {
+			t.Errorf("handshake with secret %q: %v, want %v", guess, err, ErrAuth)
+		}
+	}
+	checkLogsFree(t, server.logs, "right-secret")
 }
 
 // A hello the server does not accept gets a status that says why.
@@ -196,10 +220,10 @@ func TestListenConfig(t *testing.T) {
 		name string
 		cfg  Config
 	}{
-		{name: "bad listen", cfg: Config{Listen: "nonsense"}},
-		{name: "wildcard without advertise", cfg: Config{Listen: "0.0.0.0:0"}},
-		{name: "advertise without port", cfg: Config{Listen: "127.0.0.1:0", Advertise: "node1"}},
-		{name: "advertise port 0", cfg: Config{Listen: "127.0.0.1:0", Advertise: "node1:0"}},
+		{name: "bad listen", cfg: Config{Listen: "nonsense", Auth: Auth{Secret: "s"}}},
+		{name: "wildcard without advertise", cfg: Config{Listen: "0.0.0.0:0", Auth: Auth{Secret: "s"}}},
+		{name: "advertise without port", cfg: Config{Listen: "127.0.0.1:0", Advertise: "node1", Auth: Auth{Secret: "s"}}},
+		{name: "advertise port 0", cfg: Config{Listen: "127.0.0.1:0", Advertise: "node1:0", Auth: Auth{Secret: "s"}}},
 		{name: "tls without certificate", cfg: Config{Listen: "127.0.0.1:0", Auth: Auth{TLS: nodeTLSNoCert(ca)}}},
 		{name: "tls without CA", cfg: Config{Listen: "127.0.0.1:0", Auth: Auth{TLS: nodeTLSNoCA(t, ca)}}},
 	}
@@ -215,7 +239,7 @@ func TestListenConfig(t *testing.T) {
 	}
 
 	t.Run("advertise", func(t *testing.T) {
-		tr, err := Listen(Config{Listen: "127.0.0.1:0", Advertise: "node1.example:7001"})
+		tr, err := Listen(Config{Listen: "127.0.0.1:0", Advertise: "node1.example:7001", Auth: Auth{Secret: "s"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +249,7 @@ func TestListenConfig(t *testing.T) {
 		}
 	})
 	t.Run("close twice", func(t *testing.T) {
-		tr, err := Listen(Config{Listen: "127.0.0.1:0"})
+		tr, err := Listen(Config{Listen: "127.0.0.1:0", Auth: Auth{Secret: "s"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +262,7 @@ func TestListenConfig(t *testing.T) {
 		if _, err := tr.RaftStreamLayer().Accept(); err == nil {
 			t.Error("Accept after Close succeeded")
 		}
-		peer := listenNode(t, Auth{}, time.Second)
+		peer := listenNode(t, Auth{Secret: "s3cret"}, time.Second)
 		peer.Handle("echo", echo)
 		if err := tr.Call(context.Background(), peer.Addr(), "echo", nil, nil); !errors.Is(err, net.ErrClosed) {
 			t.Errorf("Call after Close: %v, want net.ErrClosed", err)

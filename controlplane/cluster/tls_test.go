@@ -47,7 +47,7 @@ func TestMutualTLS(t *testing.T) {
 		{
 			name:    "client without TLS",
 			server:  Auth{TLS: nodeTLS(t, cluster, cluster, "a")},
-			client:  Auth{},
+			client:  Auth{Secret: "s3cret"},
 			wantErr: ErrUnavailable,
 		},
 	}

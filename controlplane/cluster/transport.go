@@ -21,9 +21,13 @@ import (
 // Auth is how nodes prove they belong to the cluster: the shared Secret, mutual
 // TLS, or both (TLS first, then the secret handshake inside it, bound to the
 // TLS session).
+//
+// A transport with neither is refused: anyone who reaches the port could
+// then write to the cluster.
 type Auth struct {
-	// Secret is the shared cluster secret; "" means none. Nodes prove they
-	// know it with a challenge-response handshake: it never crosses the wire.
+	// Secret is the shared cluster secret; "" means none, which only mutual
+	// TLS may make up for. Nodes prove they know it with a
+	// challenge-response handshake: it never crosses the wire.
 	Secret string
 
 	// TLS enables mutual TLS between nodes; nil means none. The same config
@@ -65,6 +69,10 @@ var (
 	// the cluster secret or TLS certificates differ between the two nodes.
 	// Retrying does not help.
 	ErrAuth = errors.New("cluster authentication failed")
+
+	// ErrNoAuth refuses a transport without a secret and without mutual
+	// TLS: its port would be open to anyone who reaches it.
+	ErrNoAuth = errors.New("the cluster port needs a cluster secret or mutual TLS: without either, anyone who reaches it could write to the cluster")
 
 	// ErrUnavailable marks a failure to reach a peer or to get its answer:
 	// dial, handshake, or a connection that broke. When the connection broke
@@ -110,6 +118,9 @@ func Listen(cfg Config) (*Transport, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Auth.Secret == "" && cfg.Auth.TLS == nil {
+		return nil, ErrNoAuth
 	}
 	t := &Transport{
 		secret:   []byte(cfg.Auth.Secret),
