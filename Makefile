@@ -6,6 +6,9 @@ GO    ?= go
 BIN   := bin
 PKGS  := ./...
 FUZZTIME ?= 30s
+# Minimizing a new input may take Go's default 60 s, longer than a short
+# FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
+FUZZMINTIME ?= 5s
 
 .PHONY: all build run run-cluster test vet unit e2e bench bench-go bench-propagation bench-rollback soak fuzz clean
 
@@ -75,7 +78,7 @@ soak:
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) $$pkg; \
 	  done; \
 	done
 
