@@ -57,6 +57,14 @@ type eventGap struct {
 	Reason string `json:"reason"`
 }
 
+// streamCut is the data of the stream's last event, `event: reconnect`,
+// when the server ends a stream whose reader fell behind.
+type streamCut struct {
+	Action string `json:"action"`
+	After  uint64 `json:"after"`
+	Reason string `json:"reason"`
+}
+
 func newEventGap(g *state.EventGap) *eventGap {
 	return &eventGap{Action: "gap", From: g.From, To: g.To, Reason: fmt.Sprintf(
 		"the trail no longer holds the events from index %d to %d: it keeps only the newest; what follows comes after %d", g.From, g.To, g.To)}
@@ -175,8 +183,11 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 			return
 		case e, ok := <-live:
 			if !ok {
-				// Fell behind: end the stream; the client resumes with
-				// Last-Event-ID and loses nothing the trail still holds.
+				// Fell behind: end the stream, saying so, so that a
+				// client resumes with Last-Event-ID and loses nothing the
+				// trail still holds (a plain end means the server is done).
+				write(q.Since, "reconnect", streamCut{Action: "reconnect", After: q.Since,
+					Reason: "this reader fell behind the events; reconnect with Last-Event-ID to resume after the last event sent"})
 				return
 			}
 			if !send(e) {

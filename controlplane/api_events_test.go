@@ -122,6 +122,13 @@ func openStream(t *testing.T, c *client, query, lastID string) (*http.Response, 
 // receive reads messages until want events arrived, the stream ended or
 // 30 s passed.
 func receive(t *testing.T, msgs <-chan sseMessage, want int) (got []sseMessage, ended bool) {
+	got, ended, _ = receiveCut(t, msgs, want)
+	return got, ended
+}
+
+// receiveCut is receive that also says whether the stream ended with the
+// server's `event: reconnect` (a slow reader cut off).
+func receiveCut(t *testing.T, msgs <-chan sseMessage, want int) (got []sseMessage, ended, cut bool) {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	events := 0
@@ -129,7 +136,12 @@ func receive(t *testing.T, msgs <-chan sseMessage, want int) (got []sseMessage, 
 		select {
 		case m, ok := <-msgs:
 			if !ok {
-				return got, true
+				return got, true, cut
+			}
+			if m.event == "reconnect" {
+				// The server cut a slow reader off, and says so last.
+				cut = true
+				continue
 			}
 			got = append(got, m)
 			if m.event != "gap" {
@@ -137,10 +149,10 @@ func receive(t *testing.T, msgs <-chan sseMessage, want int) (got []sseMessage, 
 			}
 		case <-deadline:
 			t.Logf("30 s passed with %d of %d events", events, want)
-			return got, false
+			return got, false, cut
 		}
 	}
-	return got, false
+	return got, false, cut
 }
 
 // checkIndexes fails unless msgs are exactly the events of want, in order,
@@ -301,10 +313,13 @@ func TestEventStreamSlowReaderResumes(t *testing.T) {
 	var got []sseMessage
 	cutoffs := 0
 	for len(got) < len(want) && cutoffs < 10 {
-		more, ended := receive(t, msgs, len(want)-len(got))
+		more, ended, cut := receiveCut(t, msgs, len(want)-len(got))
 		got = append(got, more...)
 		if !ended {
 			break
+		}
+		if !cut {
+			t.Fatal("the server cut the reader off without the reconnect event that tells it to resume")
 		}
 		cutoffs++
 		resp.Body.Close()

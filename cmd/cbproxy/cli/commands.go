@@ -370,10 +370,26 @@ func runEvents(ctx context.Context, inv *invocation) error {
 			lastID = strconv.FormatUint(e.Index, 10)
 		}
 	}
-	return inv.client.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
-		_, err := print([]byte(ev.data))
-		return err
-	})
+	// A server that cuts a reader off for falling behind ends the stream
+	// with `event: reconnect`: resume after the last event, losing nothing.
+	// Any other end of the stream ends the command.
+	for {
+		cut := false
+		err := inv.client.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
+			if ev.id != "" {
+				lastID = ev.id
+			}
+			if ev.event == "reconnect" {
+				cut = true
+				return nil
+			}
+			_, err := print([]byte(ev.data))
+			return err
+		})
+		if err != nil || !cut || ctx.Err() != nil {
+			return err
+		}
+	}
 }
 
 func runClusterStatus(ctx context.Context, inv *invocation) error {

@@ -554,6 +554,42 @@ func TestEventsFollowGap(t *testing.T) {
 	}
 }
 
+// TestEventsFollowResumes: a server that cuts a slow reader off ends the
+// stream with `event: reconnect`; the CLI resumes after the last event it
+// got, prints nothing twice and loses nothing.
+func TestEventsFollowResumes(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.Header.Get("Last-Event-ID"))
+		n := len(asked)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		switch n {
+		case 1:
+			fmt.Fprint(w, "id: 7\nevent: drain\ndata: {\"index\":7,\"time\":\"t1\",\"actor\":\"ops\",\"action\":\"drain\",\"service\":\"svc\"}\n\n")
+			fmt.Fprint(w, "id: 7\nevent: reconnect\ndata: {\"action\":\"reconnect\",\"after\":7,\"reason\":\"fell behind\"}\n\n")
+		case 2:
+			fmt.Fprint(w, "id: 8\nevent: undrain\ndata: {\"index\":8,\"time\":\"t2\",\"actor\":\"ops\",\"action\":\"undrain\",\"service\":\"svc\"}\n\n")
+		default:
+			t.Errorf("connection %d: the stream ended without reconnect, the CLI must stop", n)
+		}
+	}))
+	defer srv.Close()
+
+	code, stdout, stderr := runAgainst(t, srv.URL, nil, "events", "--follow")
+	want := "t1  #7  ops  drain  svc  -  \nt2  #8  ops  undrain  svc  -  \n"
+	if code != exitOK || stdout != want {
+		t.Errorf("exit code %d, stderr %q, stdout:\n%q\nwant:\n%q", code, stderr, stdout, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 2 || asked[0] != "" || asked[1] != "7" {
+		t.Errorf("Last-Event-ID of each connection: %q, want [\"\" \"7\"]", asked)
+	}
+}
+
 // TestEventsFollowInterrupt stops following (as Ctrl-C does) with exit 0.
 func TestEventsFollowInterrupt(t *testing.T) {
 	sent := make(chan struct{})
