@@ -71,54 +71,52 @@ func goldenCommands() []goldenCommand {
 	// The rollouts' IDs and step start times, as the state will have them.
 	canaryID := "svc-16"
 	return []goldenCommand{
-		{"put_service create", Command{Kind: KindPutService, Service: "svc", Spec: &full, Actor: "admin", IfVersion: ptr(uint64(0)), IdemKey: "client:put-1", IdemHash: "3f1c"}},
-		{"put_service seed", Command{Kind: KindPutService, Service: "seeded", Spec: &seed, Seed: true, Actor: "seed", Reason: "seeded from the Caddyfile", IdemKey: "seed:seeded:0a1b", IdemHash: "seed:seeded:0a1b"}},
-		{"put_service seed of a known name", Command{Kind: KindPutService, Service: "svc", Spec: &seed, Seed: true, Actor: "seed", Reason: "seeded from the Caddyfile", IdemKey: "seed:svc:77aa", IdemHash: "seed:svc:77aa"}},
-		{"set_weights weights", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": 9950, "canary": 50}, Action: ActionWeights, Actor: "ops", IfVersion: ptr(uint64(1)), IdemKey: "client:w-1", IdemHash: "9e0d"}},
-		{"set_weights switch", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"green": Total}, Action: ActionSwitch, Actor: "ops", IdemKey: "auto:5a5a", IdemHash: "auto:5a5a"}},
-		{"set_weights unknown pool", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"purple": Total}, Action: ActionWeights, Actor: "ops", IdemKey: "auto:6b6b", IdemHash: "auto:6b6b"}},
-		{"set_pool new", Command{Kind: KindSetPool, Service: "svc", Pool: "gray", Backends: []string{"10.0.0.41:8765", "gray-2.internal:8765"}, PoolVersion: "v3", Actor: "admin"}},
-		{"set_pool emptied", Command{Kind: KindSetPool, Service: "svc", Pool: "gray", Backends: []string{}, Actor: "admin", IdemKey: "auto:7c7c", IdemHash: "auto:7c7c"}},
-		{"set_drain drain", Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Backends: []string{"10.0.0.12:8765"}, Action: ActionDrain, Actor: "ops"}},
-		{"set_drain undrain", Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Backends: []string{"10.0.0.12:8765"}, Action: ActionUndrain, Actor: "ops", IdemKey: "auto:8d8d", IdemHash: "auto:8d8d"}},
-		{"node_join self", Command{Kind: KindNodeJoin, Node: &n2, Actor: ActorCluster, IdemKey: "auto:9e9e", IdemHash: "auto:9e9e"}},
-		{"node_join operator", Command{Kind: KindNodeJoin, Node: &n3, Actor: "admin"}},
-		{"node_remove", Command{Kind: KindNodeRemove, Node: &NodeInfo{ID: "n3"}, Actor: "admin"}},
-		{"node_join removed self", Command{Kind: KindNodeJoin, Node: &n3, Actor: ActorCluster, IdemKey: "auto:afaf", IdemHash: "auto:afaf"}},
-		{"rollback manual", Command{Kind: KindRollback, Service: "svc", Trigger: TriggerManual, Actor: "ops", Reason: "rolled back by ops"}},
-		{"rollout_start canary", Command{Kind: KindRolloutStart, Service: "svc", Actor: "ops", RolloutSpec: &RolloutSpec{
+		{"put_service create", Command{Envelope: Envelope{Service: "svc", Actor: "admin", IfVersion: ptr(uint64(0)), IdemKey: "client:put-1", IdemHash: "3f1c"}, Payload: PutService{Spec: &full}}},
+		{"put_service seed", Command{Envelope: Envelope{Service: "seeded", Actor: "seed", Reason: "seeded from the Caddyfile", IdemKey: "seed:seeded:0a1b", IdemHash: "seed:seeded:0a1b"}, Payload: PutService{Spec: &seed, Seed: true}}},
+		{"put_service seed of a known name", Command{Envelope: Envelope{Service: "svc", Actor: "seed", Reason: "seeded from the Caddyfile", IdemKey: "seed:svc:77aa", IdemHash: "seed:svc:77aa"}, Payload: PutService{Spec: &seed, Seed: true}}},
+		{"set_weights weights", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IfVersion: ptr(uint64(1)), IdemKey: "client:w-1", IdemHash: "9e0d"}, Payload: SetWeights{Weights: Weights{"blue": 9950, "canary": 50}, Action: ChangeWeights}}},
+		{"set_weights switch", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "auto:5a5a", IdemHash: "auto:5a5a"}, Payload: SetWeights{Weights: Weights{"green": Total}, Action: SwitchWeights}}},
+		{"set_weights unknown pool", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "auto:6b6b", IdemHash: "auto:6b6b"}, Payload: SetWeights{Weights: Weights{"purple": Total}, Action: ChangeWeights}}},
+		{"set_pool new", Command{Envelope: Envelope{Service: "svc", Actor: "admin"}, Payload: SetPool{Pool: "gray", Backends: []string{"10.0.0.41:8765", "gray-2.internal:8765"}, PoolVersion: "v3"}}},
+		{"set_pool emptied", Command{Envelope: Envelope{Service: "svc", Actor: "admin", IdemKey: "auto:7c7c", IdemHash: "auto:7c7c"}, Payload: SetPool{Pool: "gray", Backends: []string{}}}},
+		{"set_drain drain", Command{Envelope: Envelope{Service: "svc", Actor: "ops"}, Payload: SetDrain{Pool: "blue", Backends: []string{"10.0.0.12:8765"}, Action: DrainBackends}}},
+		{"set_drain undrain", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "auto:8d8d", IdemHash: "auto:8d8d"}, Payload: SetDrain{Pool: "blue", Backends: []string{"10.0.0.12:8765"}, Action: UndrainBackends}}},
+		{"node_join self", Command{Envelope: Envelope{Actor: ActorCluster, IdemKey: "auto:9e9e", IdemHash: "auto:9e9e"}, Payload: NodeJoin{Node: &n2}}},
+		{"node_join operator", Command{Envelope: Envelope{Actor: "admin"}, Payload: NodeJoin{Node: &n3}}},
+		{"node_remove", Command{Envelope: Envelope{Actor: "admin"}, Payload: NodeRemove{Node: &NodeInfo{ID: "n3"}}}},
+		{"node_join removed self", Command{Envelope: Envelope{Actor: ActorCluster, IdemKey: "auto:afaf", IdemHash: "auto:afaf"}, Payload: NodeJoin{Node: &n3}}},
+		{"rollback manual", Command{Envelope: Envelope{Service: "svc", Actor: "ops", Reason: "rolled back by ops"}, Payload: Rollback{Trigger: TriggerManual}}},
+		{"rollout_start canary", Command{Envelope: Envelope{Service: "svc", Actor: "ops"}, Payload: RolloutStart{Spec: &RolloutSpec{
 			Strategy: StrategyCanary, From: "blue", To: "canary", Gate: GateAuto,
 			Steps: []Step{{Weight: 1, Hold: Duration(time.Minute)}, {Weight: 2550, Hold: Duration(90 * time.Second)}, {Weight: Total}},
-		}}},
-		{"rollout_change step", stepDecision("svc", &Rollout{ID: canaryID, Step: 1, StepStarted: at(16)}, ActionRolloutStep, figures("pass"))},
-		{"rollout_change pause", Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPause, Actor: "ops", IfVersion: ptr(uint64(17))}},
-		{"rollout_change resume", Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutResume, Actor: "ops"}},
-		{"rollout_change wait", stepDecision("svc", &Rollout{ID: canaryID, Step: 2, StepStarted: at(19)}, ActionRolloutWait, figures("pass"))},
-		{"rollout_change promote", Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPromote, Actor: "ops", IdemKey: "client:promote", IdemHash: "c0c0"}},
-		{"rollback auto of a rollout", Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAuto, Actor: "watcher", RolloutID: canaryID,
-			Reason: "canary error rate 5.00 % is above the rollback limit 2.00 %", Figures: figures("breach"), IdemKey: "decision:svc/" + canaryID + "/rollback", IdemHash: "rollback"}},
-		{"rollout_start blue-green", Command{Kind: KindRolloutStart, Service: "svc", Actor: "ops", RolloutSpec: &RolloutSpec{Strategy: StrategyBlueGreen, To: "green", Gate: GateManual, Bake: Duration(2 * time.Minute)}}},
-		{"rollback abort", Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAbort, Actor: "ops", Reason: "aborted by ops"}},
-		{"rollout_change refused without a rollout", Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutResume, Actor: "ops", IdemKey: "auto:b0b0", IdemHash: "auto:b0b0"}},
-		{"rollout_start refused", Command{Kind: KindRolloutStart, Service: "svc", Actor: "ops", RolloutSpec: &RolloutSpec{To: "nope"}, IdemKey: "auto:c1c1", IdemHash: "auto:c1c1"}},
-		{"set_weights opens a guard", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": 5000, "green": 5000}, Action: ActionWeights, Actor: "ops"}},
-		{"rollback auto of a guard", Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAuto, Actor: "watcher", GuardID: "27",
-			Reason: "green p95 812.5 ms is above the rollback limit 800 ms", Figures: figures("breach"), IdemKey: "decision:svc/guard/27/rollback", IdemHash: "rollback"}},
-		{"set_weights version mismatch", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": Total}, Action: ActionWeights, Actor: "ops", IfVersion: ptr(uint64(3)), IdemKey: "client:w-2", IdemHash: "1d1d"}},
-		{"set_weights replay", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": 9950, "canary": 50}, Action: ActionWeights, Actor: "ops", IfVersion: ptr(uint64(1)), IdemKey: "client:w-1", IdemHash: "9e0d"}},
-		{"set_weights key reused", Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": Total}, Action: ActionWeights, Actor: "ops", IdemKey: "client:w-1", IdemHash: "ffff"}},
-		{"rollout_start default steps", Command{Kind: KindRolloutStart, Service: "seeded", Actor: "ops", RolloutSpec: &RolloutSpec{To: "b"}}},
-		{"set_weights refused while a rollout runs", Command{Kind: KindSetWeights, Service: "seeded", Weights: Weights{"b": Total}, Action: ActionSwitch, Actor: "ops"}},
-		{"delete_service", Command{Kind: KindDeleteService, Service: "seeded", Actor: "admin", IfVersion: ptr(uint64(32)), IdemKey: "client:del", IdemHash: "d0d0"}},
-		{"delete_service missing", Command{Kind: KindDeleteService, Service: "seeded", Actor: "admin", IdemKey: "auto:e1e1", IdemHash: "auto:e1e1"}},
-		{"put_service replace", Command{Kind: KindPutService, Service: "svc", Spec: &seed, Actor: "admin", Reason: "new pools"}},
+		}}}},
+		{"rollout_change step", stepDecision("svc", &Rollout{ID: canaryID, Step: 1, StepStarted: at(16)}, StepRollout, figures("pass"))},
+		{"rollout_change pause", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IfVersion: ptr(uint64(17))}, Payload: RolloutChange{Action: PauseRollout}}},
+		{"rollout_change resume", Command{Envelope: Envelope{Service: "svc", Actor: "ops"}, Payload: RolloutChange{Action: ResumeRollout}}},
+		{"rollout_change wait", stepDecision("svc", &Rollout{ID: canaryID, Step: 2, StepStarted: at(19)}, WaitRollout, figures("pass"))},
+		{"rollout_change promote", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "client:promote", IdemHash: "c0c0"}, Payload: RolloutChange{Action: PromoteRollout}}},
+		{"rollback auto of a rollout", Command{Envelope: Envelope{Service: "svc", Actor: "watcher", Reason: "canary error rate 5.00 % is above the rollback limit 2.00 %", IdemKey: "decision:svc/" + canaryID + "/rollback", IdemHash: "rollback"}, Payload: Rollback{Trigger: TriggerAuto, RolloutID: canaryID, Figures: figures("breach")}}},
+		{"rollout_start blue-green", Command{Envelope: Envelope{Service: "svc", Actor: "ops"}, Payload: RolloutStart{Spec: &RolloutSpec{Strategy: StrategyBlueGreen, To: "green", Gate: GateManual, Bake: Duration(2 * time.Minute)}}}},
+		{"rollback abort", Command{Envelope: Envelope{Service: "svc", Actor: "ops", Reason: "aborted by ops"}, Payload: Rollback{Trigger: TriggerAbort}}},
+		{"rollout_change refused without a rollout", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "auto:b0b0", IdemHash: "auto:b0b0"}, Payload: RolloutChange{Action: ResumeRollout}}},
+		{"rollout_start refused", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "auto:c1c1", IdemHash: "auto:c1c1"}, Payload: RolloutStart{Spec: &RolloutSpec{To: "nope"}}}},
+		{"set_weights opens a guard", Command{Envelope: Envelope{Service: "svc", Actor: "ops"}, Payload: SetWeights{Weights: Weights{"blue": 5000, "green": 5000}, Action: ChangeWeights}}},
+		{"rollback auto of a guard", Command{Envelope: Envelope{Service: "svc", Actor: "watcher", Reason: "green p95 812.5 ms is above the rollback limit 800 ms", IdemKey: "decision:svc/guard/27/rollback", IdemHash: "rollback"}, Payload: Rollback{Trigger: TriggerAuto, GuardID: "27", Figures: figures("breach")}}},
+		{"set_weights version mismatch", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IfVersion: ptr(uint64(3)), IdemKey: "client:w-2", IdemHash: "1d1d"}, Payload: SetWeights{Weights: Weights{"blue": Total}, Action: ChangeWeights}}},
+		{"set_weights replay", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IfVersion: ptr(uint64(1)), IdemKey: "client:w-1", IdemHash: "9e0d"}, Payload: SetWeights{Weights: Weights{"blue": 9950, "canary": 50}, Action: ChangeWeights}}},
+		{"set_weights key reused", Command{Envelope: Envelope{Service: "svc", Actor: "ops", IdemKey: "client:w-1", IdemHash: "ffff"}, Payload: SetWeights{Weights: Weights{"blue": Total}, Action: ChangeWeights}}},
+		{"rollout_start default steps", Command{Envelope: Envelope{Service: "seeded", Actor: "ops"}, Payload: RolloutStart{Spec: &RolloutSpec{To: "b"}}}},
+		{"set_weights refused while a rollout runs", Command{Envelope: Envelope{Service: "seeded", Actor: "ops"}, Payload: SetWeights{Weights: Weights{"b": Total}, Action: SwitchWeights}}},
+		{"delete_service", Command{Envelope: Envelope{Service: "seeded", Actor: "admin", IfVersion: ptr(uint64(32)), IdemKey: "client:del", IdemHash: "d0d0"}, Payload: DeleteService{}}},
+		{"delete_service missing", Command{Envelope: Envelope{Service: "seeded", Actor: "admin", IdemKey: "auto:e1e1", IdemHash: "auto:e1e1"}, Payload: DeleteService{}}},
+		{"put_service replace", Command{Envelope: Envelope{Service: "svc", Actor: "admin", Reason: "new pools"}, Payload: PutService{Spec: &seed}}},
 	}
 }
 
 // stepDecision is the watcher's step decision as it commits it.
-func stepDecision(service string, r *Rollout, action string, figures map[string]any) Command {
-	c := StepDecision(service, r, action)
-	c.Actor, c.Reason, c.Figures = "watcher", "step "+fmt.Sprint(r.Step)+" passed its hold", figures
+func stepDecision(service string, r *Rollout, action RolloutAction, figures map[string]any) Command {
+	c := StepDecision(service, r, action, figures)
+	c.Reason = "step " + fmt.Sprint(r.Step) + " passed its hold"
 	return c
 }
 
