@@ -100,11 +100,15 @@ func notFound(service string) Result {
 	return refuse(CodeNotFound, nil, "service %q does not exist", service)
 }
 
+// checkSetWeights refuses any other action, "rollback" too: no build wrote
+// a set_weights with it (rollbacks are their own kind), and an entry with it
+// is refused the same way by every node of this build (docs/decisions.md,
+// "Typed commands").
 func checkSetWeights(_ *Envelope, p SetWeights) error {
 	switch p.Action {
-	case "", ChangeWeights, SwitchWeights, rollbackWeights:
+	case "", ChangeWeights, SwitchWeights:
 	default:
-		return fmt.Errorf("weights action %q is not one of %s, %s, %s", p.Action, ChangeWeights, SwitchWeights, rollbackWeights)
+		return fmt.Errorf("weights action %q is not one of %s, %s", p.Action, ChangeWeights, SwitchWeights)
 	}
 	// Without the service the pools are unknown, but names, ranges and the
 	// sum can be checked already.
@@ -115,10 +119,6 @@ func checkSetWeights(_ *Envelope, p SetWeights) error {
 	}
 	return p.Weights.Validate(sortedKeys(p.Weights))
 }
-
-// rollbackWeights restores given weights and keeps the LKG; nothing writes
-// it (rollbacks are their own kind).
-const rollbackWeights WeightsAction = ActionRollback
 
 func applySetWeights(_ *View, cur *Service, index uint64, e *Envelope, p SetWeights) (Result, *effect) {
 	if cur == nil {
@@ -140,19 +140,11 @@ func applySetWeights(_ *View, cur *Service, index uint64, e *Envelope, p SetWeig
 		action = ChangeWeights
 	}
 	s := *cur
-	s.Version, s.Weights = index, w
-	// Before and After already show the weights; the reason says only what
-	// they cannot (the operator's own reason replaces it in Apply).
-	reason := ""
-	if action == rollbackWeights {
-		reason = "back to the last known good weights"
-	} else {
-		s.LKG = cur.Weights
-	}
-	if action != rollbackWeights {
-		s.Guarded = guard(&s, cur.Weights, index, e.Time)
-	}
-	ev := Event{Action: string(action), Before: cur.Weights, After: w, Reason: reason}
+	s.Version, s.Weights, s.LKG = index, w, cur.Weights
+	s.Guarded = guard(&s, cur.Weights, index, e.Time)
+	// Before and After show the weights; the operator's reason, if any, is
+	// added in Apply.
+	ev := Event{Action: string(action), Before: cur.Weights, After: w}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 

@@ -8,6 +8,25 @@ import (
 	"testing"
 )
 
+// TestSetWeightsRollbackRefused: set_weights with action "rollback" was a
+// second way to roll back, which nothing wrote (rollbacks are their own
+// kind). An entry with it is refused as invalid by every node, the same
+// way, and changes nothing.
+func TestSetWeightsRollbackRefused(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply(put("svc", testSpec()))
+	h.apply(setWeights("svc", Weights{"blue": 9900, "canary": 100}))
+	before := h.m.View().Services["svc"]
+	entry := []byte("\x03" + `{"kind":3,"time":"2026-03-01T12:00:03Z","actor":"ops","service":"svc","weights":{"blue":100},"action":"rollback"}`)
+	r := h.m.Apply(3, entry)
+	if r.Code != CodeInvalid || !strings.Contains(r.Err, `weights action "rollback" is not one of weights, switch`) || r.Changed {
+		t.Fatalf("set_weights with action rollback: %+v", r)
+	}
+	if s := h.m.View().Services["svc"]; s != before || h.m.View().Index != 3 {
+		t.Fatalf("the refused entry changed the service or not the index: %+v", h.m.View())
+	}
+}
+
 // unregistered is a payload of a kind no build registers.
 type unregistered struct {
 	Zone string `json:"zone,omitempty"`

@@ -132,7 +132,7 @@ func TestApplyCommands(t *testing.T) {
 				}
 			}},
 		{name: "switch", cmd: cmd("svc", SetWeights{Action: SwitchWeights, Weights: Weights{"green": 10000}}), changed: true, weights: green100, lkg: blue99, event: ActionSwitch},
-		{name: "rollback keeps the LKG", cmd: cmd("svc", SetWeights{Action: "rollback", Weights: blue99}), changed: true, weights: blue99, lkg: blue99, event: ActionRollback, reason: "last known good"},
+		{name: "rollback keeps the LKG", cmd: cmd("svc", Rollback{Trigger: TriggerManual}), changed: true, weights: blue99, lkg: blue99, event: ActionRollback, reason: "last known good"},
 		{name: "new pool gets 0", cmd: setPool("svc", "purple", "v3", "10.0.0.41:8765"), changed: true,
 			weights: Weights{"blue": 9900, "canary": 100, "green": 0, "purple": 0}, lkg: Weights{"blue": 9900, "canary": 100, "green": 0, "purple": 0},
 			event: ActionPool, reason: "pool purple created: backends 10.0.0.41:8765, version v3"},

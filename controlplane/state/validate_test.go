@@ -293,6 +293,7 @@ func TestCommandValidate(t *testing.T) {
 		{name: "drain bad pool", c: cmd("svc", SetDrain{Pool: "B", Action: DrainBackends, Backends: []string{"h:1"}}), wantErr: "pool name"},
 		{name: "drain bad address", c: cmd("svc", SetDrain{Pool: "blue", Action: UndrainBackends, Backends: []string{"h"}}), wantErr: "not host:port"},
 		{name: "drain bad action", c: cmd("svc", SetDrain{Pool: "blue", Backends: []string{"h:1"}}), wantErr: "drain action"},
+		{name: "weights rollback", c: cmd("svc", SetWeights{Action: "rollback", Weights: Weights{"b": 10000}}), wantErr: `weights action "rollback" is not one of weights, switch`},
 		{name: "unknown kind", c: cmd("svc", unregistered{}), wantErr: "unknown command kind 0x7f"},
 		{name: "no payload", c: Command{Envelope: Envelope{Service: "svc"}}, wantErr: "a command needs a payload"},
 		{name: "payload by pointer", c: cmd("svc", &DeleteService{}), wantErr: "a delete_service command carries a state.DeleteService, not a *state.DeleteService"},
