@@ -151,19 +151,19 @@ func (a *adminServer) routes() http.Handler {
 	handle("/v1/services/{svc}/switch", route{"POST": {RoleOperate, a.postSwitch}})
 	handle("/v1/services/{svc}/pools/{pool}", route{"PUT": {RoleAdmin, a.putPool}})
 	handle("/v1/services/{svc}/pools/{pool}/backends/{addr}/drain", route{
-		"POST":   {RoleOperate, a.drain(state.ActionDrain)},
-		"DELETE": {RoleOperate, a.drain(state.ActionUndrain)},
+		"POST":   {RoleOperate, a.drain(state.DrainBackends)},
+		"DELETE": {RoleOperate, a.drain(state.UndrainBackends)},
 	})
 	handle("/v1/services/{svc}/rollout", route{
 		"GET":  {RoleRead, a.getRollout},
 		"POST": {RoleOperate, a.startRollout},
 	})
-	for action, act := range map[string]string{
-		"pause": state.ActionRolloutPause, "resume": state.ActionRolloutResume,
-		"promote": state.ActionRolloutPromote, "abort": state.ActionRolloutAbort,
+	for action, act := range map[string]state.RolloutAction{
+		"pause": state.PauseRollout, "resume": state.ResumeRollout, "promote": state.PromoteRollout,
 	} {
 		handle("/v1/services/{svc}/rollout/"+action, route{"POST": {RoleOperate, a.changeRollout(act)}})
 	}
+	handle("/v1/services/{svc}/rollout/abort", route{"POST": {RoleOperate, a.abortRollout}})
 	handle("/v1/services/{svc}/rollback", route{"POST": {RoleOperate, a.rollback}})
 	handle("/v1/events", route{"GET": {RoleRead, a.listEvents}})
 	handle("/v1/events/stream", route{"GET": {RoleRead, a.streamEvents}})

@@ -154,7 +154,7 @@ func (a *adminServer) postJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ni := state.NodeInfo{ID: body.NodeID, ClusterAddr: body.ClusterAddr, AdminAddr: body.AdminAddr}
-	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+	if err := state.NewCommand("", "", state.NodeJoin{Node: &ni}).Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}
@@ -182,7 +182,7 @@ func (a *adminServer) postNotify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ni := state.NodeInfo{ID: body.NodeID, ClusterAddr: body.ClusterAddr, AdminAddr: body.AdminAddr}
-	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+	if err := state.NewCommand("", "", state.NodeJoin{Node: &ni}).Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}

@@ -46,11 +46,11 @@ func proposeEvents(t *testing.T, n *Node, count int, reason string) {
 			defer wg.Done()
 			addr := fmt.Sprintf("127.0.0.1:%d", 9100+w)
 			for i := w; i < count; i += eventWorkers {
-				action := state.ActionDrain
+				action := state.DrainBackends
 				if (i/eventWorkers)%2 == 1 {
-					action = state.ActionUndrain
+					action = state.UndrainBackends
 				}
-				a, err := n.Propose(context.Background(), state.Command{Kind: state.KindSetDrain, Service: "svc", Pool: "blue", Action: action, Backends: []string{addr}, Actor: "test", Reason: reason})
+				a, err := n.Propose(context.Background(), state.Command{Envelope: state.Envelope{Service: "svc", Actor: "test", Reason: reason}, Payload: state.SetDrain{Pool: "blue", Action: action, Backends: []string{addr}}})
 				if err == nil && !a.Result.Changed {
 					err = fmt.Errorf("%s of %s changed nothing: %+v", action, addr, a.Result)
 				}

@@ -44,7 +44,7 @@ func (a *adminServer) startRollout(w http.ResponseWriter, r *http.Request, actor
 		return
 	}
 	spec := body.RolloutSpec
-	cmd := state.Command{Kind: state.KindRolloutStart, Service: r.PathValue("svc"), RolloutSpec: &spec, Actor: actor}
+	cmd := state.NewCommand(r.PathValue("svc"), actor, state.RolloutStart{Spec: &spec})
 	if applied, ok := a.commit(w, r, raw, body.IfVersion, cmd); ok {
 		a.writeRollout(w, r, cmd, applied)
 	}
@@ -73,21 +73,31 @@ func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ strin
 	writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), s))
 }
 
-// changeRollout answers POST …/rollout/{pause,resume,promote,abort}. The
-// body is optional: {"if_version": N}.
-func (a *adminServer) changeRollout(action string) func(http.ResponseWriter, *http.Request, string) {
+// changeRollout answers POST …/rollout/{pause,resume,promote}. The body is
+// optional: {"if_version": N}.
+func (a *adminServer) changeRollout(action state.RolloutAction) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
-		raw, ifVersion, ok := readVersionBody(w, r)
-		if !ok {
-			return
-		}
-		cmd := state.Command{Kind: state.KindRolloutChange, Service: r.PathValue("svc"), Action: action, Actor: actor}
-		if action == state.ActionRolloutAbort {
-			cmd = state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerAbort, Actor: actor, Reason: "aborted by " + actor}
-		}
-		if applied, ok := a.commit(w, r, raw, ifVersion, cmd); ok {
-			a.writeRollout(w, r, cmd, applied)
-		}
+		a.writeRolloutChange(w, r, state.NewCommand(r.PathValue("svc"), actor, state.RolloutChange{Action: action}))
+	}
+}
+
+// abortRollout answers POST …/rollout/abort: a rollback of the running
+// rollout, which ends aborted. The body is optional: {"if_version": N}.
+func (a *adminServer) abortRollout(w http.ResponseWriter, r *http.Request, actor string) {
+	cmd := state.NewCommand(r.PathValue("svc"), actor, state.Rollback{Trigger: state.TriggerAbort})
+	cmd.Reason = "aborted by " + actor
+	a.writeRolloutChange(w, r, cmd)
+}
+
+// writeRolloutChange commits a change of a running rollout with the
+// optional expected version of the body, and answers with the rollout.
+func (a *adminServer) writeRolloutChange(w http.ResponseWriter, r *http.Request, cmd state.Command) {
+	raw, ifVersion, ok := readVersionBody(w, r)
+	if !ok {
+		return
+	}
+	if applied, ok := a.commit(w, r, raw, ifVersion, cmd); ok {
+		a.writeRollout(w, r, cmd, applied)
 	}
 }
 
@@ -99,7 +109,9 @@ func (a *adminServer) rollback(w http.ResponseWriter, r *http.Request, actor str
 	if !ok {
 		return
 	}
-	a.write(w, r, raw, ifVersion, state.Command{Kind: state.KindRollback, Service: r.PathValue("svc"), Trigger: state.TriggerManual, Actor: actor, Reason: "rolled back by " + actor})
+	cmd := state.NewCommand(r.PathValue("svc"), actor, state.Rollback{Trigger: state.TriggerManual})
+	cmd.Reason = "rolled back by " + actor
+	a.write(w, r, raw, ifVersion, cmd)
 }
 
 // verdict is the leader's latest verdict on a service's rollout or guard;

@@ -173,7 +173,7 @@ func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor s
 		}
 		spec.Pools[pname] = ps
 	}
-	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindPutService, Service: name, Spec: &spec, Actor: actor})
+	a.write(w, r, raw, body.IfVersion, state.NewCommand(name, actor, state.PutService{Spec: &spec}))
 }
 
 // The write endpoints do not look the service up first: the state machine
@@ -185,7 +185,7 @@ func (a *adminServer) deleteService(w http.ResponseWriter, r *http.Request, acto
 	if !ok {
 		return
 	}
-	a.write(w, r, raw, ifVersion, state.Command{Kind: state.KindDeleteService, Service: r.PathValue("svc"), Actor: actor})
+	a.write(w, r, raw, ifVersion, state.NewCommand(r.PathValue("svc"), actor, state.DeleteService{}))
 }
 
 // readVersionBody reads the optional body of the writes that take nothing
@@ -221,7 +221,7 @@ func (a *adminServer) putWeights(w http.ResponseWriter, r *http.Request, actor s
 	if !a.checkGate(w, r, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
 		return
 	}
-	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: body.Weights, Action: state.ActionWeights, Actor: actor})
+	a.write(w, r, raw, body.IfVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: body.Weights, Action: state.ChangeWeights}))
 }
 
 type switchBody struct {
@@ -243,7 +243,7 @@ func (a *adminServer) postSwitch(w http.ResponseWriter, r *http.Request, actor s
 	if !a.checkGate(w, r, r.PathValue("svc"), onePool(body.To), body.Force) {
 		return
 	}
-	a.write(w, r, raw, body.IfVersion, state.Command{Kind: state.KindSetWeights, Service: r.PathValue("svc"), Weights: state.Weights{body.To: state.Total}, Action: state.ActionSwitch, Actor: actor})
+	a.write(w, r, raw, body.IfVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: state.Weights{body.To: state.Total}, Action: state.SwitchWeights}))
 }
 
 type poolPutBody struct {
@@ -263,32 +263,32 @@ func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor stri
 		return
 	}
 	pool := r.PathValue("pool")
-	cmd := state.Command{Kind: state.KindSetPool, Service: r.PathValue("svc"), Pool: pool, Actor: actor, Backends: make([]string, len(body.Backends))}
+	svc := r.PathValue("svc")
+	p := state.SetPool{Pool: pool, Backends: make([]string, len(body.Backends))}
 	for i, be := range body.Backends {
-		cmd.Backends[i] = string(be)
+		p.Backends[i] = string(be)
 	}
 	// Without "version" the pool keeps its label.
 	if body.Version != nil {
-		cmd.PoolVersion = *body.Version
-	} else if s := a.n.View().Services[cmd.Service]; s != nil && s.Pools[pool] != nil {
-		cmd.PoolVersion = s.Pools[pool].Version
+		p.PoolVersion = *body.Version
+	} else if s := a.n.View().Services[svc]; s != nil && s.Pools[pool] != nil {
+		p.PoolVersion = s.Pools[pool].Version
 	}
-	a.write(w, r, raw, body.IfVersion, cmd)
+	a.write(w, r, raw, body.IfVersion, state.NewCommand(svc, actor, p))
 }
 
 // drain answers POST (drain) and DELETE (undrain) on a backend: no new
 // requests go to it; requests in flight finish. The body is optional
 // ({"if_version": N}).
-func (a *adminServer) drain(action string) func(http.ResponseWriter, *http.Request, string) {
+func (a *adminServer) drain(action state.DrainAction) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
 		raw, ifVersion, ok := readVersionBody(w, r)
 		if !ok {
 			return
 		}
-		a.write(w, r, raw, ifVersion, state.Command{
-			Kind: state.KindSetDrain, Service: r.PathValue("svc"), Pool: r.PathValue("pool"),
-			Backends: []string{r.PathValue("addr")}, Action: action, Actor: actor,
-		})
+		a.write(w, r, raw, ifVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetDrain{
+			Action: action, Pool: r.PathValue("pool"), Backends: []string{r.PathValue("addr")},
+		}))
 	}
 }
 
@@ -301,7 +301,7 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		return
 	}
 	res := applied.Result
-	if cmd.Kind == state.KindDeleteService || res.Service == nil {
+	if _, deleted := cmd.Payload.(state.DeleteService); deleted || res.Service == nil {
 		a.writeDeleted(w, cmd, applied)
 		return
 	}
@@ -323,8 +323,9 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 // index of that deletion.
 func (a *adminServer) writeDeleted(w http.ResponseWriter, cmd state.Command, applied Applied) {
 	version := applied.Index
+	_, deleted := cmd.Payload.(state.DeleteService)
 	switch res := applied.Result; {
-	case cmd.Kind == state.KindDeleteService:
+	case deleted:
 		if res.Index != 0 {
 			version = res.Index
 		}

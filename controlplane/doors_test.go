@@ -104,8 +104,7 @@ func TestStrangerOnClusterPort(t *testing.T) {
 	if code, _, b := c.do("PUT", "/v1/services/svc", demoService); code != 200 {
 		t.Fatalf("put: %d %v", code, b)
 	}
-	cmd := state.Command{Kind: state.KindSetWeights, Service: "svc", Actor: "stranger",
-		Weights: state.Weights{"canary": state.Total}, IdemKey: "stranger:1", IdemHash: "stranger"}
+	cmd := state.Command{Envelope: state.Envelope{Service: "svc", Actor: "stranger", IdemKey: "stranger:1", IdemHash: "stranger"}, Payload: state.SetWeights{Weights: state.Weights{"canary": state.Total}}}
 	for _, guess := range []string{"", "secret", "cbproxy"} {
 		if err := strangerPropose(n.cluster.Addr(), guess, cmd); !errors.Is(err, errStrangerRefused) {
 			t.Errorf("stranger with secret %q by hand: %v, want the handshake refused", guess, err)

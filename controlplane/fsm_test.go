@@ -68,7 +68,7 @@ func TestAppliedStateWritesCoalesce(t *testing.T) {
 	dir := t.TempDir()
 	f := newTestFSM(t, dir)
 	spec := state.ServiceSpec{Pools: map[string]state.PoolSpec{"blue": {Backends: []string{"10.0.0.1:80"}}, "green": {Backends: []string{"10.0.0.2:80"}}}}
-	if r := applyCommand(t, f, 1, state.Command{Kind: state.KindPutService, Service: "svc", Spec: &spec}); !r.OK() {
+	if r := applyCommand(t, f, 1, state.NewCommand("svc", "", state.PutService{Spec: &spec})); !r.OK() {
 		t.Fatal(r.Err)
 	}
 	const burst = 300
@@ -77,8 +77,7 @@ func TestAppliedStateWritesCoalesce(t *testing.T) {
 	for i := 0; i < burst; i++ {
 		index++
 		w := state.Weight(1 + i%9999)
-		applyCommand(t, f, index, state.Command{Kind: state.KindSetWeights, Service: "svc", Weights: state.Weights{"blue": state.Total - w, "green": w},
-			IdemKey: fmt.Sprint("k", i), IdemHash: "h"})
+		applyCommand(t, f, index, state.Command{Envelope: state.Envelope{Service: "svc", IdemKey: fmt.Sprint("k", i), IdemHash: "h"}, Payload: state.SetWeights{Weights: state.Weights{"blue": state.Total - w, "green": w}}})
 		time.Sleep(time.Millisecond)
 	}
 	elapsed := time.Since(start)
@@ -102,7 +101,7 @@ func TestAppliedStateWritesCoalesce(t *testing.T) {
 
 	// A clean close never loses the last applied state, however recent.
 	index++
-	applyCommand(t, f, index, state.Command{Kind: state.KindSetWeights, Service: "svc", Weights: state.Weights{"blue": state.Total}})
+	applyCommand(t, f, index, state.NewCommand("svc", "", state.SetWeights{Weights: state.Weights{"blue": state.Total}}))
 	f.close()
 	if got := persistedIndex(t, path); got != index {
 		t.Fatalf("after close applied.json holds index %d, want %d", got, index)
@@ -127,7 +126,7 @@ func TestAppliedStateOfOlderBuildLoads(t *testing.T) {
 		t.Fatalf("restored %+v from the older applied.json", v)
 	}
 	// The key "weights" of the older build replays (within its 24 hours).
-	c := state.Command{Time: time.Date(2026, 3, 1, 13, 0, 0, 0, time.UTC), Kind: state.KindSetWeights, Service: "svc", Weights: state.Weights{"blue": 9000, "canary": 1000}, IdemKey: "weights", IdemHash: "hash-weights"}
+	c := state.Command{Envelope: state.Envelope{Time: time.Date(2026, 3, 1, 13, 0, 0, 0, time.UTC), Service: "svc", IdemKey: "weights", IdemHash: "hash-weights"}, Payload: state.SetWeights{Weights: state.Weights{"blue": 9000, "canary": 1000}}}
 	if r := applyCommand(t, f, 8, c); !r.Replayed || r.Version != 2 || !r.OK() {
 		t.Fatalf("replay of a key of the older build: %+v", r)
 	}

@@ -150,7 +150,7 @@ func (n *Node) registerSelf() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &me, Actor: state.ActorCluster})
+	_, err := n.Propose(ctx, state.NewCommand("", state.ActorCluster, state.NodeJoin{Node: &me}))
 	if err != nil {
 		n.log().Debug("registering node", zap.Error(err))
 	}
@@ -225,7 +225,7 @@ func (n *Node) noteNotify(ni state.NodeInfo) {
 // must answer on its address as the ID it claims. A member whose address
 // changed keeps its vote: AddVoter moves it in one configuration change.
 func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error {
-	if err := (state.Command{Kind: state.KindNodeJoin, Node: &ni}).Validate(); err != nil {
+	if err := state.NewCommand("", "", state.NodeJoin{Node: &ni}).Validate(); err != nil {
 		return err
 	}
 	if actor == "" {
@@ -270,7 +270,7 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error 
 			return fmt.Errorf("adding %s as a voter: %w", ni.ID, err)
 		}
 	}
-	a, err := n.Propose(ctx, state.Command{Kind: state.KindNodeJoin, Node: &ni, Actor: actor})
+	a, err := n.Propose(ctx, state.NewCommand("", actor, state.NodeJoin{Node: &ni}))
 	if err != nil {
 		return err
 	}
@@ -341,7 +341,7 @@ func (n *Node) remove(ctx context.Context, id string, actor string) error {
 		return errNodeNotFound
 	}
 	// Forget the node first, while this leader surely has quorum.
-	if _, err := n.Propose(ctx, state.Command{Kind: state.KindNodeRemove, Node: &state.NodeInfo{ID: id}, Actor: actor}); err != nil {
+	if _, err := n.Propose(ctx, state.NewCommand("", actor, state.NodeRemove{Node: &state.NodeInfo{ID: id}})); err != nil {
 		return err
 	}
 	if found {

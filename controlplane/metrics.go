@@ -75,8 +75,8 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 			step = s.Rollout.Step
 		}
 		ch <- prometheus.MustNewConstMetric(rolloutStepDesc, prometheus.GaugeValue, float64(step), name)
-		for _, trigger := range []string{state.TriggerAuto, state.TriggerManual, state.TriggerAbort} {
-			ch <- prometheus.MustNewConstMetric(rollbacksDesc, prometheus.CounterValue, float64(s.Rollbacks[trigger]), name, trigger)
+		for _, trigger := range []state.Trigger{state.TriggerAuto, state.TriggerManual, state.TriggerAbort} {
+			ch <- prometheus.MustNewConstMetric(rollbacksDesc, prometheus.CounterValue, float64(s.Rollbacks[trigger]), name, string(trigger))
 		}
 	}
 	m.isLeader.Collect(ch)

@@ -119,7 +119,8 @@ func (n *Node) Seed(name string, spec state.ServiceSpec) {
 	if v := n.View(); v.Services[name] != nil || v.Deleted[name] != 0 {
 		return
 	}
-	cmd := state.Command{Kind: state.KindPutService, Service: name, Spec: &spec, Seed: true, Actor: "seed", Reason: "seeded from the Caddyfile"}
+	cmd := state.NewCommand(name, "seed", state.PutService{Spec: &spec, Seed: true})
+	cmd.Reason = "seeded from the Caddyfile"
 	data, err := state.Encode(cmd)
 	if err != nil {
 		n.log().Error("encoding seed", zap.String("service", name), zap.Error(err))

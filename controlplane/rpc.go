@@ -74,14 +74,23 @@ type removeRequest struct {
 
 func (n *Node) registerRPC() {
 	n.cluster.Handle(rpcPropose, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
-		var cmd state.Command
-		if err := json.Unmarshal(req, &cmd); err != nil {
+		// The command's JSON after its kind byte is its log entry.
+		var head struct {
+			Kind state.Kind `json:"kind"`
+		}
+		if err := json.Unmarshal(req, &head); err != nil {
 			return nil, err
 		}
+		entry := append([]byte{byte(head.Kind)}, req...)
 		// A follower of a newer build may send what this leader cannot
-		// apply; decoding it would drop the fields it does not know.
-		if err := n.selfLacks(append([]byte{byte(cmd.Kind)}, req...)); err != nil {
+		// apply; decoding it would drop the fields it does not know, or
+		// fail on its kind.
+		if err := n.selfLacks(entry); err != nil {
 			return nil, rpcError(err)
+		}
+		cmd, err := state.Decode(entry)
+		if err != nil {
+			return nil, err
 		}
 		a, err := n.applyAsLeader(ctx, cmd)
 		if err != nil {

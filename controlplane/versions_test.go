@@ -206,7 +206,7 @@ func TestMixedVersionCluster(t *testing.T) {
 		}
 	}
 	// A field node3 lacks, in a kind it knows: refused too.
-	_, err := c.nodes[0].Propose(context.Background(), state.Command{Kind: state.KindRolloutChange, Service: "svc", Action: state.ActionRolloutStep, RolloutID: "r1", FromStep: 1, FromStepStarted: time.Now(), Actor: "watcher"})
+	_, err := c.nodes[0].Propose(context.Background(), state.NewCommand("svc", "watcher", state.RolloutChange{Action: state.StepRollout, RolloutID: "r1", FromStep: 1, FromStepStarted: time.Now()}))
 	var upgrade *UpgradeError
 	if !errors.As(err, &upgrade) || !strings.Contains(err.Error(), "node3") || !strings.Contains(err.Error(), "cannot apply field from_step_started") {
 		t.Fatalf("step with its epoch: %v", err)
@@ -225,7 +225,7 @@ func TestMixedVersionCluster(t *testing.T) {
 	// An entry node3 cannot apply, written anyway.
 	c.leaderOtherThan(2)
 	l := c.leader(30 * time.Second)
-	at := appendUnchecked(t, c.nodes[l], state.Command{Kind: state.KindSetDrain, Service: "svc", Pool: "blue", Action: state.ActionDrain, Backends: []string{"127.0.0.1:9001"}})
+	at := appendUnchecked(t, c.nodes[l], state.NewCommand("svc", "", state.SetDrain{Pool: "blue", Action: state.DrainBackends, Backends: []string{"127.0.0.1:9001"}}))
 	dir3 := c.cfgs[2].DataDir
 	checkHalted(t, c.nodes[2], dir3, at)
 	if drained(c.nodes[2], "blue", "127.0.0.1:9001") {
@@ -283,7 +283,7 @@ func TestHaltedLeaderLeaves(t *testing.T) {
 		l := c.leader(30 * time.Second)
 		_ = c.nodes[l].raft.LeadershipTransferToServer("node1", raft.ServerAddress(c.nodes[0].cluster.Addr())).Error()
 	}
-	at := appendUnchecked(t, c.nodes[0], state.Command{Kind: state.KindSetDrain, Service: "svc", Pool: "blue", Action: state.ActionDrain, Backends: []string{"127.0.0.1:9001"}})
+	at := appendUnchecked(t, c.nodes[0], state.NewCommand("svc", "", state.SetDrain{Pool: "blue", Action: state.DrainBackends, Backends: []string{"127.0.0.1:9001"}}))
 	checkHalted(t, c.nodes[0], c.cfgs[0].DataDir, at)
 	// The others lead on: a write through node2 is applied by node2 and
 	// node3, with the drain before it.

@@ -198,15 +198,14 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 	consecutive := max(s.SLO.Consecutive, 1)
 	switch {
 	case v.Result == slo.Breach && breaches >= consecutive:
-		cmd := state.Command{
-			Kind: state.KindRollback, Service: s.Name, Trigger: state.TriggerAuto, Actor: "watcher",
-			Reason: v.Reason, Figures: figures(v), IdemKey: "decision:" + sub.key + "/rollback", IdemHash: "rollback",
-		}
+		rb := state.Rollback{Trigger: state.TriggerAuto, Figures: figures(v)}
 		if sub.rollout != nil {
-			cmd.RolloutID = sub.rollout.ID
+			rb.RolloutID = sub.rollout.ID
 		} else {
-			cmd.GuardID = sub.guard.ID
+			rb.GuardID = sub.guard.ID
 		}
+		cmd := state.NewCommand(s.Name, "watcher", rb)
+		cmd.Reason, cmd.IdemKey, cmd.IdemHash = v.Reason, "decision:"+sub.key+"/rollback", "rollback"
 		w.commit(ctx, cmd)
 	case sub.rollout == nil || sub.rollout.State != state.RolloutRunning:
 		// A guard only rolls back; a paused or waiting rollout waits.
@@ -223,12 +222,12 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 		if v.Result != slo.Pass && !bakeDone {
 			return
 		}
-		action := state.ActionRolloutStep
+		action := state.StepRollout
 		if r.Gate == state.GateManual {
-			action = state.ActionRolloutWait // every step, the last one too, waits for promote
+			action = state.WaitRollout // every step, the last one too, waits for promote
 		}
-		cmd := state.StepDecision(s.Name, r, action)
-		cmd.Actor, cmd.Reason, cmd.Figures = "watcher", v.Reason, figures(v)
+		cmd := state.StepDecision(s.Name, r, action, figures(v))
+		cmd.Reason = v.Reason
 		w.commit(ctx, cmd)
 	}
 }
@@ -242,15 +241,16 @@ func (w *watcher) commit(ctx context.Context, cmd state.Command) {
 	case err != nil:
 		w.n.log().Warn("watcher decision not committed; it is decided again next second", zap.String("service", cmd.Service), zap.Error(err))
 	case a.Result.Changed && !a.Result.Replayed:
-		w.n.log().Info("watcher decision", zap.String("service", cmd.Service), zap.String("kind", kindName(cmd)), zap.String("reason", cmd.Reason))
+		w.n.log().Info("watcher decision", zap.String("service", cmd.Service), zap.String("kind", decisionName(cmd)), zap.String("reason", cmd.Reason))
 	}
 }
 
-func kindName(c state.Command) string {
-	if c.Kind == state.KindRollback {
-		return "rollback"
+// decisionName names a decision in the log: rollback, or the rollout action.
+func decisionName(c state.Command) string {
+	if p, ok := c.Payload.(state.RolloutChange); ok {
+		return string(p.Action)
 	}
-	return c.Action
+	return c.Kind().String()
 }
 
 // figures turns a verdict's pools into the event's figures.

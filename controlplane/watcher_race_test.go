@@ -33,11 +33,11 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 	cl := c.client(0)
 	cases := map[string]struct {
 		gate string
-		race []string // the operator's actions between decision and commit
+		race []state.RolloutAction // the operator's actions between decision and commit
 	}{
-		"paused":  {"auto", []string{state.ActionRolloutPause}},
-		"bounced": {"auto", []string{state.ActionRolloutPause, state.ActionRolloutResume}},
-		"gated":   {"manual", []string{state.ActionRolloutPause}},
+		"paused":  {"auto", []state.RolloutAction{state.PauseRollout}},
+		"bounced": {"auto", []state.RolloutAction{state.PauseRollout, state.ResumeRollout}},
+		"gated":   {"manual", []state.RolloutAction{state.PauseRollout}},
 	}
 	var mu sync.Mutex
 	raced, fired := map[string]chan struct{}{}, map[string]bool{}
@@ -48,7 +48,7 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 		}
 	}
 	hook := func(cmd state.Command) {
-		if cmd.Kind != state.KindRolloutChange {
+		if cmd.Kind() != state.KindRolloutChange {
 			return
 		}
 		mu.Lock()
@@ -61,7 +61,7 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 		defer close(raced[cmd.Service])
 		for _, action := range cases[cmd.Service].race {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			a, err := n.Propose(ctx, state.Command{Kind: state.KindRolloutChange, Service: cmd.Service, Action: action, Actor: "ops"})
+			a, err := n.Propose(ctx, state.NewCommand(cmd.Service, "ops", state.RolloutChange{Action: action}))
 			cancel()
 			if err != nil || !a.Result.OK() {
 				t.Errorf("%s: %s between decision and commit: %v %+v", cmd.Service, action, err, a.Result)

@@ -311,7 +311,7 @@ func TestStreamsRollbackClosesSooner(t *testing.T) {
 	// The rollback brings blue back (its pending close is dropped) and
 	// takes green to 0 as a rollback: green's connection closes soon.
 	rolledBack := service(svc, map[string]state.Weight{"blue": 10000}, pools)
-	rolledBack.Rollbacks = map[string]uint64{state.TriggerManual: 1}
+	rolledBack.Rollbacks = map[state.Trigger]uint64{state.TriggerManual: 1}
 	at := time.Now()
 	applyService(rolledBack)
 	toGreen.closedAfter(t, at, rollbackDelay)

@@ -9,93 +9,11 @@ import (
 	"strings"
 )
 
-// handler is the code of one command kind.
-type handler struct {
-	// check validates what the command says on its own, without the state:
-	// the admin API runs it (Command.Validate) before it proposes, and Apply
-	// runs it again because the log may hold commands from any node.
-	check func(c *Command) error
-	// apply applies a command that passed check at index to the view v;
-	// cur is the command's service (nil when it does not exist). Refusals
-	// come back as results; the effect is nil when nothing changed.
-	apply func(v *View, cur *Service, index uint64, c *Command) (Result, *effect)
-}
-
-// effect is what a command changed: the service it leaves (nil when it
-// deleted it) and the event to record. Apply fills in the event's index, time,
-// actor and service, and the command's reason when it has one.
-type effect struct {
-	service *Service
-	event   Event
-	// node, for membership commands, is the node to store (or, with an empty
-	// ClusterAddr, to forget); service is then unused.
-	node *NodeInfo
-}
-
-// handlers is the dispatch table, one entry per kind (Consul's FSM style).
-// Its kinds are the build's kind capabilities; a kind added here needs a name
-// in kindNames.
-var handlers = map[Kind]handler{
-	KindPutService:    {checkPutService, applyPutService},
-	KindDeleteService: {func(*Command) error { return nil }, applyDeleteService},
-	KindSetWeights:    {checkSetWeights, applySetWeights},
-	KindSetPool:       {checkSetPool, applySetPool},
-	KindSetDrain:      {checkSetDrain, applySetDrain},
-	KindNodeJoin:      {checkNode, applyNodeJoin},
-	KindNodeRemove:    {checkNode, applyNodeRemove},
-	KindRolloutStart:  {checkRolloutStart, applyRolloutStart},
-	KindRolloutChange: {checkRolloutChange, applyRolloutChange},
-	KindRollback:      {checkRollback, applyRollback},
-}
-
-// Validate checks the parts of c that need no state: the kind, the service
-// name and what the kind's handler checks (a spec, weights that sum to 100, a
-// pool's backends), and for a new definition the limits of CheckSpec. Apply
-// also checks c against the state (the service and its pools must exist, for
-// example), but not those limits (see CheckSpec).
-func (c Command) Validate() error {
-	h, err := c.handler()
-	if err != nil {
-		return err
-	}
-	if err := c.validateCommon(); err != nil {
-		return err
-	}
-	if err := h.check(&c); err != nil {
-		return err
-	}
-	if c.Kind == KindPutService {
-		return CheckSpec(c.Service, *c.Spec)
-	}
-	return nil
-}
-
-func (c *Command) handler() (handler, error) {
-	h, ok := handlers[c.Kind]
-	if !ok {
-		return h, fmt.Errorf("unknown command kind %#02x; is this node older than the one that proposed it?", byte(c.Kind))
-	}
-	return h, nil
-}
-
-func (c *Command) validateCommon() error {
-	if len(c.IdemKey) > maxIdemKeyLen {
-		return fmt.Errorf("idempotency key is longer than %d characters", maxIdemKeyLen)
-	}
-	if c.Kind == KindNodeJoin || c.Kind == KindNodeRemove {
-		if c.Service != "" {
-			return errors.New("a membership command names no service")
-		}
-		return nil
-	}
-	return ValidateServiceName(c.Service)
-}
-
-func checkPutService(c *Command) error {
-	if c.Spec == nil {
+func checkPutService(e *Envelope, p PutService) error {
+	if p.Spec == nil {
 		return errors.New("a service definition needs pools; none was given")
 	}
-	_, err := NormalizeSpec(c.Service, *c.Spec)
+	_, err := NormalizeSpec(e.Service, *p.Spec)
 	return err
 }
 
@@ -105,11 +23,11 @@ func checkPutService(c *Command) error {
 // otherwise the first pool gets 100 %. The LKG moves to the replaced weights
 // only when the weights change, so editing a health check does not lose the
 // way back. Drained backends that stay in their pool stay drained.
-func applyPutService(v *View, cur *Service, index uint64, c *Command) (Result, *effect) {
-	if _, deleted := v.Deleted[c.Service]; c.Seed && (cur != nil || deleted) {
+func applyPutService(v *View, cur *Service, index uint64, e *Envelope, p PutService) (Result, *effect) {
+	if _, deleted := v.Deleted[e.Service]; p.Seed && (cur != nil || deleted) {
 		return Result{Version: cur.version(), Service: cur}, nil
 	}
-	s, _ := NormalizeSpec(c.Service, *c.Spec) // checkPutService accepted it
+	s, _ := NormalizeSpec(e.Service, *p.Spec) // checkPutService accepted it
 	ev := Event{Action: ActionServicePut}
 	pools := s.PoolNames()
 	if cur == nil {
@@ -120,7 +38,7 @@ func applyPutService(v *View, cur *Service, index uint64, c *Command) (Result, *
 		}
 		// The last rollout and the rollback counts stay with the service.
 		s.Rollout, s.Rollbacks = cur.Rollout, cur.Rollbacks
-		if w, ok := carry(cur.Weights, pools); ok && len(c.Spec.Weights) == 0 {
+		if w, ok := carry(cur.Weights, pools); ok && len(p.Spec.Weights) == 0 {
 			s.Weights = w
 		}
 		lkg := cur.LKG
@@ -131,8 +49,8 @@ func applyPutService(v *View, cur *Service, index uint64, c *Command) (Result, *
 		if w, ok := carry(lkg, pools); ok {
 			s.LKG = w
 		}
-		for pn, p := range s.Pools {
-			keepDrains(p, cur.Pools[pn])
+		for pn, pool := range s.Pools {
+			keepDrains(pool, cur.Pools[pn])
 		}
 		s.Version = cur.Version
 		if reflect.DeepEqual(s, cur) {
@@ -171,9 +89,9 @@ func keepDrains(p, old *Pool) {
 	}
 }
 
-func applyDeleteService(_ *View, cur *Service, _ uint64, c *Command) (Result, *effect) {
+func applyDeleteService(_ *View, cur *Service, _ uint64, e *Envelope, _ DeleteService) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
 	return Result{Changed: true}, &effect{event: Event{Action: ActionServiceDelete, Before: cur.Weights, Reason: "deleted"}}
 }
@@ -182,79 +100,75 @@ func notFound(service string) Result {
 	return refuse(CodeNotFound, nil, "service %q does not exist", service)
 }
 
-func checkSetWeights(c *Command) error {
-	switch c.Action {
-	case "", ActionWeights, ActionSwitch, ActionRollback:
+// checkSetWeights refuses any other action, "rollback" too: no build wrote
+// a set_weights with it (rollbacks are their own kind), and an entry with it
+// is refused the same way by every node of this build (docs/decisions.md,
+// "Typed commands").
+func checkSetWeights(_ *Envelope, p SetWeights) error {
+	switch p.Action {
+	case "", ChangeWeights, SwitchWeights:
 	default:
-		return fmt.Errorf("weights action %q is not one of %s, %s, %s", c.Action, ActionWeights, ActionSwitch, ActionRollback)
+		return fmt.Errorf("weights action %q is not one of %s, %s", p.Action, ChangeWeights, SwitchWeights)
 	}
 	// Without the service the pools are unknown, but names, ranges and the
 	// sum can be checked already.
-	for _, p := range sortedKeys(c.Weights) {
-		if err := ValidatePoolName(p); err != nil {
+	for _, pool := range sortedKeys(p.Weights) {
+		if err := ValidatePoolName(pool); err != nil {
 			return err
 		}
 	}
-	return c.Weights.Validate(sortedKeys(c.Weights))
+	return p.Weights.Validate(sortedKeys(p.Weights))
 }
 
-func applySetWeights(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applySetWeights(_ *View, cur *Service, index uint64, e *Envelope, p SetWeights) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
 	if cur.Rollout.Active() {
 		return refuse(CodeRolloutRunning, cur, "rollout %s of service %q is %s: weights and switch wait until it is promoted, aborted or rolled back", cur.Rollout.ID, cur.Name, cur.Rollout.State), nil
 	}
 	pools := cur.PoolNames()
-	if err := c.Weights.Validate(pools); err != nil {
+	if err := p.Weights.Validate(pools); err != nil {
 		return refuse(CodeInvalid, cur, "%v", err), nil
 	}
-	w := c.Weights.Fill(pools)
+	w := p.Weights.Fill(pools)
 	if w.Equal(cur.Weights) {
 		return Result{Version: cur.Version, Service: cur}, nil
 	}
-	action := c.Action
+	action := p.Action
 	if action == "" {
-		action = ActionWeights
+		action = ChangeWeights
 	}
 	s := *cur
-	s.Version, s.Weights = index, w
-	// Before and After already show the weights; the reason says only what
-	// they cannot (the operator's own reason replaces it in Apply).
-	reason := ""
-	if action == ActionRollback {
-		reason = "back to the last known good weights"
-	} else {
-		s.LKG = cur.Weights
-	}
-	if action != ActionRollback {
-		s.Guarded = guard(&s, cur.Weights, index, c.Time)
-	}
-	ev := Event{Action: action, Before: cur.Weights, After: w, Reason: reason}
+	s.Version, s.Weights, s.LKG = index, w, cur.Weights
+	s.Guarded = guard(&s, cur.Weights, index, e.Time)
+	// Before and After show the weights; the operator's reason, if any, is
+	// added in Apply.
+	ev := Event{Action: string(action), Before: cur.Weights, After: w}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 
-func checkSetPool(c *Command) error {
-	_, err := newPool(c.Pool, c.PoolVersion, c.Backends)
+func checkSetPool(_ *Envelope, p SetPool) error {
+	_, err := newPool(p.Pool, p.PoolVersion, p.Backends)
 	return err
 }
 
 // applySetPool creates a pool with weight 0 or replaces the backends and
 // version label of an existing one; addresses that stay keep their drain.
-func applySetPool(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applySetPool(_ *View, cur *Service, index uint64, e *Envelope, p SetPool) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
-	p, _ := newPool(c.Pool, c.PoolVersion, c.Backends) // checkSetPool accepted it
-	old := cur.Pools[c.Pool]
-	keepDrains(p, old)
-	if reflect.DeepEqual(p, old) {
+	pool, _ := newPool(p.Pool, p.PoolVersion, p.Backends) // checkSetPool accepted it
+	old := cur.Pools[p.Pool]
+	keepDrains(pool, old)
+	if reflect.DeepEqual(pool, old) {
 		return Result{Version: cur.Version, Service: cur}, nil
 	}
 	s := *cur
 	s.Version = index
 	s.Pools = maps.Clone(cur.Pools)
-	s.Pools[c.Pool] = p
+	s.Pools[p.Pool] = pool
 	verb := "updated"
 	ev := Event{Action: ActionPool}
 	if old == nil {
@@ -263,28 +177,28 @@ func applySetPool(_ *View, cur *Service, index uint64, c *Command) (Result, *eff
 		s.Weights, s.LKG = cur.Weights.Fill(pools), cur.LKG.Fill(pools)
 		ev.Before, ev.After = cur.Weights, s.Weights
 	}
-	backends := strings.Join(c.Backends, ", ")
+	backends := strings.Join(p.Backends, ", ")
 	if backends == "" {
 		backends = "none"
 	}
-	ev.Reason = fmt.Sprintf("pool %s %s: backends %s", c.Pool, verb, backends)
-	if c.PoolVersion != "" {
-		ev.Reason += ", version " + c.PoolVersion
+	ev.Reason = fmt.Sprintf("pool %s %s: backends %s", p.Pool, verb, backends)
+	if p.PoolVersion != "" {
+		ev.Reason += ", version " + p.PoolVersion
 	}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 
-func checkSetDrain(c *Command) error {
-	if c.Action != ActionDrain && c.Action != ActionUndrain {
-		return fmt.Errorf("drain action %q is not %s or %s", c.Action, ActionDrain, ActionUndrain)
+func checkSetDrain(_ *Envelope, p SetDrain) error {
+	if p.Action != DrainBackends && p.Action != UndrainBackends {
+		return fmt.Errorf("drain action %q is not %s or %s", p.Action, DrainBackends, UndrainBackends)
 	}
-	if err := ValidatePoolName(c.Pool); err != nil {
+	if err := ValidatePoolName(p.Pool); err != nil {
 		return err
 	}
-	if len(c.Backends) == 0 {
-		return errors.New("name the backend address to " + c.Action)
+	if len(p.Backends) == 0 {
+		return errors.New("name the backend address to " + string(p.Action))
 	}
-	for _, a := range c.Backends {
+	for _, a := range p.Backends {
 		if err := ValidateBackend(a); err != nil {
 			return err
 		}
@@ -294,24 +208,24 @@ func checkSetDrain(c *Command) error {
 
 // applySetDrain drains or undrains backends of one pool. Draining stops new
 // requests from the split; the weights stay as they are.
-func applySetDrain(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applySetDrain(_ *View, cur *Service, index uint64, e *Envelope, p SetDrain) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
-	old := cur.Pools[c.Pool]
+	old := cur.Pools[p.Pool]
 	if old == nil {
-		return refuse(CodeNotFound, cur, "service %q has no pool %q", c.Service, c.Pool), nil
+		return refuse(CodeNotFound, cur, "service %q has no pool %q", e.Service, p.Pool), nil
 	}
-	p := &Pool{Version: old.Version, Backends: append([]Backend(nil), old.Backends...)}
-	drain := c.Action == ActionDrain
+	pool := &Pool{Version: old.Version, Backends: append([]Backend(nil), old.Backends...)}
+	drain := p.Action == DrainBackends
 	changed := false
-	for _, a := range c.Backends {
-		i := p.index(a)
+	for _, a := range p.Backends {
+		i := pool.index(a)
 		if i < 0 {
-			return refuse(CodeNotFound, cur, "pool %q of service %q has no backend %q", c.Pool, c.Service, a), nil
+			return refuse(CodeNotFound, cur, "pool %q of service %q has no backend %q", p.Pool, e.Service, a), nil
 		}
-		changed = changed || p.Backends[i].Draining != drain
-		p.Backends[i].Draining = drain
+		changed = changed || pool.Backends[i].Draining != drain
+		pool.Backends[i].Draining = drain
 	}
 	if !changed {
 		return Result{Version: cur.Version, Service: cur}, nil
@@ -319,8 +233,8 @@ func applySetDrain(_ *View, cur *Service, index uint64, c *Command) (Result, *ef
 	s := *cur
 	s.Version = index
 	s.Pools = maps.Clone(cur.Pools)
-	s.Pools[c.Pool] = p
-	ev := Event{Action: c.Action, Reason: fmt.Sprintf("%s of pool %s: %s", c.Action, c.Pool, strings.Join(c.Backends, ", "))}
+	s.Pools[p.Pool] = pool
+	ev := Event{Action: string(p.Action), Reason: fmt.Sprintf("%s of pool %s: %s", p.Action, p.Pool, strings.Join(p.Backends, ", "))}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 
@@ -334,25 +248,31 @@ func (p *Pool) index(a string) int {
 	return -1
 }
 
-// checkNode validates a membership command's node: an ID like a pool name
-// (but up to 64 characters) and, to join, two host:port addresses.
-func checkNode(c *Command) error {
-	n := c.Node
-	if n == nil {
-		return errors.New("a membership command needs a node")
-	}
-	if err := ValidateNodeID(n.ID); err != nil {
+// checkNodeJoin validates a joining node: its ID and two host:port
+// addresses.
+func checkNodeJoin(_ *Envelope, p NodeJoin) error {
+	if err := checkNode(p.Node); err != nil {
 		return err
 	}
-	if c.Kind == KindNodeRemove {
-		return nil
-	}
+	n := p.Node
 	for what, addr := range map[string]string{"cluster_addr": n.ClusterAddr, "admin_addr": n.AdminAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil || strings.ContainsAny(addr, " /") {
 			return fmt.Errorf("node %s: %s %q is not host:port", n.ID, what, addr)
 		}
 	}
 	return nil
+}
+
+// checkNodeRemove validates the node a removal names (only its ID counts).
+func checkNodeRemove(_ *Envelope, p NodeRemove) error { return checkNode(p.Node) }
+
+// checkNode validates the node of a membership command: an ID like a pool
+// name, but up to 64 characters.
+func checkNode(n *NodeInfo) error {
+	if n == nil {
+		return errors.New("a membership command needs a node")
+	}
+	return ValidateNodeID(n.ID)
 }
 
 // ValidateNodeID checks a node ID: 1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'.
@@ -385,9 +305,9 @@ func RemovedNodeMessage(id string, index uint64) string {
 // applyNodeJoin records a member's addresses. A node removed earlier joins
 // again only through an operator (any actor but ActorCluster), which clears
 // its tombstone.
-func applyNodeJoin(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
-	n := *c.Node
-	if at, removed := v.Removed[n.ID]; removed && c.Actor == ActorCluster {
+func applyNodeJoin(v *View, _ *Service, _ uint64, e *Envelope, p NodeJoin) (Result, *effect) {
+	n := *p.Node
+	if at, removed := v.Removed[n.ID]; removed && e.Actor == ActorCluster {
 		return Result{Code: CodeNodeRemoved, Err: RemovedNodeMessage(n.ID, at)}, nil
 	}
 	if old, ok := v.Nodes[n.ID]; ok && old == n {
@@ -399,11 +319,12 @@ func applyNodeJoin(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) 
 
 // applyNodeRemove forgets a member and remembers it as removed (also a voter
 // that never recorded its addresses). Removing a removed node changes nothing.
-func applyNodeRemove(v *View, _ *Service, _ uint64, c *Command) (Result, *effect) {
-	_, member := v.Nodes[c.Node.ID]
-	if _, removed := v.Removed[c.Node.ID]; removed && !member {
+func applyNodeRemove(v *View, _ *Service, _ uint64, _ *Envelope, p NodeRemove) (Result, *effect) {
+	id := p.Node.ID
+	_, member := v.Nodes[id]
+	if _, removed := v.Removed[id]; removed && !member {
 		return Result{}, nil
 	}
-	ev := Event{Action: ActionNodeRemove, Reason: fmt.Sprintf("node %s removed", c.Node.ID)}
-	return Result{Changed: true}, &effect{node: &NodeInfo{ID: c.Node.ID}, event: ev}
+	ev := Event{Action: ActionNodeRemove, Reason: fmt.Sprintf("node %s removed", id)}
+	return Result{Changed: true}, &effect{node: &NodeInfo{ID: id}, event: ev}
 }

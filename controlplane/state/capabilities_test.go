@@ -24,7 +24,7 @@ func TestApplyUnsupportedChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	published := len(h.added)
-	weights, err := Encode(Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"green": Total}, Time: t0, Actor: "ops"})
+	weights, err := Encode(Command{Envelope: Envelope{Service: "svc", Time: t0, Actor: "ops"}, Payload: SetWeights{Weights: Weights{"green": Total}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,33 +122,45 @@ func fill(t *testing.T, v reflect.Value) {
 	}
 }
 
-// TestCommandFieldsAreTheEncodedOnes: the field capabilities derived from the
-// Command type are exactly the keys of an encoded command with every field
-// set, so the check of a leader and the decoding of a follower agree.
+// TestCommandFieldsAreTheEncodedOnes: the field capabilities derived for
+// each kind are exactly the keys of an encoded command of that kind with
+// every field set, so the check of a leader and the decoding of a follower
+// agree; and the fields of all kinds together are their union.
 func TestCommandFieldsAreTheEncodedOnes(t *testing.T) {
-	var c Command
-	fill(t, reflect.ValueOf(&c).Elem())
-	c.Kind = KindPutService
-	entry, err := Encode(c)
-	if err != nil {
-		t.Fatal(err)
+	caps := NewMachine(Options{}).Capabilities()
+	var all []string
+	for _, k := range slices.Sorted(maps.Keys(commands)) {
+		reg := commands[k]
+		var env Envelope
+		fill(t, reflect.ValueOf(&env).Elem())
+		p := reflect.New(reg.payload).Elem()
+		fill(t, p)
+		entry, err := Encode(Command{Envelope: env, Payload: p.Interface().(Payload)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(entry[1:], &doc); err != nil {
+			t.Fatal(err)
+		}
+		used := map[string]bool{}
+		var unknown []string
+		usedKeys(doc, reg.keys, "", used, &unknown)
+		if len(unknown) > 0 {
+			t.Fatalf("%s: unknown fields in an encoded command: %v", k, unknown)
+		}
+		got := slices.Sorted(maps.Keys(used))
+		if !slices.Equal(got, reg.fields) || !slices.Equal(caps.KindFields[k], reg.fields) {
+			t.Fatalf("%s: encoded fields\n%v\nderived fields\n%v\nadvertised\n%v", k, got, reg.fields, caps.KindFields[k])
+		}
+		if lacks := caps.Lacks(entry); lacks != nil {
+			t.Fatalf("%s: this build lacks %v of its own command", k, lacks)
+		}
+		all = append(all, got...)
 	}
-	var doc any
-	if err := json.Unmarshal(entry[1:], &doc); err != nil {
-		t.Fatal(err)
-	}
-	used := map[string]bool{}
-	var unknown []string
-	usedFields(doc, commandType, "", used, &unknown)
-	if len(unknown) > 0 {
-		t.Fatalf("unknown fields in an encoded command: %v", unknown)
-	}
-	got := slices.Sorted(maps.Keys(used))
-	if !slices.Equal(got, commandFields) {
-		t.Fatalf("encoded fields\n%v\nderived fields\n%v", got, commandFields)
-	}
-	if lacks := NewMachine(Options{}).Capabilities().Lacks(entry); lacks != nil {
-		t.Fatalf("this build lacks %v of its own command", lacks)
+	slices.Sort(all)
+	if all = slices.Compact(all); !slices.Equal(caps.Fields, all) {
+		t.Fatalf("fields of all kinds\n%v\nunion of each kind's\n%v", caps.Fields, all)
 	}
 }
 
@@ -164,60 +176,67 @@ func TestBaselineStillApplied(t *testing.T) {
 		if !have.Has(k) {
 			t.Errorf("this build lacks the baseline kind %s", k)
 		}
+		for _, f := range base.KindFields[k] {
+			if _, ok := slices.BinarySearch(have.KindFields[k], f); !ok {
+				t.Errorf("this build lacks the baseline field %s of %s", f, k)
+			}
+		}
+	}
+	var union []string
+	for _, f := range base.KindFields {
+		union = append(union, f...)
+	}
+	slices.Sort(union)
+	if !slices.IsSorted(base.Fields) || !slices.Equal(slices.Compact(union), base.Fields) {
+		t.Errorf("baseline fields %v are not sorted or not the union of its kinds' %v", base.Fields, union)
 	}
 	for _, f := range base.Fields {
 		if _, ok := slices.BinarySearch(have.Fields, f); !ok {
 			t.Errorf("this build lacks the baseline field %s", f)
 		}
 	}
-	if !slices.IsSorted(base.Fields) {
-		t.Error("baseline fields not sorted")
-	}
-	for k := range handlers {
-		if strings.HasPrefix(k.String(), "kind ") {
-			t.Errorf("kind %#02x has no name in kindNames", byte(k))
-		}
-	}
 }
 
-// TestCapabilitiesLacks: what an older build lacks of an entry, by kind and
-// by field, and that the machine of such a build refuses exactly that.
-func TestCapabilitiesLacks(t *testing.T) {
-	old := NewMachine(Options{WithoutKinds: []Kind{KindSetDrain}, WithoutFields: []string{"from_step_started", "spec.pools.*.version"}})
-	caps := old.Capabilities()
-	if caps.Has(KindSetDrain) || !caps.Has(KindSetWeights) || slices.Contains(caps.Fields, "from_step_started") || caps.Format != EntryFormat {
-		t.Fatalf("capabilities %+v", caps)
+// TestCapabilitiesOfBuildsBeforeTypedCommands: a build from before typed
+// commands advertises its fields for all kinds together; it is taken to
+// apply, of each kind, what the baseline lists for that kind (that is what
+// its handlers read), so a field it knows from another kind is not assumed
+// for this one. Every entry this build writes is applicable by it.
+func TestCapabilitiesOfBuildsBeforeTypedCommands(t *testing.T) {
+	// What such a build sends in its status.
+	sent, err := json.Marshal(struct {
+		Format int      `json:"format"`
+		Kinds  []Kind   `json:"kinds"`
+		Fields []string `json:"fields"`
+	}{1, Baseline().Kinds, baselineFields})
+	if err != nil {
+		t.Fatal(err)
 	}
-	enc := func(c Command) []byte {
-		c.Time, c.Actor = t0, "ops"
-		b, err := Encode(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
+	var legacy Capabilities
+	if err := json.Unmarshal(sent, &legacy); err != nil || !slices.Equal(legacy.Kinds, Baseline().Kinds) {
+		t.Fatalf("read %s as %+v, %v", sent, legacy, err)
 	}
-	for _, tc := range []struct {
-		name  string
-		entry []byte
-		lacks []string
-	}{
-		{"weights", enc(setWeights("svc", Weights{"blue": Total})), nil},
-		{"drain", enc(drain("svc", "blue", ActionDrain, "10.0.0.11:8765")), []string{"set_drain"}},
-		{"step with its epoch", enc(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutStep, RolloutID: "r", FromStep: 1, FromStepStarted: t0}), []string{"field from_step_started"}},
-		{"step without", enc(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutStep, RolloutID: "r", FromStep: 1}), nil},
-		{"pool version", enc(put("svc", testSpec())), []string{"field spec.pools.*.version"}},
-		{"unknown kind and field", append([]byte{0x7e}, `{"service":"svc","zone":"b"}`...), []string{"kind 0x7e", "field zone"}},
-		{"not JSON", []byte{byte(KindSetWeights), '{'}, []string{"a log entry that is not JSON (unexpected end of JSON input)"}},
-	} {
-		if got := caps.Lacks(tc.entry); !slices.Equal(got, tc.lacks) {
-			t.Errorf("%s: lacks %q, want %q", tc.name, got, tc.lacks)
-		}
-		r := old.Apply(1, tc.entry)
-		if unsupported := r.Code == CodeUnsupported; unsupported != (tc.lacks != nil) {
-			t.Errorf("%s: the older machine answers %+v", tc.name, r)
+	if legacy.KindFields != nil {
+		t.Fatal("kind fields from nowhere")
+	}
+	if got := legacy.fieldsOf(KindRollback); !slices.Equal(got, baselineKindFields(KindRollback)) || slices.Contains(got, "from_step") {
+		t.Errorf("rollback fields of an older build: %v", got)
+	}
+	_, entries := readGolden(t, goldenEntries)
+	for _, e := range entries {
+		if lacks := legacy.Lacks(e); lacks != nil {
+			t.Errorf("an older build lacks %v of %s", lacks, e)
 		}
 	}
-	if got := (Capabilities{}).Lacks(enc(setWeights("svc", Weights{"blue": Total}))); !slices.Equal(got, []string{"log entry format 1"}) {
-		t.Errorf("a build without a format lacks %q", got)
+	// One that lacks a field in its flat list lacks it in every kind.
+	legacy.Fields = slices.DeleteFunc(slices.Clone(baselineFields), func(f string) bool { return f == "from_step_started" })
+	step := NewCommand("svc", "watcher", RolloutChange{Action: StepRollout, RolloutID: "r", FromStep: 1, FromStepStarted: t0})
+	step.Time = t0
+	entry, err := Encode(step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := legacy.Lacks(entry); !slices.Equal(got, []string{"field from_step_started"}) {
+		t.Errorf("lacks %q", got)
 	}
 }

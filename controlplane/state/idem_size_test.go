@@ -100,7 +100,7 @@ func idemScenario() (order []string, cmds map[string]Command) {
 		"same":    keyed(setWeights("svc", Weights{"blue": 9000, "canary": 1000}), "same"),
 		"missing": keyed(setWeights("missing", Weights{"blue": 10000}), "missing"),
 		"":        put("gone", testSpec()),
-		"delete":  keyed(Command{Kind: KindDeleteService, Service: "gone"}, "delete"),
+		"delete":  keyed(cmd("gone", DeleteService{}), "delete"),
 		"stale":   keyed(stale, "stale"),
 	}
 	return []string{"create", "weights", "same", "missing", "", "delete", "stale"}, cmds

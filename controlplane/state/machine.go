@@ -170,9 +170,7 @@ func (m *Machine) View() *View { return m.view.Load() }
 
 // Capabilities is what this machine can apply (a copy the caller may keep).
 func (m *Machine) Capabilities() Capabilities {
-	c := m.caps
-	c.Kinds, c.Fields = slices.Clone(c.Kinds), slices.Clone(c.Fields)
-	return c
+	return m.caps.clone()
 }
 
 // EventQuery selects events of the trail.
@@ -327,7 +325,7 @@ func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *e
 	if err != nil {
 		return c, Result{Code: CodeInvalid, Err: err.Error()}, nil
 	}
-	h, err := c.handler()
+	reg, err := c.registration()
 	if err == nil {
 		err = c.validateCommon()
 	}
@@ -344,7 +342,7 @@ func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *e
 			return c, e.result(cur), nil
 		}
 	}
-	res, eff := m.run(v, cur, index, &c, h)
+	res, eff := m.run(v, cur, index, &c, reg)
 	res.Index = index
 	if c.IdemKey != "" {
 		m.rememberIdem(newIdemEntry(&c, index, res))
@@ -352,17 +350,17 @@ func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *e
 	return c, res, eff
 }
 
-func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, h handler) (Result, *effect) {
+func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, reg *registration) (Result, *effect) {
 	if c.IfVersion != nil && *c.IfVersion != cur.version() {
 		if cur == nil {
 			return refuse(CodeVersionMismatch, cur, "service %q does not exist, but version %d was expected", c.Service, *c.IfVersion), nil
 		}
 		return refuse(CodeVersionMismatch, cur, "service %q is at version %d, not %d; read it again and retry", c.Service, cur.Version, *c.IfVersion), nil
 	}
-	if err := h.check(c); err != nil {
+	if err := reg.check(&c.Envelope, c.Payload); err != nil {
 		return refuse(CodeInvalid, cur, "%v", err), nil
 	}
-	return h.apply(v, cur, index, c)
+	return reg.apply(v, cur, index, &c.Envelope, c.Payload)
 }
 
 // RemembersKey reports whether the idempotency table holds key and will

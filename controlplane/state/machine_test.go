@@ -54,20 +54,23 @@ func (h *harness) apply(c Command) Result {
 // lastAdded is what OnApply got for the last command.
 func (h *harness) lastAdded() []Event { return h.added[len(h.added)-1] }
 
+// cmd is a command about svc; the harness stamps its time and actor.
+func cmd(svc string, p Payload) Command { return Command{Envelope: Envelope{Service: svc}, Payload: p} }
+
 func put(svc string, spec ServiceSpec) Command {
-	return Command{Kind: KindPutService, Service: svc, Spec: &spec}
+	return cmd(svc, PutService{Spec: &spec})
 }
 
 func setWeights(svc string, w Weights) Command {
-	return Command{Kind: KindSetWeights, Service: svc, Weights: w}
+	return cmd(svc, SetWeights{Weights: w})
 }
 
 func setPool(svc, pool, version string, backends ...string) Command {
-	return Command{Kind: KindSetPool, Service: svc, Pool: pool, PoolVersion: version, Backends: backends}
+	return cmd(svc, SetPool{Pool: pool, PoolVersion: version, Backends: backends})
 }
 
-func drain(svc, pool, action string, addrs ...string) Command {
-	return Command{Kind: KindSetDrain, Service: svc, Pool: pool, Action: action, Backends: addrs}
+func drain(svc, pool string, action DrainAction, addrs ...string) Command {
+	return cmd(svc, SetDrain{Pool: pool, Action: action, Backends: addrs})
 }
 
 func withSpec(edit func(*ServiceSpec)) ServiceSpec {
@@ -128,8 +131,8 @@ func TestApplyCommands(t *testing.T) {
 					t.Errorf("result %+v", r)
 				}
 			}},
-		{name: "switch", cmd: Command{Kind: KindSetWeights, Service: "svc", Action: ActionSwitch, Weights: Weights{"green": 10000}}, changed: true, weights: green100, lkg: blue99, event: ActionSwitch},
-		{name: "rollback keeps the LKG", cmd: Command{Kind: KindSetWeights, Service: "svc", Action: ActionRollback, Weights: blue99}, changed: true, weights: blue99, lkg: blue99, event: ActionRollback, reason: "last known good"},
+		{name: "switch", cmd: cmd("svc", SetWeights{Action: SwitchWeights, Weights: Weights{"green": 10000}}), changed: true, weights: green100, lkg: blue99, event: ActionSwitch},
+		{name: "rollback keeps the LKG", cmd: cmd("svc", Rollback{Trigger: TriggerManual}), changed: true, weights: blue99, lkg: blue99, event: ActionRollback, reason: "last known good"},
 		{name: "new pool gets 0", cmd: setPool("svc", "purple", "v3", "10.0.0.41:8765"), changed: true,
 			weights: Weights{"blue": 9900, "canary": 100, "green": 0, "purple": 0}, lkg: Weights{"blue": 9900, "canary": 100, "green": 0, "purple": 0},
 			event: ActionPool, reason: "pool purple created: backends 10.0.0.41:8765, version v3"},
@@ -143,16 +146,16 @@ func TestApplyCommands(t *testing.T) {
 		{name: "same pool changes nothing", cmd: setPool("svc", "canary", "v2", "10.0.0.31:8765", "10.0.0.32:8765")},
 		{name: "pool of unknown service", cmd: setPool("nope", "blue", "", "h:1"), code: CodeNotFound},
 		{name: "pool with bad backend", cmd: setPool("svc", "blue", "", "h:1", "h:1"), code: CodeInvalid},
-		{name: "drain", cmd: drain("svc", "blue", ActionDrain, "10.0.0.11:8765"), changed: true, event: ActionDrain, reason: "drain of pool blue: 10.0.0.11:8765",
+		{name: "drain", cmd: drain("svc", "blue", DrainBackends, "10.0.0.11:8765"), changed: true, event: ActionDrain, reason: "drain of pool blue: 10.0.0.11:8765",
 			check: func(t *testing.T, v *View, _ Result) {
 				b := v.Services["svc"].Pools["blue"].Backends
 				if !b[0].Draining || b[1].Draining {
 					t.Errorf("backends %+v", b)
 				}
 			}},
-		{name: "drain again changes nothing", cmd: drain("svc", "blue", ActionDrain, "10.0.0.11:8765")},
-		{name: "drain unknown backend", cmd: drain("svc", "blue", ActionDrain, "10.9.9.9:1"), code: CodeNotFound},
-		{name: "drain unknown pool", cmd: drain("svc", "nope", ActionDrain, "10.0.0.11:8765"), code: CodeNotFound},
+		{name: "drain again changes nothing", cmd: drain("svc", "blue", DrainBackends, "10.0.0.11:8765")},
+		{name: "drain unknown backend", cmd: drain("svc", "blue", DrainBackends, "10.9.9.9:1"), code: CodeNotFound},
+		{name: "drain unknown pool", cmd: drain("svc", "nope", DrainBackends, "10.0.0.11:8765"), code: CodeNotFound},
 		{name: "pool set keeps drains", cmd: setPool("svc", "blue", "v1.1", "10.0.0.13:8765", "10.0.0.11:8765"), changed: true, event: ActionPool,
 			check: func(t *testing.T, v *View, _ Result) {
 				b := v.Services["svc"].Pools["blue"].Backends
@@ -160,7 +163,7 @@ func TestApplyCommands(t *testing.T) {
 					t.Errorf("backends %+v", b)
 				}
 			}},
-		{name: "undrain", cmd: drain("svc", "blue", ActionUndrain, "10.0.0.11:8765"), changed: true, event: ActionUndrain},
+		{name: "undrain", cmd: drain("svc", "blue", UndrainBackends, "10.0.0.11:8765"), changed: true, event: ActionUndrain},
 		{name: "put without weights keeps them and the LKG", cmd: put("svc", withSpec(func(s *ServiceSpec) { s.Health = &HealthCheck{Path: "/up"} })), changed: true,
 			weights: blue99, lkg: blue99, event: ActionServicePut, reason: "replaced"},
 		{name: "put with new weights moves the LKG", cmd: put("svc", withSpec(func(s *ServiceSpec) { s.Weights = Weights{"green": 10000} })), changed: true,
@@ -169,44 +172,44 @@ func TestApplyCommands(t *testing.T) {
 			weights: Weights{"blue": 0, "green": 10000}, lkg: Weights{"blue": 0, "green": 10000}, event: ActionServicePut},
 		{name: "put that drops the weighted pool", cmd: put("svc", withSpec(func(s *ServiceSpec) { delete(s.Pools, "green") })), changed: true,
 			weights: Weights{"blue": 10000, "canary": 0}, lkg: Weights{"blue": 10000, "canary": 0}, event: ActionServicePut},
-		{name: "version mismatch", cmd: Command{Kind: KindSetWeights, Service: "svc", IfVersion: ptr(uint64(3)), Weights: Weights{"blue": 10000}}, code: CodeVersionMismatch,
+		{name: "version mismatch", cmd: Command{Envelope: Envelope{Service: "svc", IfVersion: ptr(uint64(3))}, Payload: SetWeights{Weights: Weights{"blue": 10000}}}, code: CodeVersionMismatch,
 			check: func(t *testing.T, v *View, r Result) {
 				cur := v.Services["svc"].Version
 				if r.Version != cur || r.Err != fmt.Sprintf("service %q is at version %d, not 3; read it again and retry", "svc", cur) {
 					t.Errorf("result %+v", r)
 				}
 			}},
-		{name: "version 0 for a live service", cmd: Command{Kind: KindPutService, Service: "svc", IfVersion: ptr(uint64(0)), Spec: ptr(testSpec())}, code: CodeVersionMismatch},
-		{name: "delete", cmd: Command{Kind: KindDeleteService, Service: "svc"}, changed: true, event: ActionServiceDelete,
+		{name: "version 0 for a live service", cmd: Command{Envelope: Envelope{Service: "svc", IfVersion: ptr(uint64(0))}, Payload: PutService{Spec: ptr(testSpec())}}, code: CodeVersionMismatch},
+		{name: "delete", cmd: cmd("svc", DeleteService{}), changed: true, event: ActionServiceDelete,
 			check: func(t *testing.T, v *View, r Result) {
 				if _, ok := v.Services["svc"]; ok || v.Deleted["svc"] == 0 || r.Service != nil || r.Version != 0 {
 					t.Errorf("view %+v, result %+v", v, r)
 				}
 			}},
-		{name: "delete again", cmd: Command{Kind: KindDeleteService, Service: "svc"}, code: CodeNotFound},
-		{name: "seed of a deleted name", cmd: Command{Kind: KindPutService, Service: "svc", Seed: true, Spec: ptr(testSpec())},
+		{name: "delete again", cmd: cmd("svc", DeleteService{}), code: CodeNotFound},
+		{name: "seed of a deleted name", cmd: cmd("svc", PutService{Seed: true, Spec: ptr(testSpec())}),
 			check: func(t *testing.T, v *View, r Result) {
 				if _, ok := v.Services["svc"]; ok || r.Service != nil {
 					t.Errorf("seed re-created a deleted service")
 				}
 			}},
-		{name: "version of a missing service", cmd: Command{Kind: KindSetWeights, Service: "svc", IfVersion: ptr(uint64(7)), Weights: Weights{"blue": 10000}}, code: CodeVersionMismatch,
+		{name: "version of a missing service", cmd: Command{Envelope: Envelope{Service: "svc", IfVersion: ptr(uint64(7))}, Payload: SetWeights{Weights: Weights{"blue": 10000}}}, code: CodeVersionMismatch,
 			check: func(t *testing.T, _ *View, r Result) {
 				if r.Err != `service "svc" does not exist, but version 7 was expected` {
 					t.Errorf("result %+v", r)
 				}
 			}},
-		{name: "put re-creates a deleted name", cmd: Command{Kind: KindPutService, Service: "svc", IfVersion: ptr(uint64(0)), Spec: ptr(testSpec())}, changed: true,
+		{name: "put re-creates a deleted name", cmd: Command{Envelope: Envelope{Service: "svc", IfVersion: ptr(uint64(0))}, Payload: PutService{Spec: ptr(testSpec())}}, changed: true,
 			weights: blue100, lkg: blue100, event: ActionServicePut, reason: "created",
 			check: func(t *testing.T, v *View, _ Result) {
 				if _, ok := v.Deleted["svc"]; ok {
 					t.Errorf("deleted entry kept after re-creation")
 				}
 			}},
-		{name: "seed of a live name", cmd: Command{Kind: KindPutService, Service: "svc", Seed: true, Spec: ptr(withSpec(func(s *ServiceSpec) { s.Weights = Weights{"green": 10000} }))}, weights: blue100},
-		{name: "seed of a new name", cmd: Command{Kind: KindPutService, Service: "other", Seed: true, Spec: ptr(testSpec())}, changed: true, event: ActionServicePut},
+		{name: "seed of a live name", cmd: cmd("svc", PutService{Seed: true, Spec: ptr(withSpec(func(s *ServiceSpec) { s.Weights = Weights{"green": 10000} }))}), weights: blue100},
+		{name: "seed of a new name", cmd: cmd("other", PutService{Seed: true, Spec: ptr(testSpec())}), changed: true, event: ActionServicePut},
 		{name: "invalid spec", cmd: put("third", ServiceSpec{}), code: CodeInvalid},
-		{name: "bad service name", cmd: Command{Kind: KindDeleteService, Service: "Bad Name"}, code: CodeInvalid},
+		{name: "bad service name", cmd: cmd("Bad Name", DeleteService{}), code: CodeInvalid},
 	}
 
 	h := newHarness(t, Options{})
@@ -351,7 +354,7 @@ func TestIdempotency(t *testing.T) {
 		t.Errorf("k2 stored later than k1 was evicted too early")
 	}
 	keyed.Time = keyed.Time.Add(2 * time.Hour)
-	h.apply(Command{Kind: KindDeleteService, Service: "none", Time: keyed.Time})
+	h.apply(Command{Envelope: Envelope{Service: "none", Time: keyed.Time}, Payload: DeleteService{}})
 	if len(h.m.idem) != 0 || len(h.m.idemQueue) != 0 {
 		t.Errorf("keys left after every TTL passed: %v", h.m.idem)
 	}
@@ -365,7 +368,7 @@ func TestIdempotencyCap(t *testing.T) {
 	var index uint64
 	for i := 0; i <= maxIdemKeys; i++ {
 		index++
-		data, err := Encode(Command{Kind: KindDeleteService, Service: "none", Time: t0, IdemKey: fmt.Sprint("k", i)})
+		data, err := Encode(Command{Envelope: Envelope{Service: "none", Time: t0, IdemKey: fmt.Sprint("k", i)}, Payload: DeleteService{}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -384,13 +387,13 @@ func TestIdempotencyCap(t *testing.T) {
 
 func TestEvents(t *testing.T) {
 	h := newHarness(t, Options{MaxEvents: 4})
-	h.apply(put("a", testSpec()))                                                                               // 1
-	h.apply(put("b", testSpec()))                                                                               // 2
-	h.apply(setWeights("a", Weights{"green": 10000}))                                                           // 3
-	h.apply(setWeights("nope", Weights{"green": 10000}))                                                        // 4: refused, no event
-	h.apply(setWeights("b", Weights{"green": 10000}))                                                           // 5
-	h.apply(Command{Kind: KindSetWeights, Service: "a", Action: ActionSwitch, Weights: Weights{"blue": 10000}}) // 6
-	h.apply(Command{Kind: KindDeleteService, Service: "b"})                                                     // 7
+	h.apply(put("a", testSpec()))                                                         // 1
+	h.apply(put("b", testSpec()))                                                         // 2
+	h.apply(setWeights("a", Weights{"green": 10000}))                                     // 3
+	h.apply(setWeights("nope", Weights{"green": 10000}))                                  // 4: refused, no event
+	h.apply(setWeights("b", Weights{"green": 10000}))                                     // 5
+	h.apply(cmd("a", SetWeights{Action: SwitchWeights, Weights: Weights{"blue": 10000}})) // 6
+	h.apply(cmd("b", DeleteService{}))                                                    // 7
 
 	indexes := func(es []Event) []uint64 {
 		out := []uint64{}
@@ -479,7 +482,7 @@ func TestConcurrentReaders(t *testing.T) {
 		case 0:
 			h.apply(setWeights("svc", Weights{"blue": Weight(i), "canary": Total - Weight(i)}))
 		case 1:
-			h.apply(drain("svc", "blue", []string{ActionDrain, ActionUndrain}[i/4%2], "10.0.0.11:8765"))
+			h.apply(drain("svc", "blue", []DrainAction{DrainBackends, UndrainBackends}[i/4%2], "10.0.0.11:8765"))
 		case 2:
 			h.apply(setPool("svc", "green", fmt.Sprint("v", i), "10.0.0.21:8765"))
 		case 3:

@@ -21,21 +21,23 @@ func TestMembership(t *testing.T) {
 		return m.Apply(index, data)
 	}
 	n2 := NodeInfo{ID: "node2", ClusterAddr: "127.0.0.1:7002", AdminAddr: "127.0.0.1:7102"}
-	if r := apply(1, Command{Kind: KindNodeJoin, Node: &n2}); !r.OK() || !r.Changed {
+	if r := apply(1, cmd("", NodeJoin{Node: &n2})); !r.OK() || !r.Changed {
 		t.Fatalf("join: %+v", r)
 	}
 	if got := m.View().Nodes["node2"]; got != n2 {
 		t.Fatalf("nodes = %v", m.View().Nodes)
 	}
 	// Joining again with the same addresses changes nothing.
-	if r := apply(2, Command{Kind: KindNodeJoin, Node: &n2}); !r.OK() || r.Changed {
+	if r := apply(2, cmd("", NodeJoin{Node: &n2})); !r.OK() || r.Changed {
 		t.Fatalf("rejoin: %+v", r)
 	}
 	for _, bad := range []Command{
-		{Kind: KindNodeJoin},
-		{Kind: KindNodeJoin, Node: &NodeInfo{ID: "bad id", ClusterAddr: "a:1", AdminAddr: "a:2"}},
-		{Kind: KindNodeJoin, Node: &NodeInfo{ID: "n3", ClusterAddr: "nohost", AdminAddr: "a:2"}},
-		{Kind: KindNodeJoin, Service: "svc", Node: &n2},
+		cmd("", NodeJoin{}),
+		cmd("", NodeJoin{Node: &NodeInfo{ID: "bad id", ClusterAddr: "a:1", AdminAddr: "a:2"}}),
+		cmd("", NodeJoin{Node: &NodeInfo{ID: "n3", ClusterAddr: "nohost", AdminAddr: "a:2"}}),
+		cmd("svc", NodeJoin{Node: &n2}),
+		cmd("", NodeRemove{}),
+		cmd("", NodeRemove{Node: &NodeInfo{ID: "bad id"}}),
 	} {
 		if err := bad.Validate(); err == nil {
 			t.Errorf("Validate(%+v) accepted", bad)
@@ -52,7 +54,7 @@ func TestMembership(t *testing.T) {
 	if m2.View().Nodes["node2"] != n2 {
 		t.Fatalf("restored nodes = %v", m2.View().Nodes)
 	}
-	if r := apply(3, Command{Kind: KindNodeRemove, Node: &NodeInfo{ID: "node2"}}); !r.OK() || !r.Changed {
+	if r := apply(3, cmd("", NodeRemove{Node: &NodeInfo{ID: "node2"}})); !r.OK() || !r.Changed {
 		t.Fatalf("remove: %+v", r)
 	}
 	if _, ok := m.View().Nodes["node2"]; ok {
@@ -81,21 +83,21 @@ func TestMembershipRemovedStaysRemoved(t *testing.T) {
 		return m.Apply(index, data)
 	}
 	n2 := NodeInfo{ID: "node2", ClusterAddr: "127.0.0.1:7002", AdminAddr: "127.0.0.1:7102"}
-	if r := apply(1, ActorCluster, Command{Kind: KindNodeJoin, Node: &n2}); !r.OK() || !r.Changed {
+	if r := apply(1, ActorCluster, cmd("", NodeJoin{Node: &n2})); !r.OK() || !r.Changed {
 		t.Fatalf("join: %+v", r)
 	}
-	if r := apply(2, "ops", Command{Kind: KindNodeRemove, Node: &NodeInfo{ID: "node2"}}); !r.OK() || !r.Changed {
+	if r := apply(2, "ops", cmd("", NodeRemove{Node: &NodeInfo{ID: "node2"}})); !r.OK() || !r.Changed {
 		t.Fatalf("remove: %+v", r)
 	}
 	if got := m.View().Removed["node2"]; got != 2 {
 		t.Fatalf("removed = %v, want node2 at index 2", m.View().Removed)
 	}
 	// Removing again changes nothing.
-	if r := apply(3, "ops", Command{Kind: KindNodeRemove, Node: &NodeInfo{ID: "node2"}}); !r.OK() || r.Changed {
+	if r := apply(3, "ops", cmd("", NodeRemove{Node: &NodeInfo{ID: "node2"}})); !r.OK() || r.Changed {
 		t.Fatalf("second remove: %+v", r)
 	}
 	// The node asks to join by itself: refused, nothing changes.
-	r := apply(4, ActorCluster, Command{Kind: KindNodeJoin, Node: &n2})
+	r := apply(4, ActorCluster, cmd("", NodeJoin{Node: &n2}))
 	if r.Code != CodeNodeRemoved || !strings.Contains(r.Err, "cbproxy cluster join") {
 		t.Fatalf("self-join of a removed node: %+v", r)
 	}
@@ -103,7 +105,7 @@ func TestMembershipRemovedStaysRemoved(t *testing.T) {
 		t.Fatal("a removed node joined by itself")
 	}
 	// A voter that never registered its addresses is remembered as removed too.
-	if r := apply(5, "ops", Command{Kind: KindNodeRemove, Node: &NodeInfo{ID: "node3"}}); !r.OK() || !r.Changed {
+	if r := apply(5, "ops", cmd("", NodeRemove{Node: &NodeInfo{ID: "node3"}})); !r.OK() || !r.Changed {
 		t.Fatalf("remove of an unregistered voter: %+v", r)
 	}
 	var snap bytes.Buffer
@@ -118,7 +120,7 @@ func TestMembershipRemovedStaysRemoved(t *testing.T) {
 		t.Fatalf("restored removed = %v", got)
 	}
 	// An operator's join takes the node back and clears the tombstone.
-	if r := apply(6, "ops", Command{Kind: KindNodeJoin, Node: &n2}); !r.OK() || !r.Changed {
+	if r := apply(6, "ops", cmd("", NodeJoin{Node: &n2})); !r.OK() || !r.Changed {
 		t.Fatalf("operator join: %+v", r)
 	}
 	if _, ok := m.View().Removed["node2"]; ok || m.View().Nodes["node2"] != n2 {

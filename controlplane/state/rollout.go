@@ -16,11 +16,11 @@ import (
 // continues a step from where it was.
 type Rollout struct {
 	ID          string    `json:"id"`
-	Strategy    string    `json:"strategy"`
+	Strategy    Strategy  `json:"strategy"`
 	State       string    `json:"state"`
 	From        string    `json:"from"`
 	To          string    `json:"to"`
-	Gate        string    `json:"gate"`
+	Gate        Gate      `json:"gate"`
 	Step        int       `json:"step"` // from 1
 	Steps       []Step    `json:"steps"`
 	Started     time.Time `json:"started"`
@@ -37,13 +37,20 @@ type Step struct {
 	Hold   Duration `json:"hold,omitempty"`
 }
 
+// Strategy is how a rollout moves traffic.
+type Strategy string
+
+// Gate says who moves a rollout on after a step passed: the watcher (auto)
+// or an operator's promote (manual).
+type Gate string
+
 // Rollout strategies, gates and states (CONTRACT §4).
 const (
-	StrategyCanary    = "canary"
-	StrategyBlueGreen = "blue-green"
+	StrategyCanary    Strategy = "canary"     // in steps, each held
+	StrategyBlueGreen Strategy = "blue-green" // at once, then a bake
 
-	GateAuto   = "auto"
-	GateManual = "manual"
+	GateAuto   Gate = "auto"
+	GateManual Gate = "manual"
 
 	RolloutRunning    = "running"
 	RolloutWaiting    = "waiting" // manual gate: waits for promote
@@ -53,11 +60,14 @@ const (
 	RolloutAborted    = "aborted"
 )
 
-// Rollback triggers (the cbproxy_rollbacks_total label).
+// Trigger is what asked for a rollback (the cbproxy_rollbacks_total label).
+type Trigger string
+
+// Rollback triggers.
 const (
-	TriggerAuto   = "auto"
-	TriggerManual = "manual"
-	TriggerAbort  = "abort"
+	TriggerAuto   Trigger = "auto"   // the watcher, on an SLO breach
+	TriggerManual Trigger = "manual" // an operator's rollback
+	TriggerAbort  Trigger = "abort"  // an operator's abort of a rollout
 )
 
 // Rollout event actions.
@@ -69,9 +79,6 @@ const (
 	ActionRolloutPromote  = "rollout_promote"
 	ActionRolloutComplete = "rollout_complete"
 	ActionRolloutAbort    = "rollout_abort"
-	// ActionRolloutWait marks a manual gate reached (state "waiting"); it is
-	// a command action, recorded as a rollout_step event.
-	ActionRolloutWait = "rollout_wait"
 )
 
 // DefaultSteps are the runbook's stages: 1/5/25/50/100 % with 5/10/15/15 min.
@@ -103,19 +110,19 @@ type Guarded struct {
 
 // RolloutSpec is what a rollout start asks for; empty fields take defaults.
 type RolloutSpec struct {
-	Strategy string   `json:"strategy,omitempty"`
+	Strategy Strategy `json:"strategy,omitempty"`
 	From     string   `json:"from,omitempty"`
 	To       string   `json:"to"`
 	Steps    []Step   `json:"steps,omitempty"`
-	Gate     string   `json:"gate,omitempty"`
+	Gate     Gate     `json:"gate,omitempty"`
 	Bake     Duration `json:"bake,omitempty"`
 }
 
 // CodeRolloutRunning refuses what a running rollout forbids (409).
 const CodeRolloutRunning = "rollout_running"
 
-func checkRolloutStart(c *Command) error {
-	sp := c.RolloutSpec
+func checkRolloutStart(_ *Envelope, p RolloutStart) error {
+	sp := p.Spec
 	if sp == nil {
 		return errors.New(`a rollout start needs "to", the pool to move traffic to`)
 	}
@@ -190,14 +197,14 @@ func rolloutWeights(base Weights, r *Rollout) (Weights, error) {
 	return stepWeights(base, r.From, r.To, r.Steps[r.Step-1].Weight)
 }
 
-func applyRolloutStart(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applyRolloutStart(_ *View, cur *Service, index uint64, e *Envelope, p RolloutStart) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
 	if cur.Rollout.Active() {
 		return refuse(CodeRolloutRunning, cur, "rollout %s of service %q is %s; promote, abort or roll it back first", cur.Rollout.ID, cur.Name, cur.Rollout.State), nil
 	}
-	sp := *c.RolloutSpec
+	sp := *p.Spec
 	if cur.Pools[sp.To] == nil {
 		return refuse(CodeInvalid, cur, "service %q has no pool %q; it has: %s", cur.Name, sp.To, strings.Join(cur.PoolNames(), ", ")), nil
 	}
@@ -217,7 +224,7 @@ func applyRolloutStart(_ *View, cur *Service, index uint64, c *Command) (Result,
 	}
 	r := &Rollout{
 		ID: fmt.Sprintf("%s-%d", cur.Name, index), Strategy: sp.Strategy, State: RolloutRunning,
-		From: from, To: sp.To, Gate: sp.Gate, Step: 1, Started: c.Time, StepStarted: c.Time,
+		From: from, To: sp.To, Gate: sp.Gate, Step: 1, Started: e.Time, StepStarted: e.Time,
 	}
 	if r.Gate == "" {
 		r.Gate = GateAuto
@@ -252,11 +259,11 @@ func applyRolloutStart(_ *View, cur *Service, index uint64, c *Command) (Result,
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 
-func checkRolloutChange(c *Command) error {
-	switch c.Action {
-	case ActionRolloutStep, ActionRolloutPromote, ActionRolloutPause, ActionRolloutResume, ActionRolloutWait:
+func checkRolloutChange(_ *Envelope, p RolloutChange) error {
+	switch p.Action {
+	case StepRollout, PromoteRollout, PauseRollout, ResumeRollout, WaitRollout:
 	default:
-		return fmt.Errorf("rollout action %q is not one of step, promote, pause, resume, wait", c.Action)
+		return fmt.Errorf("rollout action %q is not one of step, promote, pause, resume, wait", p.Action)
 	}
 	return nil
 }
@@ -267,54 +274,54 @@ func checkRolloutChange(c *Command) error {
 // FromStepStarted, when set, must match: a retried or superseded decision,
 // or one decided before a pause and resume restarted the hold, then changes
 // nothing.
-func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applyRolloutChange(_ *View, cur *Service, index uint64, e *Envelope, p RolloutChange) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
 	r := cur.Rollout
 	if !r.Active() {
 		return refuse(CodeNotFound, cur, "service %q has no running rollout", cur.Name), nil
 	}
-	if (c.RolloutID != "" && c.RolloutID != r.ID) || (c.FromStep != 0 && c.FromStep != r.Step) ||
-		(!c.FromStepStarted.IsZero() && !c.FromStepStarted.Equal(r.StepStarted)) {
+	if (p.RolloutID != "" && p.RolloutID != r.ID) || (p.FromStep != 0 && p.FromStep != r.Step) ||
+		(!p.FromStepStarted.IsZero() && !p.FromStepStarted.Equal(r.StepStarted)) {
 		return Result{Version: cur.Version, Service: cur}, nil // a decision about another step or hold
 	}
 	nr := *r
 	s := *cur
 	s.Version, s.Rollout = index, &nr
-	ev := Event{Action: c.Action}
-	switch c.Action {
-	case ActionRolloutPause:
+	ev := Event{Action: string(p.Action)}
+	switch p.Action {
+	case PauseRollout:
 		if r.State == RolloutPaused {
 			return Result{Version: cur.Version, Service: cur}, nil
 		}
 		nr.State, ev.Reason = RolloutPaused, fmt.Sprintf("rollout %s paused at step %d", r.ID, r.Step)
-	case ActionRolloutResume:
+	case ResumeRollout:
 		if r.State != RolloutPaused {
 			return refuse(CodeInvalid, cur, "rollout %s is %s, not paused", r.ID, r.State), nil
 		}
 		// The hold starts again: a step is judged over a whole hold.
-		nr.State, nr.StepStarted = RolloutRunning, c.Time
+		nr.State, nr.StepStarted = RolloutRunning, e.Time
 		ev.Reason = fmt.Sprintf("rollout %s resumed at step %d", r.ID, r.Step)
-	case ActionRolloutWait:
+	case WaitRollout:
 		if r.State != RolloutRunning {
 			return Result{Version: cur.Version, Service: cur}, nil
 		}
 		nr.State = RolloutWaiting
 		ev.Action, ev.Reason = ActionRolloutStep, fmt.Sprintf("rollout %s step %d passed its hold; waiting for promote", r.ID, r.Step)
 	default: // step, promote
-		if r.State == RolloutPaused && c.Action == ActionRolloutStep {
+		if r.State == RolloutPaused && p.Action == StepRollout {
 			return Result{Version: cur.Version, Service: cur}, nil
 		}
 		if r.Step == len(r.Steps) {
-			nr.State, nr.Ended = RolloutPromoted, c.Time
+			nr.State, nr.Ended = RolloutPromoted, e.Time
 			ev.Action, ev.Reason = ActionRolloutComplete, fmt.Sprintf("rollout %s promoted: %s has its full share", r.ID, r.To)
 			// The promoted pool stays guarded against the weights before the
 			// rollout.
-			s.Guarded = guard(&s, cur.LKG, index, c.Time)
+			s.Guarded = guard(&s, cur.LKG, index, e.Time)
 			break
 		}
-		nr.Step, nr.StepStarted, nr.State = r.Step+1, c.Time, RolloutRunning
+		nr.Step, nr.StepStarted, nr.State = r.Step+1, e.Time, RolloutRunning
 		w, err := rolloutWeights(cur.LKG, &nr)
 		if err != nil {
 			return refuse(CodeInvalid, cur, "%v", err), nil
@@ -327,8 +334,9 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result
 }
 
 // StepDecision is the watcher's command that the rollout's current step has
-// passed its hold and the SLO: action "step" moves to the next step (or ends
-// the rollout promoted on the last one), "wait" marks a manual gate reached.
+// passed its hold and the SLO: StepRollout moves to the next step (or ends
+// the rollout promoted on the last one), WaitRollout marks a manual gate
+// reached. figures are the measurements behind it.
 //
 // It is about one step epoch: the rollout, the step, and the moment that
 // step's hold (re)started (StepStarted, which a resume moves). The epoch is in
@@ -340,22 +348,22 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, c *Command) (Result
 // step leaves paused or waiting, and both start a new epoch), so a decision
 // that found the rollout paused or waiting could never act later anyway:
 // remembering its no-op under its key loses nothing.
-func StepDecision(service string, r *Rollout, action string) Command {
-	return Command{
-		Kind: KindRolloutChange, Service: service, Action: action,
-		RolloutID: r.ID, FromStep: r.Step, FromStepStarted: r.StepStarted,
-		IdemKey:  "decision:" + service + "/" + r.ID + "/" + action + "/" + strconv.Itoa(r.Step) + "@" + strconv.FormatInt(r.StepStarted.UnixNano(), 10),
-		IdemHash: action,
-	}
+func StepDecision(service string, r *Rollout, action RolloutAction, figures map[string]any) Command {
+	c := NewCommand(service, "watcher", RolloutChange{
+		Action: action, RolloutID: r.ID, FromStep: r.Step, FromStepStarted: r.StepStarted, Figures: figures,
+	})
+	c.IdemKey = "decision:" + service + "/" + r.ID + "/" + string(action) + "/" + strconv.Itoa(r.Step) + "@" + strconv.FormatInt(r.StepStarted.UnixNano(), 10)
+	c.IdemHash = string(action)
+	return c
 }
 
-func checkRollback(c *Command) error {
-	switch c.Trigger {
+func checkRollback(_ *Envelope, p Rollback) error {
+	switch p.Trigger {
 	case TriggerAuto, TriggerManual, TriggerAbort:
 	default:
-		return fmt.Errorf("rollback trigger %q is not auto, manual or abort", c.Trigger)
+		return fmt.Errorf("rollback trigger %q is not auto, manual or abort", p.Trigger)
 	}
-	if c.Trigger == TriggerAuto && c.RolloutID == "" && c.GuardID == "" {
+	if p.Trigger == TriggerAuto && p.RolloutID == "" && p.GuardID == "" {
 		return errors.New("an automatic rollback names the rollout or guard it ends")
 	}
 	return nil
@@ -366,33 +374,33 @@ func checkRollback(c *Command) error {
 // active, or the guard was superseded or expired, it changes nothing, so a
 // repeated or late decision, also from a new leader, never rolls back twice.
 // A rolled-back rollout stays rolled back: only a new start moves traffic again.
-func applyRollback(_ *View, cur *Service, index uint64, c *Command) (Result, *effect) {
+func applyRollback(_ *View, cur *Service, index uint64, e *Envelope, p Rollback) (Result, *effect) {
 	if cur == nil {
-		return notFound(c.Service), nil
+		return notFound(e.Service), nil
 	}
 	r := cur.Rollout
 	unchanged := Result{Version: cur.Version, Service: cur}
 	switch {
-	case c.Trigger == TriggerAbort && !r.Active():
+	case p.Trigger == TriggerAbort && !r.Active():
 		return refuse(CodeNotFound, cur, "service %q has no running rollout to abort", cur.Name), nil
-	case c.RolloutID != "" && (!r.Active() || r.ID != c.RolloutID):
+	case p.RolloutID != "" && (!r.Active() || r.ID != p.RolloutID):
 		return unchanged, nil
-	case c.GuardID != "" && (cur.Guarded == nil || cur.Guarded.ID != c.GuardID || !c.Time.Before(cur.Guarded.Until)):
+	case p.GuardID != "" && (cur.Guarded == nil || cur.Guarded.ID != p.GuardID || !e.Time.Before(cur.Guarded.Until)):
 		return unchanged, nil
 	}
 	s := *cur
 	s.Version, s.Weights, s.Guarded = index, cur.LKG, nil
 	s.Rollbacks = maps.Clone(cur.Rollbacks)
 	if s.Rollbacks == nil {
-		s.Rollbacks = map[string]uint64{}
+		s.Rollbacks = map[Trigger]uint64{}
 	}
-	s.Rollbacks[c.Trigger]++
-	ev := Event{Action: ActionRollback, Before: cur.Weights, After: cur.LKG, Figures: c.Figures, Reason: "back to the last known good weights"}
+	s.Rollbacks[p.Trigger]++
+	ev := Event{Action: ActionRollback, Before: cur.Weights, After: cur.LKG, Figures: p.Figures, Reason: "back to the last known good weights"}
 	if r.Active() {
 		nr := *r
-		nr.Ended, nr.Reason = c.Time, c.Reason
+		nr.Ended, nr.Reason = e.Time, e.Reason
 		nr.State = RolloutRolledBack
-		if c.Trigger == TriggerAbort {
+		if p.Trigger == TriggerAbort {
 			nr.State, ev.Action = RolloutAborted, ActionRolloutAbort
 		}
 		s.Rollout = &nr

@@ -77,23 +77,23 @@ func TestStepDecisionRacesPauseResume(t *testing.T) {
 	variants := []struct {
 		name   string
 		spec   RolloutSpec
-		action string
+		action RolloutAction
 		// done reports whether the decision took effect.
 		done func(r *Rollout) bool
 	}{
 		{"canary step", RolloutSpec{To: "canary", Steps: []Step{{Weight: 100, Hold: Duration(time.Minute)}, {Weight: 2500, Hold: Duration(time.Minute)}, {Weight: Total}}},
-			ActionRolloutStep, func(r *Rollout) bool { return r.Step == 2 }},
+			StepRollout, func(r *Rollout) bool { return r.Step == 2 }},
 		{"manual gate wait", RolloutSpec{To: "canary", Gate: GateManual, Steps: []Step{{Weight: 100, Hold: Duration(time.Minute)}, {Weight: Total}}},
-			ActionRolloutWait, func(r *Rollout) bool { return r.State == RolloutWaiting }},
+			WaitRollout, func(r *Rollout) bool { return r.State == RolloutWaiting }},
 		{"blue-green bake", RolloutSpec{To: "green", Strategy: StrategyBlueGreen, Bake: Duration(time.Minute)},
-			ActionRolloutStep, func(r *Rollout) bool { return r.State == RolloutPromoted }},
+			StepRollout, func(r *Rollout) bool { return r.State == RolloutPromoted }},
 	}
 	for _, v := range variants {
 		for _, order := range orders([]string{"decide", "land", "pause", "resume"}, [][2]string{{"decide", "land"}, {"pause", "resume"}}) {
 			t.Run(v.name+"/"+strings.Join(order, ","), func(t *testing.T) {
 				h := newRolloutHarness(t)
 				spec := v.spec
-				if r := h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &spec}); !r.OK() {
+				if r := h.apply(cmd("svc", RolloutStart{Spec: &spec})); !r.OK() {
 					t.Fatalf("start: %+v", r)
 				}
 				var decision Command
@@ -101,12 +101,12 @@ func TestStepDecisionRacesPauseResume(t *testing.T) {
 				for _, op := range order {
 					switch op {
 					case "decide":
-						decision = StepDecision("svc", h.svc().Rollout, v.action)
+						decision = StepDecision("svc", h.svc().Rollout, v.action, nil)
 					case "land":
 						landed = h.apply(decision)
 					case "pause", "resume":
 						// Refused on a promoted rollout; that is fine here.
-						h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: "rollout_" + op})
+						h.apply(cmd("svc", RolloutChange{Action: RolloutAction("rollout_" + op)}))
 					}
 				}
 				// The decision acts if it lands before the pause (same epoch,
@@ -121,7 +121,7 @@ func TestStepDecisionRacesPauseResume(t *testing.T) {
 				if !v.done(r) {
 					// The hold passed again: the watcher decides anew, from
 					// the view it sees now; that decision must act.
-					next := StepDecision("svc", r, v.action)
+					next := StepDecision("svc", r, v.action, nil)
 					if res := h.apply(next); !res.Changed || !v.done(h.svc().Rollout) {
 						t.Fatalf("the decision after the resume did not act: %+v; rollout %+v", res, h.svc().Rollout)
 					}
@@ -133,7 +133,7 @@ func TestStepDecisionRacesPauseResume(t *testing.T) {
 				if h.moves(decision) {
 					t.Fatalf("the first decision, retried, acted again: %+v", h.svc().Rollout)
 				}
-				if r := h.svc().Rollout; !v.done(r) || r.Step != 1 && !(v.action == ActionRolloutStep && r.Step == 2) {
+				if r := h.svc().Rollout; !v.done(r) || r.Step != 1 && !(v.action == StepRollout && r.Step == 2) {
 					t.Fatalf("rollout ends %+v", r)
 				}
 			})
@@ -149,13 +149,13 @@ func TestStepDecisionRacesPromote(t *testing.T) {
 		t.Run(strings.Join(order, ","), func(t *testing.T) {
 			h := newRolloutHarness(t)
 			steps := []Step{{Weight: 100, Hold: Duration(time.Minute)}, {Weight: 2500, Hold: Duration(time.Minute)}, {Weight: 5000, Hold: Duration(time.Minute)}, {Weight: Total}}
-			h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "canary", Steps: steps}})
+			h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "canary", Steps: steps}}))
 			var decision Command
 			var decidedAt int
 			for _, op := range order {
 				switch op {
 				case "decide":
-					decision = StepDecision("svc", h.svc().Rollout, ActionRolloutStep)
+					decision = StepDecision("svc", h.svc().Rollout, StepRollout, nil)
 					decidedAt = h.svc().Rollout.Step
 				case "land":
 					before := h.svc().Rollout.Step
@@ -167,7 +167,7 @@ func TestStepDecisionRacesPromote(t *testing.T) {
 						t.Fatalf("decision at step %d landing at step %d: changed %v", decidedAt, before, res.Changed)
 					}
 				case "promote":
-					h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPromote})
+					h.apply(cmd("svc", RolloutChange{Action: PromoteRollout}))
 				}
 			}
 			// Promote moved it once; the decision once more only when it
@@ -192,22 +192,21 @@ func TestRollbackDecisionRacesPause(t *testing.T) {
 	for _, order := range orders([]string{"decide", "land", "pause", "resume"}, [][2]string{{"decide", "land"}, {"pause", "resume"}}) {
 		t.Run(strings.Join(order, ","), func(t *testing.T) {
 			h := newRolloutHarness(t)
-			h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "canary", Steps: []Step{{Weight: 500, Hold: Duration(time.Minute)}, {Weight: Total}}}})
+			h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "canary", Steps: []Step{{Weight: 500, Hold: Duration(time.Minute)}, {Weight: Total}}}}))
 			var decision Command
 			landedAt := ""
 			for _, op := range order {
 				switch op {
 				case "decide":
 					id := h.svc().Rollout.ID
-					decision = Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAuto, RolloutID: id, Actor: "watcher",
-						IdemKey: "decision:svc/" + id + "/rollback", IdemHash: "rollback"}
+					decision = Command{Envelope: Envelope{Service: "svc", Actor: "watcher", IdemKey: "decision:svc/" + id + "/rollback", IdemHash: "rollback"}, Payload: Rollback{Trigger: TriggerAuto, RolloutID: id}}
 				case "land":
 					landedAt = h.svc().Rollout.State
 					if res := h.apply(decision); !res.Changed {
 						t.Fatalf("the rollback landing on a %s rollout changed nothing", landedAt)
 					}
 				default:
-					h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: "rollout_" + op})
+					h.apply(cmd("svc", RolloutChange{Action: RolloutAction("rollout_" + op)}))
 				}
 			}
 			s := h.svc()

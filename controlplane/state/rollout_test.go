@@ -17,12 +17,12 @@ type rolloutHarness struct {
 func newRolloutHarness(t *testing.T) *rolloutHarness {
 	h := &rolloutHarness{t: t, m: NewMachine(Options{}), t0: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	guard := Duration(10 * time.Minute)
-	r := h.apply(Command{Kind: KindPutService, Service: "svc", Spec: &ServiceSpec{
+	r := h.apply(cmd("svc", PutService{Spec: &ServiceSpec{
 		Pools: map[string]PoolSpec{
 			"blue": {Backends: []string{"b:1"}}, "canary": {Backends: []string{"c:1"}}, "green": {Backends: []string{"g:1"}},
 		},
 		Weights: Weights{"blue": Total}, Guard: &guard,
-	}})
+	}}))
 	if !r.OK() {
 		t.Fatalf("put: %+v", r)
 	}
@@ -48,7 +48,7 @@ func (h *rolloutHarness) svc() *Service { return h.m.View().Services["svc"] }
 func TestCanaryRollout(t *testing.T) {
 	h := newRolloutHarness(t)
 	steps := []Step{{Weight: 100, Hold: Duration(time.Minute)}, {Weight: 2500, Hold: Duration(time.Minute)}, {Weight: Total}}
-	r := h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "canary", Steps: steps}})
+	r := h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "canary", Steps: steps}}))
 	if !r.OK() {
 		t.Fatalf("start: %+v", r)
 	}
@@ -58,39 +58,39 @@ func TestCanaryRollout(t *testing.T) {
 		t.Fatalf("after start: %+v weights %v lkg %v", ro, s.Weights, s.LKG)
 	}
 	// While it runs, weights, switch and a second start are refused.
-	if r := h.apply(Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": Total}}); r.Code != CodeRolloutRunning {
+	if r := h.apply(cmd("svc", SetWeights{Weights: Weights{"blue": Total}})); r.Code != CodeRolloutRunning {
 		t.Fatalf("weights during rollout: %+v", r)
 	}
-	if r := h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "green"}}); r.Code != CodeRolloutRunning {
+	if r := h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "green"}})); r.Code != CodeRolloutRunning {
 		t.Fatalf("second start: %+v", r)
 	}
 	// The watcher's step decision for step 1; a repeat of it changes nothing.
-	step := Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutStep, RolloutID: ro.ID, FromStep: 1}
+	step := cmd("svc", RolloutChange{Action: StepRollout, RolloutID: ro.ID, FromStep: 1})
 	if r := h.apply(step); !r.Changed || h.svc().Rollout.Step != 2 || h.svc().Weights["canary"] != 2500 {
 		t.Fatalf("step: %+v %v", r, h.svc().Weights)
 	}
 	if r := h.apply(step); r.Changed || h.svc().Rollout.Step != 2 {
 		t.Fatalf("repeated step decision: %+v", r)
 	}
-	h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPause})
+	h.apply(cmd("svc", RolloutChange{Action: PauseRollout}))
 	if h.svc().Rollout.State != RolloutPaused {
 		t.Fatal("not paused")
 	}
-	if r := h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutStep, RolloutID: ro.ID, FromStep: 2}); r.Changed {
+	if r := h.apply(cmd("svc", RolloutChange{Action: StepRollout, RolloutID: ro.ID, FromStep: 2})); r.Changed {
 		t.Fatal("the watcher advanced a paused rollout")
 	}
-	h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutResume})
-	h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPromote})
+	h.apply(cmd("svc", RolloutChange{Action: ResumeRollout}))
+	h.apply(cmd("svc", RolloutChange{Action: PromoteRollout}))
 	if s := h.svc(); s.Rollout.Step != 3 || s.Weights["canary"] != Total || s.Weights["blue"] != 0 {
 		t.Fatalf("promote to the last step: %+v %v", s.Rollout, s.Weights)
 	}
-	h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutPromote})
+	h.apply(cmd("svc", RolloutChange{Action: PromoteRollout}))
 	s = h.svc()
 	if s.Rollout.State != RolloutPromoted || s.Rollout.Ended.IsZero() || s.Guarded == nil || s.Guarded.Pools[0] != "canary" {
 		t.Fatalf("after the last promote: %+v guarded %+v", s.Rollout, s.Guarded)
 	}
 	// The guard's automatic rollback restores the LKG, once.
-	rb := Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAuto, GuardID: s.Guarded.ID, Actor: "watcher"}
+	rb := Command{Envelope: Envelope{Service: "svc", Actor: "watcher"}, Payload: Rollback{Trigger: TriggerAuto, GuardID: s.Guarded.ID}}
 	if r := h.apply(rb); !r.Changed || h.svc().Weights["blue"] != Total || h.svc().Rollbacks[TriggerAuto] != 1 {
 		t.Fatalf("guard rollback: %+v %v", r, h.svc().Weights)
 	}
@@ -109,9 +109,9 @@ func TestCanaryRollout(t *testing.T) {
 
 func TestRolloutRollbackIsTerminal(t *testing.T) {
 	h := newRolloutHarness(t)
-	h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "canary"}})
+	h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "canary"}}))
 	id := h.svc().Rollout.ID
-	rb := Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAuto, RolloutID: id, Actor: "watcher", Figures: map[string]any{"canary": map[string]any{"requests": 40}}}
+	rb := Command{Envelope: Envelope{Service: "svc", Actor: "watcher"}, Payload: Rollback{Trigger: TriggerAuto, RolloutID: id, Figures: map[string]any{"canary": map[string]any{"requests": 40}}}}
 	if r := h.apply(rb); !r.Changed || h.svc().Rollout.State != RolloutRolledBack || h.svc().Weights["blue"] != Total {
 		t.Fatalf("rollback: %+v %+v", r, h.svc().Rollout)
 	}
@@ -119,7 +119,7 @@ func TestRolloutRollbackIsTerminal(t *testing.T) {
 	if r := h.apply(rb); r.Changed {
 		t.Fatal("rolled back twice")
 	}
-	if r := h.apply(Command{Kind: KindRolloutChange, Service: "svc", Action: ActionRolloutStep, RolloutID: id, FromStep: 1}); r.Changed || r.OK() {
+	if r := h.apply(cmd("svc", RolloutChange{Action: StepRollout, RolloutID: id, FromStep: 1})); r.Changed || r.OK() {
 		t.Fatalf("step after rollback: %+v", r)
 	}
 	if h.svc().Rollbacks[TriggerAuto] != 1 {
@@ -130,10 +130,10 @@ func TestRolloutRollbackIsTerminal(t *testing.T) {
 		t.Fatalf("rollback event %+v", last)
 	}
 	// Weights work again, and a new rollout may start.
-	if r := h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &RolloutSpec{To: "green", Strategy: StrategyBlueGreen}}); !r.OK() || h.svc().Weights["green"] != Total {
+	if r := h.apply(cmd("svc", RolloutStart{Spec: &RolloutSpec{To: "green", Strategy: StrategyBlueGreen}})); !r.OK() || h.svc().Weights["green"] != Total {
 		t.Fatalf("blue-green start: %+v", r)
 	}
-	h.apply(Command{Kind: KindRollback, Service: "svc", Trigger: TriggerAbort})
+	h.apply(cmd("svc", Rollback{Trigger: TriggerAbort}))
 	if s := h.svc(); s.Rollout.State != RolloutAborted || s.Weights["blue"] != Total || s.Rollbacks[TriggerAbort] != 1 {
 		t.Fatalf("abort: %+v %v", s.Rollout, s.Weights)
 	}
@@ -153,7 +153,7 @@ func TestRolloutStartRefusals(t *testing.T) {
 		// green holds nothing: a step cannot take more than blue and canary hold.
 		{RolloutSpec{To: "canary", From: "green", Steps: []Step{{Weight: 100}}}, CodeInvalid},
 	} {
-		if r := h.apply(Command{Kind: KindRolloutStart, Service: "svc", RolloutSpec: &tc.spec}); r.Code != tc.code {
+		if r := h.apply(cmd("svc", RolloutStart{Spec: &tc.spec})); r.Code != tc.code {
 			t.Errorf("start %+v: %+v, want %s", tc.spec, r, tc.code)
 		}
 	}

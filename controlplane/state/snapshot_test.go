@@ -32,15 +32,15 @@ func script() []Command {
 			c.IdemKey, c.IdemHash = fmt.Sprint("key", i%5), "h"
 			add(c)
 		case 2:
-			add(drain(svc, "blue", ActionDrain, "10.0.0.11:8765"))
+			add(drain(svc, "blue", DrainBackends, "10.0.0.11:8765"))
 		case 3:
 			add(setPool(svc, fmt.Sprint("p", i), "v", "10.1.0.1:80"))
 		case 4:
-			add(Command{Kind: KindSetWeights, Service: svc, Action: ActionSwitch, Weights: Weights{"green": Total}, IfVersion: ptr(uint64(i))})
+			add(Command{Envelope: Envelope{Service: svc, IfVersion: ptr(uint64(i))}, Payload: SetWeights{Action: SwitchWeights, Weights: Weights{"green": Total}}})
 		case 5:
-			add(Command{Kind: KindPutService, Service: svc, Seed: true, Spec: ptr(testSpec())})
+			add(cmd(svc, PutService{Seed: true, Spec: ptr(testSpec())}))
 		case 6:
-			add(Command{Kind: KindDeleteService, Service: svc, IdemKey: fmt.Sprint("delete", i%5), IdemHash: "h"})
+			add(Command{Envelope: Envelope{Service: svc, IdemKey: fmt.Sprint("delete", i%5), IdemHash: "h"}, Payload: DeleteService{}})
 		case 7:
 			add(setWeights(svc, Weights{"nope": Total}))
 		}
@@ -106,12 +106,12 @@ func TestDeterminism(t *testing.T) {
 func TestSnapshotRoundTrip(t *testing.T) {
 	h := newHarness(t, Options{})
 	h.apply(put("svc", testSpec()))
-	h.apply(drain("svc", "blue", ActionDrain, "10.0.0.11:8765"))
+	h.apply(drain("svc", "blue", DrainBackends, "10.0.0.11:8765"))
 	keyed := setWeights("svc", Weights{"blue": 9950, "canary": 50})
 	keyed.IdemKey, keyed.IdemHash = "k", "h"
 	first := h.apply(keyed)
 	h.apply(put("gone", testSpec()))
-	h.apply(Command{Kind: KindDeleteService, Service: "gone"})
+	h.apply(cmd("gone", DeleteService{}))
 	snap := snapshotBytes(t, h.m)
 
 	var restoredView *View
@@ -156,9 +156,9 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 	h := newHarness(t, Options{})
 	h.apply(put("svc", testSpec()))
 	h.apply(put("two", testSpec()))
-	c := Command{Kind: KindDeleteService, Service: "nothing", IdemKey: "k"}
+	c := Command{Envelope: Envelope{Service: "nothing", IdemKey: "k"}, Payload: DeleteService{}}
 	h.apply(c)
-	h.apply(Command{Kind: KindDeleteService, Service: "nothing2", IdemKey: "k2"})
+	h.apply(Command{Envelope: Envelope{Service: "nothing2", IdemKey: "k2"}, Payload: DeleteService{}})
 	good := snapshotBytes(t, h.m)
 
 	edit := func(f func(doc map[string]any)) string {
@@ -292,7 +292,7 @@ func TestWriteSnapshotError(t *testing.T) {
 }
 
 func TestEncodeDecode(t *testing.T) {
-	c := Command{Kind: KindSetWeights, Time: t0, Actor: "ops", Service: "svc", Weights: Weights{"blue": 9950, "canary": 50}, IfVersion: ptr(uint64(4)), IdemKey: "k", IdemHash: "h"}
+	c := Command{Envelope: Envelope{Time: t0, Actor: "ops", Service: "svc", IfVersion: ptr(uint64(4)), IdemKey: "k", IdemHash: "h"}, Payload: SetWeights{Weights: Weights{"blue": 9950, "canary": 50}}}
 	data, err := Encode(c)
 	if err != nil {
 		t.Fatal(err)
@@ -306,13 +306,24 @@ func TestEncodeDecode(t *testing.T) {
 	}
 	// The kind byte wins over the JSON's "kind".
 	data[0] = byte(KindDeleteService)
-	if back, err := Decode(data); err != nil || back.Kind != KindDeleteService {
+	if back, err := Decode(data); err != nil || back.Kind() != KindDeleteService || back.Payload != (DeleteService{}) {
 		t.Errorf("Decode with another kind byte = %+v, %v", back, err)
 	}
-	if _, err := Encode(Command{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}); err == nil {
+	if _, err := Encode(Command{Envelope: Envelope{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, Payload: DeleteService{}}); err == nil {
 		t.Error("Encode accepted a time JSON cannot hold")
 	}
-	for _, bad := range [][]byte{nil, {}, {1}, []byte("\x01[]")} {
+	// A follower forwards the command as JSON; its "kind" selects the
+	// payload.
+	forwarded, err := json.Marshal(c)
+	if err != nil || !bytes.Equal(forwarded, data[1:]) {
+		t.Errorf("forwarded %s, %v; want the entry's JSON", forwarded, err)
+	}
+	var got Command
+	if err := json.Unmarshal(forwarded, &got); err != nil || !reflect.DeepEqual(got, c) {
+		t.Errorf("forwarded command read as %+v, %v", got, err)
+	}
+	// What does not decode as a kind is refused, as before typed commands.
+	for _, bad := range [][]byte{nil, {}, {1}, []byte("\x01[]"), []byte(`\x02{"kind":"x"}`), []byte(`\x02{"kind":300}`), []byte(`\x02{"time":1}`)} {
 		if _, err := Decode(bad); err == nil {
 			t.Errorf("Decode(%q) succeeded", bad)
 		}

@@ -31,7 +31,7 @@ type Service struct {
 	// Guarded is the open guard period, if any.
 	Guarded *Guarded `json:"guarded,omitempty"`
 	// Rollbacks counts the rollbacks by trigger (auto, manual, abort).
-	Rollbacks map[string]uint64 `json:"rollbacks,omitempty"`
+	Rollbacks map[Trigger]uint64 `json:"rollbacks,omitempty"`
 }
 
 // Pool is a named group of backends with an optional free-text version label.

@@ -275,26 +275,29 @@ func TestCommandValidate(t *testing.T) {
 		c       Command
 		wantErr string
 	}{
-		{name: "put", c: Command{Kind: KindPutService, Service: "svc", Spec: ptr(testSpec())}},
-		{name: "put without spec", c: Command{Kind: KindPutService, Service: "svc"}, wantErr: "needs pools"},
-		{name: "put bad spec", c: Command{Kind: KindPutService, Service: "svc", Spec: &ServiceSpec{}}, wantErr: "has no pools"},
-		{name: "bad name", c: Command{Kind: KindDeleteService, Service: "a b"}, wantErr: "service name"},
-		{name: "delete", c: Command{Kind: KindDeleteService, Service: "svc"}},
-		{name: "weights", c: Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": 10000}}},
-		{name: "switch", c: Command{Kind: KindSetWeights, Service: "svc", Action: ActionSwitch, Weights: Weights{"green": 10000}}},
-		{name: "weights sum", c: Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"blue": 100}}, wantErr: "sum to 1, not 100"},
-		{name: "weights bad pool", c: Command{Kind: KindSetWeights, Service: "svc", Weights: Weights{"B": 10000}}, wantErr: "pool name"},
-		{name: "weights action", c: Command{Kind: KindSetWeights, Service: "svc", Action: "drain", Weights: Weights{"b": 10000}}, wantErr: `weights action "drain"`},
-		{name: "pool", c: Command{Kind: KindSetPool, Service: "svc", Pool: "blue", Backends: []string{"h:1"}}},
-		{name: "pool bad backend", c: Command{Kind: KindSetPool, Service: "svc", Pool: "blue", Backends: []string{"h"}}, wantErr: "not host:port"},
-		{name: "pool bad name", c: Command{Kind: KindSetPool, Service: "svc", Pool: "", Backends: []string{"h:1"}}, wantErr: "pool name"},
-		{name: "drain", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Action: ActionDrain, Backends: []string{"h:1"}}},
-		{name: "drain no address", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Action: ActionDrain}, wantErr: "name the backend"},
-		{name: "drain bad pool", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "B", Action: ActionDrain, Backends: []string{"h:1"}}, wantErr: "pool name"},
-		{name: "drain bad address", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Action: ActionUndrain, Backends: []string{"h"}}, wantErr: "not host:port"},
-		{name: "drain bad action", c: Command{Kind: KindSetDrain, Service: "svc", Pool: "blue", Backends: []string{"h:1"}}, wantErr: "drain action"},
-		{name: "unknown kind", c: Command{Kind: 0x7f, Service: "svc"}, wantErr: "unknown command kind 0x7f"},
-		{name: "long idempotency key", c: Command{Kind: KindDeleteService, Service: "svc", IdemKey: strings.Repeat("k", 600)}, wantErr: "idempotency key is longer"},
+		{name: "put", c: cmd("svc", PutService{Spec: ptr(testSpec())})},
+		{name: "put without spec", c: cmd("svc", PutService{}), wantErr: "needs pools"},
+		{name: "put bad spec", c: cmd("svc", PutService{Spec: &ServiceSpec{}}), wantErr: "has no pools"},
+		{name: "bad name", c: cmd("a b", DeleteService{}), wantErr: "service name"},
+		{name: "delete", c: cmd("svc", DeleteService{})},
+		{name: "weights", c: cmd("svc", SetWeights{Weights: Weights{"blue": 10000}})},
+		{name: "switch", c: cmd("svc", SetWeights{Action: SwitchWeights, Weights: Weights{"green": 10000}})},
+		{name: "weights sum", c: cmd("svc", SetWeights{Weights: Weights{"blue": 100}}), wantErr: "sum to 1, not 100"},
+		{name: "weights bad pool", c: cmd("svc", SetWeights{Weights: Weights{"B": 10000}}), wantErr: "pool name"},
+		{name: "weights action", c: cmd("svc", SetWeights{Action: "drain", Weights: Weights{"b": 10000}}), wantErr: `weights action "drain"`},
+		{name: "pool", c: cmd("svc", SetPool{Pool: "blue", Backends: []string{"h:1"}})},
+		{name: "pool bad backend", c: cmd("svc", SetPool{Pool: "blue", Backends: []string{"h"}}), wantErr: "not host:port"},
+		{name: "pool bad name", c: cmd("svc", SetPool{Pool: "", Backends: []string{"h:1"}}), wantErr: "pool name"},
+		{name: "drain", c: cmd("svc", SetDrain{Pool: "blue", Action: DrainBackends, Backends: []string{"h:1"}})},
+		{name: "drain no address", c: cmd("svc", SetDrain{Pool: "blue", Action: DrainBackends}), wantErr: "name the backend"},
+		{name: "drain bad pool", c: cmd("svc", SetDrain{Pool: "B", Action: DrainBackends, Backends: []string{"h:1"}}), wantErr: "pool name"},
+		{name: "drain bad address", c: cmd("svc", SetDrain{Pool: "blue", Action: UndrainBackends, Backends: []string{"h"}}), wantErr: "not host:port"},
+		{name: "drain bad action", c: cmd("svc", SetDrain{Pool: "blue", Backends: []string{"h:1"}}), wantErr: "drain action"},
+		{name: "weights rollback", c: cmd("svc", SetWeights{Action: "rollback", Weights: Weights{"b": 10000}}), wantErr: `weights action "rollback" is not one of weights, switch`},
+		{name: "unknown kind", c: cmd("svc", unregistered{}), wantErr: "unknown command kind 0x7f"},
+		{name: "no payload", c: Command{Envelope: Envelope{Service: "svc"}}, wantErr: "a command needs a payload"},
+		{name: "payload by pointer", c: cmd("svc", &DeleteService{}), wantErr: "a delete_service command carries a state.DeleteService, not a *state.DeleteService"},
+		{name: "long idempotency key", c: Command{Envelope: Envelope{Service: "svc", IdemKey: strings.Repeat("k", 600)}, Payload: DeleteService{}}, wantErr: "idempotency key is longer"},
 	} {
 		err := tc.c.Validate()
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
@@ -340,7 +343,7 @@ func TestCheckSpecLimits(t *testing.T) {
 		spec := testSpec()
 		tc.edit(&spec)
 		err := CheckSpec("svc", spec)
-		cmdErr := Command{Kind: KindPutService, Service: "svc", Spec: &spec}.Validate()
+		cmdErr := cmd("svc", PutService{Spec: &spec}).Validate()
 		if tc.wantErr == "" {
 			if err != nil || cmdErr != nil {
 				t.Errorf("%s: CheckSpec = %v, Validate = %v; want accepted", tc.name, err, cmdErr)
