@@ -16,7 +16,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/cbproxy ./cmd/cbproxy
-	$(GO) build -o $(BIN)/cbproxy-backend ./bench/backend
+	$(GO) build -o $(BIN)/cbproxy-backend ./cmd/cbproxy-backend
 
 # A single-node demo on embedded defaults: three demo backends on
 # 127.0.0.1:9001-9003, the proxy on :8080, the admin API on 127.0.0.1:7101.

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	bins.cbproxy = filepath.Join(dir, "cbproxy")
 	bins.backend = filepath.Join(dir, "cbproxy-backend")
 	root := repoRoot()
-	for out, pkg := range map[string]string{bins.cbproxy: "./cmd/cbproxy", bins.backend: "./bench/backend"} {
+	for out, pkg := range map[string]string{bins.cbproxy: "./cmd/cbproxy", bins.backend: "./cmd/cbproxy-backend"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = root
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
