@@ -32,16 +32,7 @@ func newHealthNode(t *testing.T) *healthNode {
 		h.procs[name] = start(t, bins.backend, "-backends", name+"="+h.addrs[name])
 	}
 	h.caddyfile = filepath.Join(h.dir, "Caddyfile")
-	text := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	cbproxy {
-		node_id        node1
-		data_dir       %s
-		cluster_listen 127.0.0.1:%d
-		admin_listen   127.0.0.1:%d
-	}
-}
-
+	text := h.globalOptions(h.adminPort) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	cbproxy codingbrain {
 		pool blue   %s %s
@@ -51,7 +42,7 @@ http://127.0.0.1:%d {
 		health /health/ready %s timeout 250ms fails 2 passes 2
 	}
 }
-`, h.caddyAdmin, filepath.Join(h.dir, "data"), h.clusterPort, h.adminPort, h.httpPort,
+`, h.httpPort,
 		h.addrs["blue1"], h.addrs["blue2"], h.addrs["green"], h.addrs["canary"], healthInterval)
 	if err := os.WriteFile(h.caddyfile, []byte(text), 0o600); err != nil {
 		t.Fatal(err)

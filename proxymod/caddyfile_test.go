@@ -40,6 +40,19 @@ func jsonEqual(t *testing.T, v any, want string) {
 	}
 }
 
+// contractHandlerJSON is the cbproxy handler of the contract example
+// (contractCaddyfile) as JSON, without its braces.
+const contractHandlerJSON = `"service":"codingbrain",
+	"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
+	"weights":{"blue":100},
+	"sticky":{"mode":"cookie"},
+	"override_header":{"name":"X-Cbproxy-Pool"},
+	"expose_pool":true,
+	"lb_policy":{"policy":"round_robin"},
+	"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
+	"guard":"10m",
+	"slo":` + defaultSLOJSON
+
 const defaultSLOJSON = `{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":2000},"window":"30s","min_requests":100,"consecutive":3}`
 
 // directiveExamples are cbproxy directives the parser accepts, with the
@@ -68,16 +81,7 @@ var directiveExamples = []struct {
 				min_requests 100
 				consecutive  3
 			}
-		}`, `{"service":"codingbrain",
-			"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
-			"weights":{"blue":100},
-			"sticky":{"mode":"cookie"},
-			"override_header":{"name":"X-Cbproxy-Pool"},
-			"expose_pool":true,
-			"lb_policy":{"policy":"round_robin"},
-			"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
-			"guard":"10m",
-			"slo":` + defaultSLOJSON + `}`},
+		}`, `{` + contractHandlerJSON + `}`},
 	{"pool version, empty pool, decimals", `cbproxy svc {
 			pool blue 10.0.0.1:80 {
 				version v1.4.1
@@ -366,16 +370,7 @@ func TestAdaptContractExample(t *testing.T) {
 	if len(handlers) != 1 {
 		t.Fatalf("found %d cbproxy handlers in %v", len(handlers), apps["http"])
 	}
-	jsonEqual(t, handlers[0], `{"handler":"cbproxy","service":"codingbrain",
-		"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
-		"weights":{"blue":100},
-		"sticky":{"mode":"cookie"},
-		"override_header":{"name":"X-Cbproxy-Pool"},
-		"expose_pool":true,
-		"lb_policy":{"policy":"round_robin"},
-		"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
-		"guard":"10m",
-		"slo":`+defaultSLOJSON+`}`)
+	jsonEqual(t, handlers[0], `{"handler":"cbproxy",`+contractHandlerJSON+`}`)
 
 	// The adapted handler loads back into the module.
 	raw, _ := json.Marshal(handlers[0])
