@@ -112,7 +112,7 @@ fi
 if [[ ! -x $BACKEND_BIN ]]; then
 	echo "proxy-ab: $BACKEND_BIN not found, building the backend" >&2
 	BACKEND_BIN=$tmp/cbproxy-backend
-	go build -o "$BACKEND_BIN" ./bench/backend || die "could not build bench/backend"
+	go build -o "$BACKEND_BIN" ./cmd/cbproxy-backend || die "could not build cmd/cbproxy-backend"
 fi
 
 # As in research/peers-baseline.md: backends on CPU 0, wrk on CPU 1, the proxy free.

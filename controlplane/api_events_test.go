@@ -204,7 +204,7 @@ func TestEventStreamResumeFarBehind(t *testing.T) {
 // holds: an `event: gap` naming the dropped range comes first, then every
 // event the trail kept, in order.
 func TestEventStreamGap(t *testing.T) {
-	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.MaxEvents = 100 })
+	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.maxEvents = 100 })
 	c := newClient(t, n)
 	putEventService(t, c)
 	proposeEvents(t, n, 300, "")

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/cbproxy/cbproxy/controlplane/internal/partition"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"go.uber.org/zap/zaptest"
 )
@@ -74,8 +75,8 @@ func tryCluster(t *testing.T, size int, tune func(*Config)) (*testCluster, error
 			NodeID: fmt.Sprintf("node%d", i+1), DataDir: t.TempDir(),
 			ClusterListen: freeAddr(t), AdminListen: admins[i],
 			BootstrapExpect: size, Join: peers, ClusterSecret: "test-secret",
-			Logger:           zaptest.NewLogger(t).Named(fmt.Sprintf("node%d", i+1)),
-			HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, LeaderLease: 100 * time.Millisecond,
+			Logger: zaptest.NewLogger(t).Named(fmt.Sprintf("node%d", i+1)),
+			raft:   clusterRaft,
 		}
 		if tune != nil {
 			tune(&cfg)
@@ -306,8 +307,8 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	old := c.nodes[l]
 	for i, n := range c.nodes {
 		if i != l {
-			old.cluster.Block(n.cluster.Addr())
-			n.cluster.Block(old.cluster.Addr())
+			partition.Of(old.cluster).Block(n.cluster.Addr())
+			partition.Of(n.cluster).Block(old.cluster.Addr())
 		}
 	}
 	// The isolated leader steps down; its side applies nothing.
@@ -333,7 +334,7 @@ func TestClusterPartitionedLeader(t *testing.T) {
 		t.Fatalf("majority write: %d %v", code, body)
 	}
 	for _, n := range c.nodes {
-		n.cluster.UnblockAll()
+		partition.Of(n.cluster).UnblockAll()
 	}
 	c.converged(30 * time.Second)
 	if w := old.View().Services["svc"].Weights; w["canary"] != 3000 {
@@ -354,7 +355,7 @@ func TestClusterJoinRemoveAndSecret(t *testing.T) {
 	// A fourth node with the right secret joins through any member.
 	good := Config{NodeID: "node4", DataDir: t.TempDir(), ClusterListen: freeAddr(t), AdminListen: freeAddr(t),
 		Join: []string{c.nodes[1].AdminAddr()}, ClusterSecret: "test-secret", Logger: zaptest.NewLogger(t),
-		HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, LeaderLease: 100 * time.Millisecond}
+		raft: clusterRaft}
 	gn, err := Start(good)
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +402,7 @@ func TestClusterJoinRemoveAndSecret(t *testing.T) {
 }
 
 func TestClusterCatchUpBySnapshot(t *testing.T) {
-	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 16, 8 })
+	c := newCluster(t, 3, func(cfg *Config) { cfg.raft.snapshotThreshold, cfg.raft.trailingLogs = 16, 8 })
 	c.client(0).do("PUT", "/v1/services/svc?wait=all", demoService)
 	l := c.leader(30 * time.Second)
 	victim := (l + 1) % 3

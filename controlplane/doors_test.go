@@ -171,7 +171,7 @@ func TestStrangerOnJoinCall(t *testing.T) {
 	}
 	joiner, err := Start(Config{NodeID: "node2", DataDir: t.TempDir(), ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
 		Join: []string{n.AdminAddr()}, ClusterSecret: strings.TrimSpace(string(secret)), Logger: zaptest.NewLogger(t).Named("node2"),
-		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLease: 50 * time.Millisecond})
+		raft: singleNodeRaft})
 	if err != nil {
 		t.Fatal(err)
 	}

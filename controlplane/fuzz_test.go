@@ -66,7 +66,7 @@ func FuzzAdminAPI(f *testing.F) {
 			}
 			fuzzNode.n, fuzzNode.err = Start(Config{
 				NodeID: "fuzz", DataDir: dir, ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
-				Logger: zap.NewNop(), HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLease: 50 * time.Millisecond,
+				Logger: zap.NewNop(), raft: raftTuning{heartbeatTimeout: 50 * time.Millisecond, electionTimeout: 50 * time.Millisecond, leaderLease: 50 * time.Millisecond},
 			})
 			for fuzzNode.err == nil && !fuzzNode.n.Ready() {
 				time.Sleep(5 * time.Millisecond)

@@ -65,7 +65,7 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 	c := newCluster(t, 3, nil)
 	cfg4 := Config{NodeID: "node4", DataDir: t.TempDir(), ClusterListen: freeAddr(t), AdminListen: freeAddr(t),
 		Join: []string{c.nodes[0].AdminAddr(), c.nodes[1].AdminAddr()}, ClusterSecret: "test-secret", Logger: zaptest.NewLogger(t).Named("node4"),
-		HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, LeaderLease: 100 * time.Millisecond}
+		raft: clusterRaft}
 	n4, err := Start(cfg4)
 	if err != nil {
 		t.Fatal(err)

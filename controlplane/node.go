@@ -93,22 +93,20 @@ type Config struct {
 	ClusterTLSCA   string
 	Logger         *zap.Logger
 
-	// Raft timings; zero takes hashicorp/raft's defaults. Tests shorten them.
-	HeartbeatTimeout time.Duration
-	ElectionTimeout  time.Duration
-	LeaderLease      time.Duration
-	// Snapshot tuning; zero takes cbproxy's defaults (1024 entries, 4096
-	// trailing). Tests make them small to exercise catch-up by snapshot.
-	SnapshotThreshold uint64
-	TrailingLogs      uint64
-	// MaxEvents is how many events the trail keeps; zero takes 10,000.
-	// Tests make it small to exercise a trail that dropped events.
-	MaxEvents int
 	// DataPlane is the local data plane from the start, so readiness never
 	// judges without it; SetDataPlane replaces it (a config reload). Nil
 	// means a node without one (readiness is then catching up alone).
 	DataPlane DataPlane
 
+	// The fields below are test seams, not settings: no configuration sets
+	// them, so they stay out of the package's API. Tests in this package set
+	// them directly (DESIGN.md, "Test seams").
+
+	// raft shortens Raft's timings and snapshots its log sooner.
+	raft raftTuning
+	// maxEvents is how many events the trail keeps; zero takes 10,000.
+	// Tests make it small to exercise a trail that dropped events.
+	maxEvents int
 	// withoutKinds and withoutFields make the node apply like an older
 	// build that lacks them (state.Options), so tests run mixed-version
 	// clusters in one process.
@@ -116,6 +114,18 @@ type Config struct {
 	withoutFields []string
 	// adminLimits replaces defaultAdminLimits; tests shorten them.
 	adminLimits *adminLimits
+}
+
+// raftTuning overrides hashicorp/raft's timings and cbproxy's snapshot
+// defaults; a zero field keeps the default. Tests shorten elections so
+// that a failover takes milliseconds, and snapshot after a few entries to
+// exercise catch-up by snapshot.
+type raftTuning struct {
+	heartbeatTimeout  time.Duration
+	electionTimeout   time.Duration
+	leaderLease       time.Duration
+	snapshotThreshold uint64 // default 1024 entries
+	trailingLogs      uint64 // default 4096 entries
 }
 
 // Defaults for the listeners (CONTRACT §3).
@@ -391,7 +401,7 @@ func (n *Node) openStores() error {
 	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 3, hl); err != nil {
 		return fmt.Errorf("opening raft snapshots: %w", err)
 	}
-	n.fsm, err = newFSM(n.cfg.DataDir, state.Options{MaxEvents: n.cfg.MaxEvents, WithoutKinds: n.cfg.withoutKinds, WithoutFields: n.cfg.withoutFields}, n.snaps, n.log)
+	n.fsm, err = newFSM(n.cfg.DataDir, state.Options{MaxEvents: n.cfg.maxEvents, WithoutKinds: n.cfg.withoutKinds, WithoutFields: n.cfg.withoutFields}, n.snaps, n.log)
 	return err
 }
 
@@ -414,21 +424,22 @@ func (n *Node) raftConfig() *raft.Config {
 	// read-your-writes on followers take up to 100 ms; 10 ms costs ~100
 	// small messages per second per follower.
 	rc.CommitTimeout = 10 * time.Millisecond
-	if n.cfg.SnapshotThreshold > 0 {
-		rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	tune := n.cfg.raft
+	if tune.snapshotThreshold > 0 {
+		rc.SnapshotThreshold = tune.snapshotThreshold
 		rc.SnapshotInterval = 200 * time.Millisecond
 	}
-	if n.cfg.TrailingLogs > 0 {
-		rc.TrailingLogs = n.cfg.TrailingLogs
+	if tune.trailingLogs > 0 {
+		rc.TrailingLogs = tune.trailingLogs
 	}
-	if n.cfg.HeartbeatTimeout > 0 {
-		rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	if tune.heartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = tune.heartbeatTimeout
 	}
-	if n.cfg.ElectionTimeout > 0 {
-		rc.ElectionTimeout = n.cfg.ElectionTimeout
+	if tune.electionTimeout > 0 {
+		rc.ElectionTimeout = tune.electionTimeout
 	}
-	if n.cfg.LeaderLease > 0 {
-		rc.LeaderLeaseTimeout = n.cfg.LeaderLease
+	if tune.leaderLease > 0 {
+		rc.LeaderLeaseTimeout = tune.leaderLease
 	}
 	return rc
 }

@@ -17,6 +17,14 @@ import (
 
 // startNode starts a real single-node cluster: raft-wal on disk in dir, TCP on
 // loopback, the admin API on a free port.
+// Raft timings of the tests: a leader within a few hundred milliseconds of a
+// start or a failover, not Raft's default seconds. A cluster's nodes get a
+// little more slack, as several of them share the machine.
+var (
+	singleNodeRaft = raftTuning{heartbeatTimeout: 100 * time.Millisecond, electionTimeout: 100 * time.Millisecond, leaderLease: 50 * time.Millisecond}
+	clusterRaft    = raftTuning{heartbeatTimeout: 150 * time.Millisecond, electionTimeout: 150 * time.Millisecond, leaderLease: 100 * time.Millisecond}
+)
+
 func startNode(t *testing.T, dir string, tokens ...Token) *Node {
 	t.Helper()
 	return startNodeTuned(t, dir, func(c *Config) { c.Tokens = tokens })
@@ -26,14 +34,12 @@ func startNode(t *testing.T, dir string, tokens ...Token) *Node {
 func startNodeTuned(t *testing.T, dir string, tune func(*Config)) *Node {
 	t.Helper()
 	cfg := Config{
-		NodeID:           "node1",
-		DataDir:          dir,
-		ClusterListen:    "127.0.0.1:0",
-		AdminListen:      "127.0.0.1:0",
-		Logger:           zaptest.NewLogger(t),
-		HeartbeatTimeout: 100 * time.Millisecond,
-		ElectionTimeout:  100 * time.Millisecond,
-		LeaderLease:      50 * time.Millisecond,
+		NodeID:        "node1",
+		DataDir:       dir,
+		ClusterListen: "127.0.0.1:0",
+		AdminListen:   "127.0.0.1:0",
+		Logger:        zaptest.NewLogger(t),
+		raft:          singleNodeRaft,
 	}
 	tune(&cfg)
 	n, err := Start(cfg)

@@ -30,7 +30,7 @@ func startUnready(t *testing.T, dp DataPlane) *Node {
 	n, err := Start(Config{
 		NodeID: "node1", DataDir: t.TempDir(), ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
 		Logger: zaptest.NewLogger(t), DataPlane: dp,
-		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLease: 50 * time.Millisecond,
+		raft: singleNodeRaft,
 	})
 	if err != nil {
 		t.Fatal(err)

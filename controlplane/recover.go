@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/hashicorp/raft-wal/metadb"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.uber.org/zap"
 )
 
@@ -238,7 +239,7 @@ func checkNotRunning(dataDir string) error {
 		return err
 	}
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 500 * time.Millisecond})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("the data dir %s is in use: a cbproxy node runs on it (its Raft log is locked); stop that node first", dataDir)
 	}
 	if err != nil {

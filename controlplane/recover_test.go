@@ -88,7 +88,7 @@ func TestRecoverFromQuorumLoss(t *testing.T) {
 	for _, id := range []string{"node4", "node5"} {
 		cfg := Config{NodeID: id, DataDir: t.TempDir(), ClusterListen: freeAddr(t), AdminListen: freeAddr(t),
 			Join: []string{c.nodes[survivor].AdminAddr()}, ClusterSecret: scfg.ClusterSecret, Logger: zaptest.NewLogger(t).Named(id),
-			HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, LeaderLease: 100 * time.Millisecond}
+			raft: clusterRaft}
 		c.cfgs = append(c.cfgs, cfg)
 		c.nodes = append(c.nodes, nil)
 		c.start(len(c.nodes) - 1)

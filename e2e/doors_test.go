@@ -15,7 +15,7 @@ import (
 // service.
 func TestGrowSingleNode(t *testing.T) {
 	first := newNode(t)
-	first.start()
+	first.start(t)
 	generated := filepath.Join(first.dir, "data", "cluster-secret")
 	fi, err := os.Stat(generated)
 	if err != nil || fi.Mode().Perm() != 0o600 {
@@ -52,7 +52,7 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(second.caddyfile, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	second.start()
+	second.start(t)
 	if _, err := os.Stat(filepath.Join(dir, "data", "cluster-secret")); !os.IsNotExist(err) {
 		t.Errorf("a node with cluster_secret wrote a cluster-secret file: %v", err)
 	}

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	bins.cbproxy = filepath.Join(dir, "cbproxy")
 	bins.backend = filepath.Join(dir, "cbproxy-backend")
 	root := repoRoot()
-	for out, pkg := range map[string]string{bins.cbproxy: "./cmd/cbproxy", bins.backend: "./bench/backend"} {
+	for out, pkg := range map[string]string{bins.cbproxy: "./cmd/cbproxy", bins.backend: "./cmd/cbproxy-backend"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = root
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -72,6 +72,8 @@ type proc struct {
 	out *bytes.Buffer
 }
 
+// start runs a child process until the end of t, the test that owns it:
+// inside a step, the scenario's t for a process later steps use.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
 	var out bytes.Buffer
@@ -112,6 +114,23 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// step runs one named step of a scenario as a subtest of t, so that a
+// failure names its step. A scenario's steps share its processes and state,
+// each building on what the steps before it did, so a failed step ends the
+// scenario rather than run the rest on a state they do not expect. (A
+// step that only looks, and leaves nothing the later ones need, may be a
+// plain t.Run.)
+//
+// Inside a step, failures go to the step's t; what later steps use (a
+// process, a stream) belongs to the scenario's t, which the helpers that
+// keep one (node.t, testCluster.t) use for that.
+func step(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		t.FailNow()
+	}
 }
 
 // waitFor polls cond every 50 ms until it holds or the deadline passes.

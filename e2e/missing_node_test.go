@@ -18,7 +18,7 @@ import (
 func TestRolloutHoldsForMissingNode(t *testing.T) {
 	c := newTestCluster(t)
 	useTestSLO(t, c)
-	leader, followers := c.roles(c.nodes...)
+	leader, followers := c.roles(t, c.nodes...)
 	stopped := followers[len(followers)-1]
 	var live []*clusterNode
 	var urls []string

@@ -76,12 +76,12 @@ func setBackend(t *testing.T, addr, settings string) {
 }
 
 // rolledBackEverywhere waits until every node's own state shows canary at 0.
-func (c *testCluster) rolledBackEverywhere(within time.Duration) time.Duration {
-	c.t.Helper()
+func (c *testCluster) rolledBackEverywhere(t *testing.T, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
-	waitFor(c.t, "the rollback on every node", within, func() bool {
+	waitFor(t, "the rollback on every node", within, func() bool {
 		for _, n := range c.nodes {
-			if c.weights(n)["canary"] != 0 {
+			if c.weights(t, n)["canary"] != 0 {
 				return false
 			}
 		}
@@ -96,16 +96,12 @@ func (c *testCluster) rolledBackEverywhere(within time.Duration) time.Duration {
 // every node applied the rollback, and the failed client requests.
 func rollbackTrial(t *testing.T, c *testCluster) (time.Duration, int64) {
 	setBackend(t, c.backends["canary"], `{"error_rate":0}`)
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
 	code, body := api(t, "POST", c.nodes[1].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`)
 	if code != 200 {
 		t.Fatalf("rollout start: %d %v", code, body)
 	}
 	id := body["id"].(string)
-	l := startSteadyLoad(urls, 400, 2*time.Minute)
+	l := startSteadyLoad(c.proxyURLs(), 400, 2*time.Minute)
 	time.Sleep(3 * time.Second) // healthy traffic first
 	if _, ro := api(t, "GET", c.nodes[0].admin()+"/v1/services/codingbrain/rollout?consistent", ""); ro["state"] != "running" {
 		t.Fatalf("before the onset the rollout is %v: %v", ro["state"], ro["verdict"])
@@ -113,7 +109,7 @@ func rollbackTrial(t *testing.T, c *testCluster) (time.Duration, int64) {
 	onset := time.Now()
 	setBackend(t, c.backends["canary"], `{"error_rate":1}`)
 	t.Logf("onset at %.3f", float64(onset.UnixNano())/1e9)
-	c.rolledBackEverywhere(60 * time.Second)
+	c.rolledBackEverywhere(t, 60*time.Second)
 	took := time.Since(onset)
 	sent, failed := l.finish()
 	t.Logf("rollout %s: rolled back on all nodes %s after the onset; %d requests, %d failed", id, took, sent, failed)
@@ -126,39 +122,42 @@ func rollbackTrial(t *testing.T, c *testCluster) (time.Duration, int64) {
 
 func TestRolloutRollback(t *testing.T) {
 	c := newTestCluster(t)
-	took, _ := rollbackTrial(t, c)
-	if took > 30*time.Second {
-		t.Fatalf("rollback took %s", took)
-	}
-	// Exactly one rollback event, by the watcher, with its figures.
-	_, ev := api(t, "GET", c.nodes[0].admin()+"/v1/events?service=codingbrain&consistent", "")
-	rollbacks := 0
-	for _, x := range ev["events"].([]any) {
-		e := x.(map[string]any)
-		if e["action"] == "rollback" {
-			rollbacks++
-			if e["actor"] != "watcher" || e["figures"] == nil {
-				t.Fatalf("rollback event %v", e)
+	step(t, "a failing canary is rolled back on every node", func(t *testing.T) {
+		if took, _ := rollbackTrial(t, c); took > 30*time.Second {
+			t.Fatalf("rollback took %s", took)
+		}
+	})
+	step(t, "one rollback event, by the watcher, with its figures", func(t *testing.T) {
+		_, ev := api(t, "GET", c.nodes[0].admin()+"/v1/events?service=codingbrain&consistent", "")
+		rollbacks := 0
+		for _, x := range ev["events"].([]any) {
+			e := x.(map[string]any)
+			if e["action"] == "rollback" {
+				rollbacks++
+				if e["actor"] != "watcher" || e["figures"] == nil {
+					t.Fatalf("rollback event %v", e)
+				}
 			}
 		}
-	}
-	if rollbacks != 1 {
-		t.Fatalf("%d rollback events", rollbacks)
-	}
-	// The rolled-back rollout stays rolled back; the metric counts it.
-	time.Sleep(2 * time.Second)
-	if w := c.weights(c.nodes[0]); w["canary"] != 0 {
-		t.Fatalf("canary back after a rollback: %v", w)
-	}
-	resp, err := http.Get(c.nodes[2].admin() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(raw), `cbproxy_rollbacks_total{service="codingbrain",trigger="auto"} 1`) {
-		t.Fatalf("metrics lack the rollback:\n%s", raw)
-	}
+		if rollbacks != 1 {
+			t.Fatalf("%d rollback events", rollbacks)
+		}
+	})
+	step(t, "it stays rolled back and the metric counts it", func(t *testing.T) {
+		time.Sleep(2 * time.Second)
+		if w := c.weights(t, c.nodes[0]); w["canary"] != 0 {
+			t.Fatalf("canary back after a rollback: %v", w)
+		}
+		resp, err := http.Get(c.nodes[2].admin() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(raw), `cbproxy_rollbacks_total{service="codingbrain",trigger="auto"} 1`) {
+			t.Fatalf("metrics lack the rollback:\n%s", raw)
+		}
+	})
 }
 
 // TestRollbackTrials repeats the incident to report the distribution of the
@@ -236,19 +235,17 @@ func healthyRun(t *testing.T, c *testCluster, urls []string) (string, time.Durat
 func TestRolloutScenarios(t *testing.T) {
 	c := newTestCluster(t)
 	useTestSLO(t, c)
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
-	// A healthy canary walks every step and is promoted.
-	state, took := healthyRun(t, c, urls)
-	t.Logf("healthy canary: %s after %s", state, took)
-	if state != "promoted" {
-		t.Fatalf("healthy canary ended %s", state)
-	}
-	if w := c.weights(c.nodes[2]); w["canary"] != 100 {
-		t.Fatalf("weights after promotion: %v", w)
-	}
+	urls := c.proxyURLs()
+	step(t, "a healthy canary walks every step and is promoted", func(t *testing.T) {
+		state, took := healthyRun(t, c, urls)
+		t.Logf("healthy canary: %s after %s", state, took)
+		if state != "promoted" {
+			t.Fatalf("healthy canary ended %s", state)
+		}
+		if w := c.weights(t, c.nodes[2]); w["canary"] != 100 {
+			t.Fatalf("weights after promotion: %v", w)
+		}
+	})
 
 	for _, tc := range []struct {
 		name, fault string
@@ -257,25 +254,27 @@ func TestRolloutScenarios(t *testing.T) {
 		{"5 % errors", `{"error_rate":0.05}`, 30 * time.Second},
 		{"p95 over 2 s", `{"latency_ms":2500}`, 60 * time.Second},
 	} {
-		setBackend(t, c.backends["canary"], `{"error_rate":0,"latency_ms":0}`)
-		if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":100}}`); code != 200 {
-			t.Fatalf("reset weights: %d %v", code, b)
-		}
-		time.Sleep(2 * time.Second)
-		l := startSteadyLoad(urls, 400, 2*time.Minute)
-		if code, b := api(t, "POST", c.nodes[2].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`); code != 200 {
-			t.Fatalf("%s: start: %d %v", tc.name, code, b)
-		}
-		time.Sleep(2 * time.Second)
-		onset := time.Now()
-		setBackend(t, c.backends["canary"], tc.fault)
-		ro := waitRollout(t, c.nodes[0], tc.within)
-		took := time.Since(onset)
-		sent, failed := l.finish()
-		t.Logf("%s: %s %s after the onset (%d requests, %d failed or slow-failed)", tc.name, ro["state"], took, sent, failed)
-		if ro["state"] != "rolled_back" || took > tc.within {
-			t.Fatalf("%s: %v after %s", tc.name, ro["state"], took)
-		}
+		step(t, "a canary with "+tc.name+" is rolled back", func(t *testing.T) {
+			setBackend(t, c.backends["canary"], `{"error_rate":0,"latency_ms":0}`)
+			if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":100}}`); code != 200 {
+				t.Fatalf("reset weights: %d %v", code, b)
+			}
+			time.Sleep(2 * time.Second)
+			l := startSteadyLoad(urls, 400, 2*time.Minute)
+			if code, b := api(t, "POST", c.nodes[2].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`); code != 200 {
+				t.Fatalf("%s: start: %d %v", tc.name, code, b)
+			}
+			time.Sleep(2 * time.Second)
+			onset := time.Now()
+			setBackend(t, c.backends["canary"], tc.fault)
+			ro := waitRollout(t, c.nodes[0], tc.within)
+			took := time.Since(onset)
+			sent, failed := l.finish()
+			t.Logf("%s: %s %s after the onset (%d requests, %d failed or slow-failed)", tc.name, ro["state"], took, sent, failed)
+			if ro["state"] != "rolled_back" || took > tc.within {
+				t.Fatalf("%s: %v after %s", tc.name, ro["state"], took)
+			}
+		})
 	}
 	setBackend(t, c.backends["canary"], `{"error_rate":0,"latency_ms":0}`)
 }
@@ -288,10 +287,7 @@ func TestHealthyRolloutRuns(t *testing.T) {
 	}
 	c := newTestCluster(t)
 	useTestSLO(t, c)
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
+	urls := c.proxyURLs()
 	promoted, rolledBack := 0, 0
 	for run := 1; run <= 20; run++ {
 		state, took := healthyRun(t, c, urls)
@@ -315,54 +311,55 @@ func TestHealthyRolloutRuns(t *testing.T) {
 func TestRolloutLeaderKilled(t *testing.T) {
 	c := newTestCluster(t)
 	useTestSLO(t, c)
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
-	l := startSteadyLoad(urls, 400, 3*time.Minute)
+	l := startSteadyLoad(c.proxyURLs(), 400, 3*time.Minute)
 	defer l.finish()
-	// Mid-step: a canary held at 5 % for a long step; the new leader keeps it.
-	code, body := api(t, "POST", c.nodes[0].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`)
-	if code != 200 {
-		t.Fatalf("start: %d %v", code, body)
-	}
-	id := body["id"].(string)
-	time.Sleep(2 * time.Second)
-	leader, followers := c.roles(c.nodes...)
-	leader.proc.stop(syscall.SIGKILL)
-	newLeader, _ := c.roles(followers...)
-	_, ro := api(t, "GET", newLeader.admin()+"/v1/services/codingbrain/rollout?consistent", "")
-	if ro["id"] != id || ro["state"] != "running" || ro["step"] != 1.0 {
-		t.Fatalf("after killing the leader mid-step: %v", ro)
-	}
-	c.start(leader)
-	c.waitReady(leader)
 
-	// Mid-incident: the canary starts failing, the leader dies a second
-	// later, before three consecutive breaches.
-	leader, followers = c.roles(c.nodes...)
-	setBackend(t, c.backends["canary"], `{"error_rate":1}`)
-	time.Sleep(time.Second)
-	leader.proc.stop(syscall.SIGKILL)
-	newLeader, _ = c.roles(followers...)
-	ro = waitRollout(t, newLeader, 60*time.Second)
-	if ro["state"] != "rolled_back" {
-		t.Fatalf("after killing the leader mid-incident: %v", ro)
-	}
-	c.start(leader)
-	c.waitReady(leader)
-	time.Sleep(3 * time.Second) // a second decision would have landed by now
-	c.rolledBackEverywhere(30 * time.Second)
-	_, ev := api(t, "GET", newLeader.admin()+"/v1/events?service=codingbrain&consistent", "")
-	rollbacks := 0
-	for _, x := range ev["events"].([]any) {
-		if x.(map[string]any)["action"] == "rollback" {
-			rollbacks++
+	step(t, "killed mid-step, the new leader keeps the step", func(t *testing.T) {
+		// A canary held at 5 % for a long step.
+		code, body := api(t, "POST", c.nodes[0].admin()+"/v1/services/codingbrain/rollout", `{"to":"canary","steps":[{"weight":5,"hold":"1h"},{"weight":100}]}`)
+		if code != 200 {
+			t.Fatalf("start: %d %v", code, body)
 		}
-	}
-	if rollbacks != 1 {
-		t.Fatalf("%d rollback events, want exactly 1", rollbacks)
-	}
+		id := body["id"].(string)
+		time.Sleep(2 * time.Second)
+		leader, followers := c.roles(t, c.nodes...)
+		leader.proc.stop(syscall.SIGKILL)
+		newLeader, _ := c.roles(t, followers...)
+		_, ro := api(t, "GET", newLeader.admin()+"/v1/services/codingbrain/rollout?consistent", "")
+		if ro["id"] != id || ro["state"] != "running" || ro["step"] != 1.0 {
+			t.Fatalf("after killing the leader mid-step: %v", ro)
+		}
+		c.start(leader)
+		c.waitReady(t, leader)
+	})
+
+	step(t, "killed mid-incident, exactly one rollback", func(t *testing.T) {
+		// The canary starts failing, the leader dies a second later, before
+		// three consecutive breaches.
+		leader, followers := c.roles(t, c.nodes...)
+		setBackend(t, c.backends["canary"], `{"error_rate":1}`)
+		time.Sleep(time.Second)
+		leader.proc.stop(syscall.SIGKILL)
+		newLeader, _ := c.roles(t, followers...)
+		ro := waitRollout(t, newLeader, 60*time.Second)
+		if ro["state"] != "rolled_back" {
+			t.Fatalf("after killing the leader mid-incident: %v", ro)
+		}
+		c.start(leader)
+		c.waitReady(t, leader)
+		time.Sleep(3 * time.Second) // a second decision would have landed by now
+		c.rolledBackEverywhere(t, 30*time.Second)
+		_, ev := api(t, "GET", newLeader.admin()+"/v1/events?service=codingbrain&consistent", "")
+		rollbacks := 0
+		for _, x := range ev["events"].([]any) {
+			if x.(map[string]any)["action"] == "rollback" {
+				rollbacks++
+			}
+		}
+		if rollbacks != 1 {
+			t.Fatalf("%d rollback events, want exactly 1", rollbacks)
+		}
+	})
 	setBackend(t, c.backends["canary"], `{"error_rate":0}`)
 }
 
@@ -376,11 +373,7 @@ func TestRolloutLeaderKilled(t *testing.T) {
 func TestRolloutPauseResumeStorm(t *testing.T) {
 	c := newTestCluster(t)
 	useTestSLO(t, c)
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
-	l := startSteadyLoad(urls, 300, 3*time.Minute)
+	l := startSteadyLoad(c.proxyURLs(), 300, 3*time.Minute)
 	defer l.finish()
 	code, ro := api(t, "POST", c.nodes[1].admin()+"/v1/services/codingbrain/rollout",
 		`{"to":"canary","steps":[{"weight":1,"hold":"1s"},{"weight":5,"hold":"1s"},{"weight":25,"hold":"1s"},{"weight":50,"hold":"1s"},{"weight":100}]}`)

@@ -47,10 +47,6 @@ type deadPools struct {
 
 func newDeadPools(t *testing.T) *deadPools {
 	c := newTestCluster(t, "response_header_timeout 2s")
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.proxy()+"/")
-	}
 	_, greenAddr := ownBackend(t, "green")
 	_, canaryAddr := ownBackend(t, "canary")
 	body := fmt.Sprintf(`{"pools":{"blue":{"backends":[%q]},"green":{"backends":[%q]},"canary":{"backends":[%q]}},"weights":{"blue":100},"guard":"10m",
@@ -59,7 +55,7 @@ func newDeadPools(t *testing.T) *deadPools {
 	if code, b := api(t, "PUT", c.nodes[0].admin()+"/v1/services/codingbrain?wait=all", body); code != 200 {
 		t.Fatalf("put service: %d %v", code, b)
 	}
-	d := &deadPools{c: c, load: startSteadyLoad(urls, 300, 10*time.Minute)}
+	d := &deadPools{c: c, load: startSteadyLoad(c.proxyURLs(), 300, 10*time.Minute)}
 	t.Cleanup(func() { d.load.finish() })
 	return d
 }
@@ -69,7 +65,7 @@ func (d *deadPools) everywhere(t *testing.T, what string, within time.Duration) 
 	t.Helper()
 	waitFor(t, what+": blue=100 on every node", within, func() bool {
 		for _, n := range d.c.nodes {
-			if w := d.c.weights(n); w["blue"] != 100 {
+			if w := d.c.weights(t, n); w["blue"] != 100 {
 				return false
 			}
 		}

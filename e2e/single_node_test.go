@@ -17,7 +17,7 @@ import (
 
 // node is one cbproxy process started from its own Caddyfile.
 type node struct {
-	t                       *testing.T
+	t                       *testing.T // the scenario: owns the process
 	dir, caddyfile          string
 	httpPort, adminPort     int
 	clusterPort, caddyAdmin int
@@ -76,24 +76,35 @@ func newNode(t *testing.T) *node {
 	}
 	start(t, bins.backend, "-backends", strings.Join(spec, ","))
 	n.caddyfile = filepath.Join(n.dir, "Caddyfile")
-	n.write("blue=100", n.adminPort)
+	n.write(t, "blue=100", n.adminPort)
 	return n
 }
 
-func (n *node) write(seedWeights string, adminPort int) {
+func (n *node) write(t *testing.T, seedWeights string, adminPort int) {
+	t.Helper()
 	if err := os.WriteFile(n.caddyfile, []byte(n.caddyfileText(seedWeights, adminPort)), 0o600); err != nil {
-		n.t.Fatal(err)
+		t.Fatal(err)
 	}
 }
 
-func (n *node) start() {
+// start runs the node for the rest of the scenario and waits, failing t,
+// until it is ready and proxies.
+func (n *node) start(t *testing.T) {
+	t.Helper()
 	n.proc = start(n.t, bins.cbproxy, "run", "--config", n.caddyfile, "--adapter", "caddyfile")
-	waitFor(n.t, "node ready", 60*time.Second, func() bool {
-		code, _ := apiQuiet(n.admin() + "/health/ready")
+	waitServing(t, "node", n.admin(), n.proxy())
+}
+
+// waitServing waits until a node's /health/ready answers 200, then its
+// proxy (its seeded service).
+func waitServing(t *testing.T, name, admin, proxy string) {
+	t.Helper()
+	waitFor(t, name+" ready", 60*time.Second, func() bool {
+		code, _ := apiQuiet(admin + "/health/ready")
 		return code == 200
 	})
-	waitFor(n.t, "service seeded and proxying", 30*time.Second, func() bool {
-		code, _ := apiQuiet(n.proxy() + "/")
+	waitFor(t, name+" proxying", 30*time.Second, func() bool {
+		code, _ := apiQuiet(proxy + "/")
 		return code == 200
 	})
 }
@@ -106,113 +117,134 @@ func weightsOf(body map[string]any) map[string]float64 {
 	return out
 }
 
+// TestSingleNode drives one node through the CLI and the admin API: a
+// split, refused inputs, pool set and switch, reloads, validate and adapt,
+// a SIGKILL restart, status, events and metrics.
 func TestSingleNode(t *testing.T) {
 	n := newNode(t)
-	n.start()
+	n.start(t)
+	reload := func(t *testing.T) (string, int) {
+		t.Helper()
+		_, errOut, code := cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin))
+		return errOut, code
+	}
+	var before, beforeEvents map[string]any // the state a reload and a restart keep
 
-	// The CLI moves traffic; 10,000 requests at 99/1 give 100 ± 1 to canary.
-	if out, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=1"); code != 0 {
-		t.Fatalf("weights: exit %d %s %s", code, out, errOut)
-	}
-	counts := countBackends(t, n.proxy()+"/", 10000, 8)
-	if c := counts["canary"]; c < 99 || c > 101 || counts["blue"]+c != 10000 {
-		t.Fatalf("99/1 split over 10,000 requests: %v", counts)
-	}
+	step(t, "the CLI splits 99 to 1", func(t *testing.T) {
+		// 10,000 requests at 99/1 give 100 ± 1 to canary.
+		if out, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=1"); code != 0 {
+			t.Fatalf("weights: exit %d %s %s", code, out, errOut)
+		}
+		counts := countBackends(t, n.proxy()+"/", 10000, 8)
+		if c := counts["canary"]; c < 99 || c > 101 || counts["blue"]+c != 10000 {
+			t.Fatalf("99/1 split over 10,000 requests: %v", counts)
+		}
+	})
 
-	// Bad inputs get the contract's exit codes and change nothing.
-	_, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=0.5")
-	if code != 1 || !strings.Contains(errOut, "100") {
-		t.Fatalf("weights not summing to 100: exit %d, %q", code, errOut)
-	}
-	if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue"); code != 2 {
-		t.Fatalf("usage error: exit %d", code)
-	}
-	if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue=100", "--if-version", "1"); code != 3 {
-		t.Fatalf("stale version: exit %d", code)
-	}
-	if _, _, code = cli(t, n.admin(), "switch", "nosuch", "green"); code != 1 {
-		t.Fatalf("unknown service: exit %d", code)
-	}
-	status, body := api(t, "PUT", n.admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":99.999,"canary":0.001}}`)
-	if status != 400 || body["code"] != "invalid" {
-		t.Fatalf("three decimals: %d %v", status, body)
-	}
-	_, svc := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
-	if w := weightsOf(svc); w["blue"] != 99 || w["canary"] != 1 || w["green"] != 0 {
-		t.Fatalf("weights after bad inputs: %v", w)
-	}
+	step(t, "bad inputs get their exit codes and change nothing", func(t *testing.T) {
+		_, errOut, code := cli(t, n.admin(), "weights", "codingbrain", "blue=99", "canary=0.5")
+		if code != 1 || !strings.Contains(errOut, "100") {
+			t.Fatalf("weights not summing to 100: exit %d, %q", code, errOut)
+		}
+		if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue"); code != 2 {
+			t.Fatalf("usage error: exit %d", code)
+		}
+		if _, _, code = cli(t, n.admin(), "weights", "codingbrain", "blue=100", "--if-version", "1"); code != 3 {
+			t.Fatalf("stale version: exit %d", code)
+		}
+		if _, _, code = cli(t, n.admin(), "switch", "nosuch", "green"); code != 1 {
+			t.Fatalf("unknown service: exit %d", code)
+		}
+		status, body := api(t, "PUT", n.admin()+"/v1/services/codingbrain/weights", `{"weights":{"blue":99.999,"canary":0.001}}`)
+		if status != 400 || body["code"] != "invalid" {
+			t.Fatalf("three decimals: %d %v", status, body)
+		}
+		_, svc := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+		if w := weightsOf(svc); w["blue"] != 99 || w["canary"] != 1 || w["green"] != 0 {
+			t.Fatalf("weights after bad inputs: %v", w)
+		}
+	})
 
-	// pool set and switch through the CLI.
-	if _, errOut, code = cli(t, n.admin(), "pool", "set", "codingbrain", "green", n.backends["green"], "--version", "v2.0.0"); code != 0 {
-		t.Fatalf("pool set: exit %d %s", code, errOut)
-	}
-	if _, errOut, code = cli(t, n.admin(), "switch", "codingbrain", "green"); code != 0 {
-		t.Fatalf("switch: exit %d %s", code, errOut)
-	}
-	if counts = countBackends(t, n.proxy()+"/", 200, 4); counts["green"] != 200 {
-		t.Fatalf("after switch: %v", counts)
-	}
-	out, _, code := cli(t, n.admin(), "weights", "codingbrain", "green=90", "canary=10")
-	if code != 0 {
-		t.Fatalf("weights 90/10: exit %d", code)
-	}
-	_ = out
-	_, before := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
-	_, beforeEvents := api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
+	step(t, "pool set and switch through the CLI", func(t *testing.T) {
+		if _, errOut, code := cli(t, n.admin(), "pool", "set", "codingbrain", "green", n.backends["green"], "--version", "v2.0.0"); code != 0 {
+			t.Fatalf("pool set: exit %d %s", code, errOut)
+		}
+		if _, errOut, code := cli(t, n.admin(), "switch", "codingbrain", "green"); code != 0 {
+			t.Fatalf("switch: exit %d %s", code, errOut)
+		}
+		if counts := countBackends(t, n.proxy()+"/", 200, 4); counts["green"] != 200 {
+			t.Fatalf("after switch: %v", counts)
+		}
+		if _, _, code := cli(t, n.admin(), "weights", "codingbrain", "green=90", "canary=10"); code != 0 {
+			t.Fatalf("weights 90/10: exit %d", code)
+		}
+		_, before = api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+		_, beforeEvents = api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
+	})
 
-	// A reload with a changed Caddyfile keeps the live weights and Raft.
-	n.write("blue=50 canary=50", n.adminPort)
-	if _, errOut, code = cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin)); code != 0 {
-		t.Fatalf("reload: exit %d %s", code, errOut)
-	}
-	_, after := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
-	if fmt.Sprint(weightsOf(after)) != fmt.Sprint(weightsOf(before)) || after["version"] != before["version"] {
-		t.Fatalf("reload changed live state: %v -> %v", before["weights"], after["weights"])
-	}
-	// A reload that changes admin_listen is refused; the running config stays.
-	n.write("blue=100", freePort(t))
-	_, errOut, code = cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin))
-	if code == 0 || !strings.Contains(errOut, "restart required") {
-		t.Fatalf("reload with new admin_listen: exit %d %q", code, errOut)
-	}
-	if status, _ = api(t, "GET", n.admin()+"/v1/services/codingbrain", ""); status != 200 {
-		t.Fatalf("admin API after refused reload: %d", status)
-	}
-	n.write("blue=100", n.adminPort)
+	step(t, "a reload keeps the live weights and Raft", func(t *testing.T) {
+		n.write(t, "blue=50 canary=50", n.adminPort)
+		if errOut, code := reload(t); code != 0 {
+			t.Fatalf("reload: exit %d %s", code, errOut)
+		}
+		_, after := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+		if fmt.Sprint(weightsOf(after)) != fmt.Sprint(weightsOf(before)) || after["version"] != before["version"] {
+			t.Fatalf("reload changed live state: %v -> %v", before["weights"], after["weights"])
+		}
+	})
 
-	// validate and adapt start nothing and bind nothing: they succeed while the
-	// node holds every port, and leave a fresh data dir empty.
-	if _, errOut, code = cli(t, n.admin(), "validate", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
-		t.Fatalf("validate: exit %d %s", code, errOut)
-	}
-	if _, errOut, code = cli(t, n.admin(), "adapt", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
-		t.Fatalf("adapt: exit %d %s", code, errOut)
-	}
+	step(t, "a reload that moves admin_listen is refused", func(t *testing.T) {
+		// The running config stays.
+		n.write(t, "blue=100", freePort(t))
+		errOut, code := reload(t)
+		if code == 0 || !strings.Contains(errOut, "restart required") {
+			t.Fatalf("reload with new admin_listen: exit %d %q", code, errOut)
+		}
+		if status, _ := api(t, "GET", n.admin()+"/v1/services/codingbrain", ""); status != 200 {
+			t.Fatalf("admin API after refused reload: %d", status)
+		}
+		n.write(t, "blue=100", n.adminPort)
+	})
 
-	// A restart, even a SIGKILL, keeps every committed weight and event.
-	n.proc.stop(syscall.SIGKILL)
-	n.start()
-	_, restarted := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
-	if fmt.Sprint(weightsOf(restarted)) != fmt.Sprint(weightsOf(before)) || restarted["version"] != before["version"] {
-		t.Fatalf("restart lost state: %v -> %v", before, restarted)
-	}
-	_, afterEvents := api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
-	if len(afterEvents["events"].([]any)) != len(beforeEvents["events"].([]any)) {
-		t.Fatalf("events after restart: %d, before %d", len(afterEvents["events"].([]any)), len(beforeEvents["events"].([]any)))
-	}
-	counts = countBackends(t, n.proxy()+"/", 1000, 4)
-	if math.Abs(float64(counts["canary"])-100) > 1 || counts["green"]+counts["canary"] != 1000 {
-		t.Fatalf("90/10 after restart: %v", counts)
-	}
-	out, _, code = cli(t, n.admin(), "status")
-	if code != 0 || !strings.Contains(out, "codingbrain") || !strings.Contains(out, "green") {
-		t.Fatalf("status: exit %d\n%s", code, out)
-	}
-	out, _, code = cli(t, n.admin(), "events", "codingbrain")
-	if code != 0 || !strings.Contains(out, "switch") {
-		t.Fatalf("events: exit %d\n%s", code, out)
-	}
-	checkMetrics(t, n.admin()+"/metrics")
+	step(t, "validate and adapt start nothing", func(t *testing.T) {
+		// They succeed while the node holds every port, and leave a fresh
+		// data dir empty.
+		if _, errOut, code := cli(t, n.admin(), "validate", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
+			t.Fatalf("validate: exit %d %s", code, errOut)
+		}
+		if _, errOut, code := cli(t, n.admin(), "adapt", "--config", n.caddyfile, "--adapter", "caddyfile"); code != 0 {
+			t.Fatalf("adapt: exit %d %s", code, errOut)
+		}
+	})
+
+	step(t, "a SIGKILL restart keeps every committed weight and event", func(t *testing.T) {
+		n.proc.stop(syscall.SIGKILL)
+		n.start(t)
+		_, restarted := api(t, "GET", n.admin()+"/v1/services/codingbrain", "")
+		if fmt.Sprint(weightsOf(restarted)) != fmt.Sprint(weightsOf(before)) || restarted["version"] != before["version"] {
+			t.Fatalf("restart lost state: %v -> %v", before, restarted)
+		}
+		_, afterEvents := api(t, "GET", n.admin()+"/v1/events?limit=1000", "")
+		if len(afterEvents["events"].([]any)) != len(beforeEvents["events"].([]any)) {
+			t.Fatalf("events after restart: %d, before %d", len(afterEvents["events"].([]any)), len(beforeEvents["events"].([]any)))
+		}
+		counts := countBackends(t, n.proxy()+"/", 1000, 4)
+		if math.Abs(float64(counts["canary"])-100) > 1 || counts["green"]+counts["canary"] != 1000 {
+			t.Fatalf("90/10 after restart: %v", counts)
+		}
+	})
+
+	step(t, "status, events and metrics", func(t *testing.T) {
+		out, _, code := cli(t, n.admin(), "status")
+		if code != 0 || !strings.Contains(out, "codingbrain") || !strings.Contains(out, "green") {
+			t.Fatalf("status: exit %d\n%s", code, out)
+		}
+		out, _, code = cli(t, n.admin(), "events", "codingbrain")
+		if code != 0 || !strings.Contains(out, "switch") {
+			t.Fatalf("events: exit %d\n%s", code, out)
+		}
+		checkMetrics(t, n.admin()+"/metrics")
+	})
 }
 
 // checkMetrics lints /metrics as promtool check metrics does and checks that

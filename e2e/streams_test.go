@@ -169,80 +169,95 @@ func TestLongLivedConnections(t *testing.T) {
 	if err := os.WriteFile(n.caddyfile, []byte(caddyfile("blue=100")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n.start()
+	n.start(t)
 	quick, slow := fmt.Sprintf("127.0.0.1:%d", n.httpPort), fmt.Sprintf("127.0.0.1:%d", patient)
 
+	// The streams belong to the scenario: the steps follow them to their end.
 	wsQuick := openWebSocket(t, "quick WebSocket to blue", quick)
 	eventsQuick := openEventStream(t, "quick event stream from blue", quick, "blue")
 	wsSlow := openWebSocket(t, "patient WebSocket to blue", slow)
-	for _, s := range []*stream{wsQuick, eventsQuick, wsSlow} {
-		s.alive(t)
-	}
-	if got := backendStreams(t, n.backends["blue"]); got != 3 {
-		t.Fatalf("blue serves %v streams, want 3", got)
-	}
-	waitLoad(t, n.admin(), "blue", 0, 3)
-	out, _, code := cli(t, n.admin(), "status", "codingbrain")
-	blueRow := regexp.MustCompile(regexp.QuoteMeta(n.backends["blue"]) + ` +healthy +no +0 +3\n`)
-	if code != 0 || !strings.Contains(out, "IN FLIGHT  LONG-LIVED") || !blueRow.MatchString(out) {
-		t.Fatalf("status: exit %d\n%s", code, out)
-	}
 
-	// A reload (another seed, which a live service ignores) keeps them.
-	if err := os.WriteFile(n.caddyfile, []byte(caddyfile("blue=50 canary=50")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, errOut, code := cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin)); code != 0 {
-		t.Fatalf("reload: exit %d %s", code, errOut)
-	}
-	for _, s := range []*stream{wsQuick, eventsQuick, wsSlow} {
-		s.alive(t)
-	}
-	waitLoad(t, n.admin(), "blue", 0, 3)
-
-	// A switch to green: the quick site's streams close after 2 s, the
-	// patient site's stay (1m).
-	switched := time.Now()
-	if _, errOut, code := cli(t, n.admin(), "switch", "codingbrain", "green"); code != 0 {
-		t.Fatalf("switch: exit %d %s", code, errOut)
-	}
-	wsQuick.closedBetween(t, switched, switchDelay, switchDelay+30*time.Second)
-	eventsQuick.closedBetween(t, switched, switchDelay, switchDelay+30*time.Second)
-	wsSlow.alive(t)
-	waitLoad(t, n.admin(), "blue", 0, 1)
-	waitFor(t, "blue's backend to see 1 stream", 15*time.Second, func() bool { return backendStreams(t, n.backends["blue"]) == 1 })
-
-	// A rollback takes green to 0 again: its streams close after the short
-	// rollback delay, and blue, back at 100 %, keeps its stream.
-	toGreen := openWebSocket(t, "patient WebSocket to green", slow)
-	toGreen.alive(t)
-	waitLoad(t, n.admin(), "green", 0, 1)
-	rolledBack := time.Now()
-	if _, errOut, code := cli(t, n.admin(), "rollback", "codingbrain"); code != 0 {
-		t.Fatalf("rollback: exit %d %s", code, errOut)
-	}
-	toGreen.closedBetween(t, rolledBack, 5*time.Second, 30*time.Second)
-	wsSlow.alive(t)
-	waitLoad(t, n.admin(), "green", 0, 0)
-
-	metrics := lintedMetrics(t, n.admin()+"/metrics")
-	for _, want := range []string{
-		`cbproxy_streams_closed_total{pool="blue",reason="switch",service="codingbrain"} 2`,
-		`cbproxy_streams_closed_total{pool="green",reason="rollback",service="codingbrain"} 1`,
-		fmt.Sprintf(`cbproxy_backend_long_lived{backend=%q,pool="blue",service="codingbrain"} 1`, n.backends["blue"]),
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
+	step(t, "streams show apart from requests in flight", func(t *testing.T) {
+		for _, s := range []*stream{wsQuick, eventsQuick, wsSlow} {
+			s.alive(t)
 		}
-	}
+		if got := backendStreams(t, n.backends["blue"]); got != 3 {
+			t.Fatalf("blue serves %v streams, want 3", got)
+		}
+		waitLoad(t, n.admin(), "blue", 0, 3)
+		out, _, code := cli(t, n.admin(), "status", "codingbrain")
+		blueRow := regexp.MustCompile(regexp.QuoteMeta(n.backends["blue"]) + ` +healthy +no +0 +3\n`)
+		if code != 0 || !strings.Contains(out, "IN FLIGHT  LONG-LIVED") || !blueRow.MatchString(out) {
+			t.Fatalf("status: exit %d\n%s", code, out)
+		}
+	})
 
-	// The client leaves: nothing is left open on either side.
-	wsSlow.hangUp()
-	waitLoad(t, n.admin(), "blue", 0, 0)
-	waitFor(t, "blue's backend to see no stream", 15*time.Second, func() bool { return backendStreams(t, n.backends["blue"]) == 0 })
-	_, deps := api(t, "GET", n.admin()+"/health/deps", "")
-	d := deps["dependencies"].(map[string]any)["codingbrain/blue/"+n.backends["blue"]].(map[string]any)
-	if d["in_flight"] != 0.0 || d["long_lived"] != 0.0 {
-		t.Errorf("/health/deps of blue: %v", d)
-	}
+	step(t, "a reload keeps them", func(t *testing.T) {
+		// Another seed, which a live service ignores.
+		if err := os.WriteFile(n.caddyfile, []byte(caddyfile("blue=50 canary=50")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, errOut, code := cli(t, n.admin(), "reload", "--config", n.caddyfile, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", n.caddyAdmin)); code != 0 {
+			t.Fatalf("reload: exit %d %s", code, errOut)
+		}
+		for _, s := range []*stream{wsQuick, eventsQuick, wsSlow} {
+			s.alive(t)
+		}
+		waitLoad(t, n.admin(), "blue", 0, 3)
+	})
+
+	step(t, "a switch closes them after the site's delay", func(t *testing.T) {
+		// The quick site's streams close after 2 s, the patient site's stay
+		// (1m).
+		switched := time.Now()
+		if _, errOut, code := cli(t, n.admin(), "switch", "codingbrain", "green"); code != 0 {
+			t.Fatalf("switch: exit %d %s", code, errOut)
+		}
+		wsQuick.closedBetween(t, switched, switchDelay, switchDelay+30*time.Second)
+		eventsQuick.closedBetween(t, switched, switchDelay, switchDelay+30*time.Second)
+		wsSlow.alive(t)
+		waitLoad(t, n.admin(), "blue", 0, 1)
+		waitFor(t, "blue's backend to see 1 stream", 15*time.Second, func() bool { return backendStreams(t, n.backends["blue"]) == 1 })
+	})
+
+	step(t, "a rollback closes them after the rollback delay", func(t *testing.T) {
+		// The rollback takes green to 0 again: its streams close after the
+		// short rollback delay, and blue, back at 100 %, keeps its stream.
+		toGreen := openWebSocket(t, "patient WebSocket to green", slow)
+		toGreen.alive(t)
+		waitLoad(t, n.admin(), "green", 0, 1)
+		rolledBack := time.Now()
+		if _, errOut, code := cli(t, n.admin(), "rollback", "codingbrain"); code != 0 {
+			t.Fatalf("rollback: exit %d %s", code, errOut)
+		}
+		toGreen.closedBetween(t, rolledBack, 5*time.Second, 30*time.Second)
+		wsSlow.alive(t)
+		waitLoad(t, n.admin(), "green", 0, 0)
+	})
+
+	// Only looks: the steps after it go on whatever it finds.
+	t.Run("metrics count the closed streams", func(t *testing.T) {
+		metrics := lintedMetrics(t, n.admin()+"/metrics")
+		for _, want := range []string{
+			`cbproxy_streams_closed_total{pool="blue",reason="switch",service="codingbrain"} 2`,
+			`cbproxy_streams_closed_total{pool="green",reason="rollback",service="codingbrain"} 1`,
+			fmt.Sprintf(`cbproxy_backend_long_lived{backend=%q,pool="blue",service="codingbrain"} 1`, n.backends["blue"]),
+		} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	})
+
+	step(t, "the client leaves: nothing is left open", func(t *testing.T) {
+		// On either side.
+		wsSlow.hangUp()
+		waitLoad(t, n.admin(), "blue", 0, 0)
+		waitFor(t, "blue's backend to see no stream", 15*time.Second, func() bool { return backendStreams(t, n.backends["blue"]) == 0 })
+		_, deps := api(t, "GET", n.admin()+"/health/deps", "")
+		d := deps["dependencies"].(map[string]any)["codingbrain/blue/"+n.backends["blue"]].(map[string]any)
+		if d["in_flight"] != 0.0 || d["long_lived"] != 0.0 {
+			t.Errorf("/health/deps of blue: %v", d)
+		}
+	})
 }

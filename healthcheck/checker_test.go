@@ -571,7 +571,11 @@ func TestTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(Config{Client: tc.client})
 			defer c.Close()
-			c.Update(view(service("svc", hc(tick, timeout, 1, 1), map[string][]string{"blue": {addr}})))
+			// A generous probe timeout: a TLS handshake under -race on a
+			// busy machine can take longer than the 200 ms of the other
+			// tests, and a probe cut by its timeout fails for the wrong
+			// reason (seen in make test).
+			c.Update(view(service("svc", hc(tick, 10*time.Second, 1, 1), map[string][]string{"blue": {addr}})))
 			got := waitStatus(t, c, "svc", "blue", addr, tc.want)
 			if !strings.Contains(got.LastError, tc.wantError) {
 				t.Errorf("LastError = %q, want it to contain %q", got.LastError, tc.wantError)

@@ -31,7 +31,7 @@ func TestAppLifecycle(t *testing.T) {
 	}
 	started := nodesStarted.Load()
 
-	cfg, addrs := caddyConfig(t, app, seed)
+	cfg, _ := caddyConfig(t, app, seed)
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,8 @@ func TestAppLifecycle(t *testing.T) {
 
 	// A reload with a new token secret: applied live, same node.
 	t.Setenv("CBPROXY_TEST_TOKEN", "second-secret")
-	cfg, addrs = caddyConfig(t, app, seed)
+	// The reloaded config's listeners serve from here on.
+	cfg, addrs := caddyConfig(t, app, seed)
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatal(err)
 	}

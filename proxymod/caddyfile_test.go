@@ -40,15 +40,30 @@ func jsonEqual(t *testing.T, v any, want string) {
 	}
 }
 
+// contractHandlerJSON is the cbproxy handler of the contract example
+// (contractCaddyfile) as JSON, without its braces.
+const contractHandlerJSON = `"service":"codingbrain",
+	"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
+	"weights":{"blue":100},
+	"sticky":{"mode":"cookie"},
+	"override_header":{"name":"X-Cbproxy-Pool"},
+	"expose_pool":true,
+	"lb_policy":{"policy":"round_robin"},
+	"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
+	"guard":"10m",
+	"slo":` + defaultSLOJSON
+
 const defaultSLOJSON = `{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":2000},"window":"30s","min_requests":100,"consecutive":3}`
 
-func TestUnmarshalDirective(t *testing.T) {
-	tests := []struct {
-		name, input, want string
-	}{
-		{"reference only", `cbproxy codingbrain`, `{"service":"codingbrain"}`},
-		{"empty block", "cbproxy codingbrain {\n}", `{"service":"codingbrain"}`},
-		{"contract example", `cbproxy codingbrain {
+// directiveExamples are cbproxy directives the parser accepts, with the
+// handler JSON they give. TestUnmarshalDirective checks them, and they
+// seed FuzzCaddyfileDirective.
+var directiveExamples = []struct {
+	name, input, want string
+}{
+	{"reference only", `cbproxy codingbrain`, `{"service":"codingbrain"}`},
+	{"empty block", "cbproxy codingbrain {\n}", `{"service":"codingbrain"}`},
+	{"contract example", `cbproxy codingbrain {
 			pool blue   10.0.0.11:8765 10.0.0.12:8765
 			pool green  10.0.0.21:8765
 			pool canary 10.0.0.31:8765
@@ -66,17 +81,8 @@ func TestUnmarshalDirective(t *testing.T) {
 				min_requests 100
 				consecutive  3
 			}
-		}`, `{"service":"codingbrain",
-			"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
-			"weights":{"blue":100},
-			"sticky":{"mode":"cookie"},
-			"override_header":{"name":"X-Cbproxy-Pool"},
-			"expose_pool":true,
-			"lb_policy":{"policy":"round_robin"},
-			"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
-			"guard":"10m",
-			"slo":` + defaultSLOJSON + `}`},
-		{"pool version, empty pool, decimals", `cbproxy svc {
+		}`, `{` + contractHandlerJSON + `}`},
+	{"pool version, empty pool, decimals", `cbproxy svc {
 			pool blue 10.0.0.1:80 {
 				version v1.4.1
 			}
@@ -88,20 +94,22 @@ func TestUnmarshalDirective(t *testing.T) {
 		}`, `{"service":"svc",
 			"pools":{"blue":{"version":"v1.4.1","backends":["10.0.0.1:80"]},"green":{"backends":[]},"canary":{"version":"v1.5.0 rc1","backends":["https://[2001:db8::1]:443"]}},
 			"weights":{"blue":99.5,"canary":0.5}}`},
-		{"sticky cookie with name and age", "cbproxy svc {\nsticky cookie sid 1h\n}", `{"service":"svc","sticky":{"mode":"cookie","name":"sid","max_age":3600000000000}}`},
-		{"sticky header", "cbproxy svc {\nsticky header X-User-Id\n}", `{"service":"svc","sticky":{"mode":"header","name":"X-User-Id"}}`},
-		{"override with secret", "cbproxy svc {\noverride_header X-Pool secret {env.SECRET}\n}", `{"service":"svc","override_header":{"name":"X-Pool","secret":"{env.SECRET}"}}`},
-		{"lb_policy with options", "cbproxy svc {\nlb_policy header X-Tenant\n}", `{"service":"svc","lb_policy":{"policy":"header","field":"X-Tenant"}}`},
-		{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
-			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
-		{"upstream timeouts", "cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}", `{"service":"svc","dial_timeout":1000000000,"response_header_timeout":120000000000}`},
-		{"stream_close_delay", "cbproxy svc {\nstream_close_delay 30s\n}", `{"service":"svc","stream_close_delay":30000000000}`},
-		{"stream_close_delay with rollback", "cbproxy svc {\nstream_close_delay 2m rollback 0s\n}",
-			`{"service":"svc","stream_close_delay":120000000000,"stream_close_delay_rollback":0}`},
-		{"partial slo keeps defaults", "cbproxy svc {\npool a 10.0.0.1:80\nslo {\nrollback p95>3s\nconsecutive 5\n}\n}",
-			`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"slo":{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":3000},"window":"30s","min_requests":100,"consecutive":5}}`},
-	}
-	for _, tt := range tests {
+	{"sticky cookie with name and age", "cbproxy svc {\nsticky cookie sid 1h\n}", `{"service":"svc","sticky":{"mode":"cookie","name":"sid","max_age":3600000000000}}`},
+	{"sticky header", "cbproxy svc {\nsticky header X-User-Id\n}", `{"service":"svc","sticky":{"mode":"header","name":"X-User-Id"}}`},
+	{"override with secret", "cbproxy svc {\noverride_header X-Pool secret {env.SECRET}\n}", `{"service":"svc","override_header":{"name":"X-Pool","secret":"{env.SECRET}"}}`},
+	{"lb_policy with options", "cbproxy svc {\nlb_policy header X-Tenant\n}", `{"service":"svc","lb_policy":{"policy":"header","field":"X-Tenant"}}`},
+	{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
+		`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
+	{"upstream timeouts", "cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}", `{"service":"svc","dial_timeout":1000000000,"response_header_timeout":120000000000}`},
+	{"stream_close_delay", "cbproxy svc {\nstream_close_delay 30s\n}", `{"service":"svc","stream_close_delay":30000000000}`},
+	{"stream_close_delay with rollback", "cbproxy svc {\nstream_close_delay 2m rollback 0s\n}",
+		`{"service":"svc","stream_close_delay":120000000000,"stream_close_delay_rollback":0}`},
+	{"partial slo keeps defaults", "cbproxy svc {\npool a 10.0.0.1:80\nslo {\nrollback p95>3s\nconsecutive 5\n}\n}",
+		`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"slo":{"advance":{"error_rate":0.001,"p95_ms":500},"rollback":{"error_rate":0.01,"p95_ms":3000},"window":"30s","min_requests":100,"consecutive":5}}`},
+}
+
+func TestUnmarshalDirective(t *testing.T) {
+	for _, tt := range directiveExamples {
 		t.Run(tt.name, func(t *testing.T) {
 			d, err := dispenser(tt.input)
 			if err != nil {
@@ -116,73 +124,77 @@ func TestUnmarshalDirective(t *testing.T) {
 	}
 }
 
+// directiveRefusals are cbproxy directives the parser refuses, with what
+// the error must say. TestUnmarshalDirectiveErrors checks them, and they
+// seed FuzzCaddyfileDirective: each is a way into an error path.
+var directiveRefusals = []struct{ input, want string }{
+	{`cbproxy`, "service name is missing"},
+	{`cbproxy Bad_Name`, "service name \"Bad_Name\" is not valid"},
+	{`cbproxy svc extra`, `"extra" after the service name`},
+	{"cbproxy svc {\nfrobnicate\n}", `unknown subdirective "frobnicate"`},
+	{"cbproxy svc {\nresponse_header_timeout 0s\n}", "response_header_timeout must be above 0"},
+	{"cbproxy svc {\ndial_timeout soon\n}", `dial_timeout: "soon" is not a duration`},
+	{"cbproxy svc {\ndial_timeout 1s 2s\n}", "dial_timeout <duration> is expected"},
+	{"cbproxy svc {\npool\n}", "pool <name> <backend...>"},
+	{"cbproxy svc {\npool Blue 10.0.0.1:80\n}", `pool name "Blue" is not valid`},
+	{"cbproxy svc {\npool blue 10.0.0.1\n}", "is not host:port"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80 https://10.0.0.2:443\n}", "mix https:// and plain HTTP"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\npool blue 10.0.0.2:80\n}", "pool blue is defined twice"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80 {\ncolour red\n}\n}", `unknown option "colour"; expected version`},
+	{"cbproxy svc {\npool blue 10.0.0.1:80 {\nversion\n}\n}", "version <label>"},
+	{"cbproxy svc {\nweights\n}", "weights <pool>=<percent>"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue\n}", `"blue" is not <pool>=<percent>`},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=99.123\n}", "more than two decimals"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=-1\n}", "negative"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=50 blue=50\n}", "pool blue is given twice"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=99\n}", "sum to 99, not 100"},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights red=100\n}", `pool "red"`},
+	{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=100\nweights blue=100\n}", "weights is given twice"},
+	{"cbproxy svc {\nweights blue=100\n}", "has no pools"},
+	{"cbproxy svc {\nsticky\n}", "sticky cookie"},
+	{"cbproxy svc {\nsticky session\n}", "expected sticky cookie"},
+	{"cbproxy svc {\nsticky header\n}", "expected sticky cookie"},
+	{"cbproxy svc {\nsticky cookie sid forever\n}", `max_age "forever"`},
+	{"cbproxy svc {\noverride_header\n}", "override_header <name> [secret <secret>]"},
+	{"cbproxy svc {\noverride_header X-Pool password s\n}", "expected override_header"},
+	{"cbproxy svc {\nexpose_pool yes\n}", "expose_pool (no arguments)"},
+	{"cbproxy svc {\nlb_policy\n}", "lb_policy needs a policy name"},
+	{"cbproxy svc {\nlb_policy fastest\n}", "lb_policy fastest"},
+	{"cbproxy svc {\nhealth /ready\n}", "health <path> <interval>"},
+	{"cbproxy svc {\nhealth ready 2s\n}", "must start with /"},
+	{"cbproxy svc {\nhealth /ready often\n}", `health interval: "often" is not a duration`},
+	{"cbproxy svc {\nhealth /ready 2s timeout\n}", `option "timeout" has no value`},
+	{"cbproxy svc {\nhealth /ready 2s fails 0\n}", `health fails: "0" is not a whole number`},
+	{"cbproxy svc {\nhealth /ready 2s retries 3\n}", `unknown option "retries"`},
+	{"cbproxy svc {\nguard\n}", "guard <duration>"},
+	{"cbproxy svc {\nguard -1m\n}", `guard: "-1m" is not a duration`},
+	{"cbproxy svc {\nstream_close_delay\n}", "stream_close_delay <duration> [rollback <duration>]"},
+	{"cbproxy svc {\nstream_close_delay soon\n}", `stream_close_delay: "soon" is not a duration`},
+	{"cbproxy svc {\nstream_close_delay -1s\n}", `stream_close_delay: "-1s" is not a duration`},
+	{"cbproxy svc {\nstream_close_delay 1m later 5s\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
+	{"cbproxy svc {\nstream_close_delay 1m rollback\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
+	{"cbproxy svc {\nstream_close_delay 1m rollback -5s\n}", `stream_close_delay rollback: "-5s" is not a duration`},
+	{"cbproxy svc {\nslo fast\n}", `slo takes a block, not "fast"`},
+	{"cbproxy svc {\nslo {\nadvance error_rate>1%\n}\n}", "compares with >; this line takes error_rate<"},
+	{"cbproxy svc {\nslo {\nrollback p95<2s\n}\n}", "compares with <; this line takes p95>"},
+	{"cbproxy svc {\nslo {\nadvance error_rate<0.1\n}\n}", "is not a percentage"},
+	{"cbproxy svc {\nslo {\nadvance error_rate<200%\n}\n}", "is not a percentage"},
+	{"cbproxy svc {\nslo {\nadvance p95<soon\n}\n}", `p95 "soon" is not a duration`},
+	{"cbproxy svc {\nslo {\nadvance latency<1s\n}\n}", `unknown measure "latency"`},
+	{"cbproxy svc {\nslo {\nadvance fast\n}\n}", "is not a condition"},
+	{"cbproxy svc {\nslo {\nadvance p95<1s p95<2s\n}\n}", "p95 is given twice"},
+	{"cbproxy svc {\nslo {\nwindow\n}\n}", "window <duration>"},
+	{"cbproxy svc {\nslo {\nmin_requests many\n}\n}", `min_requests: "many" is not a whole number`},
+	{"cbproxy svc {\nslo {\npatience 3\n}\n}", `unknown option "patience"`},
+	{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nadvance error_rate<5%\n}\n}", "above the rollback error_rate"},
+	{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 1ns\n}", "health check interval 1ns is out of range: use 100ms to 10m"},
+	{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s timeout 2h\n}", "health check timeout 2h is out of range: use 10ms to 1m"},
+	{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s fails 1000\n}", "health check fails 1000 is more than 100"},
+	{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nwindow 10m\n}\n}", "slo window 10m is out of range: use 1s to 5m"},
+}
+
 func TestUnmarshalDirectiveErrors(t *testing.T) {
-	tests := []struct{ input, want string }{
-		{`cbproxy`, "service name is missing"},
-		{`cbproxy Bad_Name`, "service name \"Bad_Name\" is not valid"},
-		{`cbproxy svc extra`, `"extra" after the service name`},
-		{"cbproxy svc {\nfrobnicate\n}", `unknown subdirective "frobnicate"`},
-		{"cbproxy svc {\nresponse_header_timeout 0s\n}", "response_header_timeout must be above 0"},
-		{"cbproxy svc {\ndial_timeout soon\n}", `dial_timeout: "soon" is not a duration`},
-		{"cbproxy svc {\ndial_timeout 1s 2s\n}", "dial_timeout <duration> is expected"},
-		{"cbproxy svc {\npool\n}", "pool <name> <backend...>"},
-		{"cbproxy svc {\npool Blue 10.0.0.1:80\n}", `pool name "Blue" is not valid`},
-		{"cbproxy svc {\npool blue 10.0.0.1\n}", "is not host:port"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80 https://10.0.0.2:443\n}", "mix https:// and plain HTTP"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\npool blue 10.0.0.2:80\n}", "pool blue is defined twice"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80 {\ncolour red\n}\n}", `unknown option "colour"; expected version`},
-		{"cbproxy svc {\npool blue 10.0.0.1:80 {\nversion\n}\n}", "version <label>"},
-		{"cbproxy svc {\nweights\n}", "weights <pool>=<percent>"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue\n}", `"blue" is not <pool>=<percent>`},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=99.123\n}", "more than two decimals"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=-1\n}", "negative"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=50 blue=50\n}", "pool blue is given twice"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=99\n}", "sum to 99, not 100"},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights red=100\n}", `pool "red"`},
-		{"cbproxy svc {\npool blue 10.0.0.1:80\nweights blue=100\nweights blue=100\n}", "weights is given twice"},
-		{"cbproxy svc {\nweights blue=100\n}", "has no pools"},
-		{"cbproxy svc {\nsticky\n}", "sticky cookie"},
-		{"cbproxy svc {\nsticky session\n}", "expected sticky cookie"},
-		{"cbproxy svc {\nsticky header\n}", "expected sticky cookie"},
-		{"cbproxy svc {\nsticky cookie sid forever\n}", `max_age "forever"`},
-		{"cbproxy svc {\noverride_header\n}", "override_header <name> [secret <secret>]"},
-		{"cbproxy svc {\noverride_header X-Pool password s\n}", "expected override_header"},
-		{"cbproxy svc {\nexpose_pool yes\n}", "expose_pool (no arguments)"},
-		{"cbproxy svc {\nlb_policy\n}", "lb_policy needs a policy name"},
-		{"cbproxy svc {\nlb_policy fastest\n}", "lb_policy fastest"},
-		{"cbproxy svc {\nhealth /ready\n}", "health <path> <interval>"},
-		{"cbproxy svc {\nhealth ready 2s\n}", "must start with /"},
-		{"cbproxy svc {\nhealth /ready often\n}", `health interval: "often" is not a duration`},
-		{"cbproxy svc {\nhealth /ready 2s timeout\n}", `option "timeout" has no value`},
-		{"cbproxy svc {\nhealth /ready 2s fails 0\n}", `health fails: "0" is not a whole number`},
-		{"cbproxy svc {\nhealth /ready 2s retries 3\n}", `unknown option "retries"`},
-		{"cbproxy svc {\nguard\n}", "guard <duration>"},
-		{"cbproxy svc {\nguard -1m\n}", `guard: "-1m" is not a duration`},
-		{"cbproxy svc {\nstream_close_delay\n}", "stream_close_delay <duration> [rollback <duration>]"},
-		{"cbproxy svc {\nstream_close_delay soon\n}", `stream_close_delay: "soon" is not a duration`},
-		{"cbproxy svc {\nstream_close_delay -1s\n}", `stream_close_delay: "-1s" is not a duration`},
-		{"cbproxy svc {\nstream_close_delay 1m later 5s\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
-		{"cbproxy svc {\nstream_close_delay 1m rollback\n}", "expected stream_close_delay <duration> [rollback <duration>]"},
-		{"cbproxy svc {\nstream_close_delay 1m rollback -5s\n}", `stream_close_delay rollback: "-5s" is not a duration`},
-		{"cbproxy svc {\nslo fast\n}", `slo takes a block, not "fast"`},
-		{"cbproxy svc {\nslo {\nadvance error_rate>1%\n}\n}", "compares with >; this line takes error_rate<"},
-		{"cbproxy svc {\nslo {\nrollback p95<2s\n}\n}", "compares with <; this line takes p95>"},
-		{"cbproxy svc {\nslo {\nadvance error_rate<0.1\n}\n}", "is not a percentage"},
-		{"cbproxy svc {\nslo {\nadvance error_rate<200%\n}\n}", "is not a percentage"},
-		{"cbproxy svc {\nslo {\nadvance p95<soon\n}\n}", `p95 "soon" is not a duration`},
-		{"cbproxy svc {\nslo {\nadvance latency<1s\n}\n}", `unknown measure "latency"`},
-		{"cbproxy svc {\nslo {\nadvance fast\n}\n}", "is not a condition"},
-		{"cbproxy svc {\nslo {\nadvance p95<1s p95<2s\n}\n}", "p95 is given twice"},
-		{"cbproxy svc {\nslo {\nwindow\n}\n}", "window <duration>"},
-		{"cbproxy svc {\nslo {\nmin_requests many\n}\n}", `min_requests: "many" is not a whole number`},
-		{"cbproxy svc {\nslo {\npatience 3\n}\n}", `unknown option "patience"`},
-		{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nadvance error_rate<5%\n}\n}", "above the rollback error_rate"},
-		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 1ns\n}", "health check interval 1ns is out of range: use 100ms to 10m"},
-		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s timeout 2h\n}", "health check timeout 2h is out of range: use 10ms to 1m"},
-		{"cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 2s fails 1000\n}", "health check fails 1000 is more than 100"},
-		{"cbproxy svc {\npool a 10.0.0.1:80\nslo {\nwindow 10m\n}\n}", "slo window 10m is out of range: use 1s to 5m"},
-	}
-	for _, tt := range tests {
+	for _, tt := range directiveRefusals {
 		t.Run(tt.input, func(t *testing.T) {
 			d, err := dispenser(tt.input)
 			if err != nil {
@@ -234,23 +246,27 @@ func TestUnmarshalGlobalOption(t *testing.T) {
 	}
 }
 
+// globalOptionRefusals are cbproxy global options the parser refuses, with
+// what the error must say. TestUnmarshalGlobalOptionErrors checks them, and
+// they seed FuzzCaddyfileGlobalOption.
+var globalOptionRefusals = []struct{ input, want string }{
+	{"cbproxy on", "takes no arguments"},
+	{"cbproxy {\nnode_id\n}", "node_id <value>"},
+	{"cbproxy {\nnode_id a b\n}", "node_id <value>"},
+	{"cbproxy {\nnode_id a\nnode_id b\n}", "node_id is given twice"},
+	{"cbproxy {\nadmin_tls cert.pem\n}", "admin_tls <cert_file> <key_file>"},
+	{"cbproxy {\nbootstrap yes\n}", "bootstrap (no arguments)"},
+	{"cbproxy {\nbootstrap_expect three\n}", "a number of nodes"},
+	{"cbproxy {\nbootstrap_expect 0\n}", "a number of nodes"},
+	{"cbproxy {\njoin\n}", "join <admin_address...>"},
+	{"cbproxy {\ntoken ops secret\n}", "token <name> <secret> read|operate|admin"},
+	{"cbproxy {\ntoken ops secret root\n}", `unknown role "root"`},
+	{"cbproxy {\ncluster_tls a b\n}", "cluster_tls <cert_file> <key_file> <ca_file>"},
+	{"cbproxy {\nraft_bind :7001\n}", `unknown option "raft_bind"`},
+}
+
 func TestUnmarshalGlobalOptionErrors(t *testing.T) {
-	tests := []struct{ input, want string }{
-		{"cbproxy on", "takes no arguments"},
-		{"cbproxy {\nnode_id\n}", "node_id <value>"},
-		{"cbproxy {\nnode_id a b\n}", "node_id <value>"},
-		{"cbproxy {\nnode_id a\nnode_id b\n}", "node_id is given twice"},
-		{"cbproxy {\nadmin_tls cert.pem\n}", "admin_tls <cert_file> <key_file>"},
-		{"cbproxy {\nbootstrap yes\n}", "bootstrap (no arguments)"},
-		{"cbproxy {\nbootstrap_expect three\n}", "a number of nodes"},
-		{"cbproxy {\nbootstrap_expect 0\n}", "a number of nodes"},
-		{"cbproxy {\njoin\n}", "join <admin_address...>"},
-		{"cbproxy {\ntoken ops secret\n}", "token <name> <secret> read|operate|admin"},
-		{"cbproxy {\ntoken ops secret root\n}", `unknown role "root"`},
-		{"cbproxy {\ncluster_tls a b\n}", "cluster_tls <cert_file> <key_file> <ca_file>"},
-		{"cbproxy {\nraft_bind :7001\n}", `unknown option "raft_bind"`},
-	}
-	for _, tt := range tests {
+	for _, tt := range globalOptionRefusals {
 		t.Run(tt.input, func(t *testing.T) {
 			d, err := dispenser(tt.input)
 			if err != nil {
@@ -354,16 +370,7 @@ func TestAdaptContractExample(t *testing.T) {
 	if len(handlers) != 1 {
 		t.Fatalf("found %d cbproxy handlers in %v", len(handlers), apps["http"])
 	}
-	jsonEqual(t, handlers[0], `{"handler":"cbproxy","service":"codingbrain",
-		"pools":{"blue":{"backends":["10.0.0.11:8765","10.0.0.12:8765"]},"green":{"backends":["10.0.0.21:8765"]},"canary":{"backends":["10.0.0.31:8765"]}},
-		"weights":{"blue":100},
-		"sticky":{"mode":"cookie"},
-		"override_header":{"name":"X-Cbproxy-Pool"},
-		"expose_pool":true,
-		"lb_policy":{"policy":"round_robin"},
-		"health":{"path":"/health/ready","interval":"2s","timeout":"2s","fails":2,"passes":2},
-		"guard":"10m",
-		"slo":`+defaultSLOJSON+`}`)
+	jsonEqual(t, handlers[0], `{"handler":"cbproxy",`+contractHandlerJSON+`}`)
 
 	// The adapted handler loads back into the module.
 	raw, _ := json.Marshal(handlers[0])
@@ -386,15 +393,18 @@ func TestAdaptDirectiveOrder(t *testing.T) {
 }
 
 func FuzzCaddyfileDirective(f *testing.F) {
+	f.Add(strings.Split(strings.Split(contractCaddyfile, "app.example.com {\n")[1], "\n}\n")[0])
+	for _, tt := range directiveExamples {
+		f.Add(tt.input)
+	}
+	for _, tt := range directiveRefusals {
+		f.Add(tt.input)
+	}
 	for _, seed := range []string{
-		`cbproxy svc`,
-		strings.Split(strings.Split(contractCaddyfile, "app.example.com {\n")[1], "\n}\n")[0],
 		"cbproxy svc {\npool blue 10.0.0.1:80 {\nversion v1\n}\nweights blue=99.5 canary=0.5\n}",
 		"cbproxy svc {\nsticky header X-User\noverride_header X secret s\nlb_policy header X-T\n}",
-		"cbproxy svc {\nstream_close_delay 1m rollback 5s\n}",
-		"cbproxy svc {\nstream_close_delay 0\n}",
 		"cbproxy svc {\nhealth /r 2s timeout 1s fails 3 passes 4\nslo {\nadvance error_rate<1% p95<1s\n}\n}",
-		"cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}",
+		"cbproxy svc {\nsticky cookie sid 24h\n}",
 	} {
 		f.Add(seed)
 	}
@@ -427,6 +437,9 @@ func FuzzCaddyfileDirective(f *testing.F) {
 func FuzzCaddyfileGlobalOption(f *testing.F) {
 	f.Add(strings.Split(strings.Split(contractCaddyfile, "{\n\tcbproxy ")[1], "\n}\n\napp")[0])
 	f.Add("{\nbootstrap\ntoken a b admin\n}")
+	for _, tt := range globalOptionRefusals {
+		f.Add(strings.TrimPrefix(tt.input, "cbproxy "))
+	}
 	f.Fuzz(func(t *testing.T, input string) {
 		d, err := dispenser("cbproxy " + input)
 		if err != nil {

@@ -432,7 +432,7 @@ func FuzzOverrideHeader(f *testing.F) {
 	tbl := canaryTable(r, 100)
 	plain := provisioned(f, &Handler{OverrideHeader: &OverrideHeader{Name: "X-Pool"}})
 	secret := provisioned(f, &Handler{OverrideHeader: &OverrideHeader{Name: "X-Pool", Secret: "s3cret"}})
-	for _, seed := range []string{"canary", "canary;s3cret", "canary;s3cre", ";", "blue;s3cret;x", ""} {
+	for _, seed := range []string{"canary", "canary;s3cret", "canary;s3cre", ";", "blue;s3cret;x", "", ";s3cret", "blue"} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, value string) {

@@ -187,30 +187,30 @@ func TestBlock(t *testing.T) {
 		return a.Call(ctx, b.Addr(), "echo", nil, nil), b.Call(ctx, a.Addr(), "echo", nil, nil)
 	}
 	if ab, ba := callBoth(); ab != nil || ba != nil {
-		t.Fatalf("before Block: %v, %v", ab, ba)
+		t.Fatalf("before block: %v, %v", ab, ba)
 	}
 
-	a.Block(b.Addr())
+	a.block(b.Addr())
 	a.mu.Lock()
 	for c := range a.conns {
 		if c.peer == b.Addr() {
-			t.Errorf("connection with %s still open after Block", c.peer)
+			t.Errorf("connection with %s still open after block", c.peer)
 		}
 	}
 	a.mu.Unlock()
 	// Blocked on one side only: both directions fail.
 	if ab, ba := callBoth(); !errors.Is(ab, ErrUnavailable) || !errors.Is(ba, ErrUnavailable) {
-		t.Fatalf("after Block: %v, %v; want ErrUnavailable both ways", ab, ba)
+		t.Fatalf("after block: %v, %v; want ErrUnavailable both ways", ab, ba)
 	}
 
-	a.Unblock(b.Addr())
+	a.unblock(b.Addr())
 	if ab, ba := callBoth(); ab != nil || ba != nil {
-		t.Fatalf("after Unblock: %v, %v", ab, ba)
+		t.Fatalf("after unblock: %v, %v", ab, ba)
 	}
-	a.Block(b.Addr())
-	a.UnblockAll()
+	a.block(b.Addr())
+	a.unblockAll()
 	if ab, ba := callBoth(); ab != nil || ba != nil {
-		t.Fatalf("after UnblockAll: %v, %v", ab, ba)
+		t.Fatalf("after unblockAll: %v, %v", ab, ba)
 	}
 }
 

@@ -22,6 +22,8 @@ func FuzzHandshake(f *testing.F) {
 	f.Add((&hello{version: protocolVersion, purpose: 0, addr: "n:1"}).marshal())
 	f.Add((&hello{version: protocolVersion, purpose: purposeRaft, addr: "no-port"}).marshal())
 	f.Add((&hello{version: protocolVersion, purpose: purposeRaft, addr: "a b:1"}).marshal())
+	f.Add(good[:len(good)-2])                  // the address cut short
+	f.Add(append([]byte("HTTP"), good[4:]...)) // a whole hello, bad magic
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x05}) // a TLS record header
 	f.Add([]byte{})

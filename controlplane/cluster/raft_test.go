@@ -166,12 +166,12 @@ func apply(t *testing.T, n *raftNode, entry string) {
 	}
 }
 
-// partition cuts the given node off from all others, both ways.
-func partition(isolated *raftNode, nodes []*raftNode) {
+// isolate cuts the given node off from all others, both ways.
+func isolate(isolated *raftNode, nodes []*raftNode) {
 	for _, n := range nodes {
 		if n != isolated {
-			n.Block(isolated.Addr())
-			isolated.Block(n.Addr())
+			n.block(isolated.Addr())
+			isolated.block(n.Addr())
 		}
 	}
 }
@@ -200,7 +200,7 @@ func TestRaftOverTransport(t *testing.T) {
 			waitEntries(t, nodes, "a")
 
 			// Isolate the leader: the majority elects another and commits.
-			partition(leader, nodes)
+			isolate(leader, nodes)
 			majority := without(nodes, leader)
 			newLeader := waitLeader(t, majority)
 			apply(t, newLeader, "b")
@@ -214,7 +214,7 @@ func TestRaftOverTransport(t *testing.T) {
 
 			// Heal: everyone converges on one leader and the same log.
 			for _, n := range nodes {
-				n.UnblockAll()
+				n.unblockAll()
 			}
 			waitEntries(t, nodes, "a", "b")
 			apply(t, waitLeader(t, nodes), "c")
@@ -238,8 +238,8 @@ func TestRaftWrongSecret(t *testing.T) {
 	waitEntries(t, []*raftNode{a, b}, "a")
 
 	// With a and b apart, only the intruder could make a quorum with either.
-	a.Block(b.Addr())
-	b.Block(a.Addr())
+	a.block(b.Addr())
+	b.block(a.Addr())
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
 		for _, n := range nodes {

@@ -278,7 +278,7 @@ func (t *Transport) rpcConn(ctx context.Context, addr string) (*peerConn, error)
 // putConn returns a connection to the pool after a completed call.
 func (t *Transport) putConn(c *peerConn) {
 	t.mu.Lock()
-	_, tracked := t.conns[c] // not closed by Block or Close meanwhile
+	_, tracked := t.conns[c] // not closed by block or Close meanwhile
 	if !tracked || len(t.idle[c.peer]) >= maxIdlePerPeer {
 		t.mu.Unlock()
 		_ = c.Close()

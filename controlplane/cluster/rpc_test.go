@@ -235,16 +235,16 @@ func TestCallBrokenMidCall(t *testing.T) {
 	server.Handle("echo", echo)
 	go func() {
 		<-entered
-		server.Block(client.Addr())
+		server.block(client.Addr())
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := client.Call(ctx, server.Addr(), "slow", nil, nil); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("call cut by Block: %v, want ErrUnavailable", err)
+		t.Fatalf("call cut by block: %v, want ErrUnavailable", err)
 	}
-	server.Unblock(client.Addr())
+	server.unblock(client.Addr())
 	if err := client.Call(ctx, server.Addr(), "echo", nil, nil); err != nil {
-		t.Fatalf("call after Unblock: %v", err)
+		t.Fatalf("call after unblock: %v", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/internal/partition"
 	"go.uber.org/zap"
 )
 
@@ -107,7 +108,7 @@ type Transport struct {
 	conns   map[*peerConn]struct{} // authenticated connections, both directions
 	pending map[net.Conn]time.Time // accepted, not yet authenticated
 	idle    map[string][]*peerConn // RPC client connections ready for reuse, by peer
-	blocked map[string]bool        // peer addresses cut off by Block
+	blocked map[string]bool        // peer addresses cut off by block
 	closeMu sync.Mutex             // serializes Close
 }
 
@@ -248,10 +249,23 @@ func (t *Transport) Close() error {
 	return err
 }
 
-// Block cuts this node off from the peer with the given advertised address, in
-// both directions, for Raft and RPC alike: existing connections are closed,
-// dials to it and connections from it are refused. For partition tests.
-func (t *Transport) Block(addr string) {
+func init() {
+	partition.Of = func(transport any) partition.Cutter { return cutter{transport.(*Transport)} }
+}
+
+// cutter is a transport's partition.Cutter: the faults tests inject stay out
+// of the Transport's methods.
+type cutter struct{ t *Transport }
+
+func (c cutter) Block(peer string)   { c.t.block(peer) }
+func (c cutter) Unblock(peer string) { c.t.unblock(peer) }
+func (c cutter) UnblockAll()         { c.t.unblockAll() }
+
+// block cuts this node off from the peer with the given advertised address,
+// in both directions, for Raft and RPC alike: existing connections are
+// closed, dials to it and connections from it are refused. For partition
+// tests (package partition).
+func (t *Transport) block(addr string) {
 	t.mu.Lock()
 	t.blocked[addr] = true
 	delete(t.idle, addr)
@@ -262,15 +276,15 @@ func (t *Transport) Block(addr string) {
 	}
 }
 
-// Unblock lifts Block for one peer.
-func (t *Transport) Unblock(addr string) {
+// unblock lifts block for one peer.
+func (t *Transport) unblock(addr string) {
 	t.mu.Lock()
 	delete(t.blocked, addr)
 	t.mu.Unlock()
 }
 
-// UnblockAll lifts every Block.
-func (t *Transport) UnblockAll() {
+// unblockAll lifts every block.
+func (t *Transport) unblockAll() {
 	t.mu.Lock()
 	clear(t.blocked)
 	t.mu.Unlock()
@@ -296,7 +310,7 @@ func (t *Transport) takeConnsLocked(match func(*peerConn) bool) []*peerConn {
 }
 
 // peerConn is an authenticated connection to or from the peer whose
-// advertised address is peer. It is tracked so that Block and Close can cut it.
+// advertised address is peer. It is tracked so that block and Close can cut it.
 type peerConn struct {
 	net.Conn
 	peer string

@@ -47,6 +47,15 @@ func FuzzJudge(f *testing.F) {
 	seed(win(20, 0, 20*time.Second), 1, "blue", Window{}, 2, d, 0)
 	seed(win(10000, 0, 30*time.Millisecond), 2, "blue", win(10000, 0, 30*time.Millisecond), 2, d, 1)
 	seed(win(400, 20, 30*time.Millisecond), 1, "blue", win(4000, 0, time.Second), 1, d, 2)
+	// Every way to hold: no node reported, no request, an error rate
+	// between the thresholds, above the rollback one on too few errors to
+	// be sure, no latency figures, a P95 between the thresholds.
+	seed(win(200, 0, 30*time.Millisecond), 0, "", Window{}, 0, d, 0)
+	seed(Window{}, 3, "blue", win(200, 0, 30*time.Millisecond), 3, d, 0)
+	seed(win(1000, 5, 30*time.Millisecond), 3, "", Window{}, 0, d, 0)
+	seed(win(50, 1, 30*time.Millisecond), 3, "", Window{}, 0, d, 0)
+	seed(Window{Requests: 200}, 3, "", Window{}, 0, d, 0)
+	seed(win(200, 0, time.Second), 3, "", Window{}, 0, d, 0)
 	seed(Window{Requests: math.MaxUint64, Errors: math.MaxUint64, Buckets: []uint64{math.MaxUint64, 1}}, 1, "blue", Window{Requests: 3}, -1,
 		state.SLO{Advance: state.Thresholds{ErrorRate: math.NaN(), P95ms: math.Inf(1)}, MinRequests: -5}, 3)
 

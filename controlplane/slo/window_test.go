@@ -154,14 +154,13 @@ func TestP95Brackets(t *testing.T) {
 			t.Fatalf("no P95 for %d requests", n)
 		}
 		b := bucketOf(exact)
-		lower, upper := 0.0, math.Inf(1)
+		lower := 0.0
 		if b > 0 {
 			lower = millis(Bounds[b-1])
 		}
+		upper := lower // the +Inf bucket reports its lower bound
 		if b < len(Bounds) {
 			upper = millis(Bounds[b])
-		} else {
-			upper = lower // the +Inf bucket reports its lower bound
 		}
 		if got < lower || got > upper {
 			t.Fatalf("%d requests: P95 %v ms outside (%v, %v], the bucket of the exact P95 %v", n, got, lower, upper, exact)
