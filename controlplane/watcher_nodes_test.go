@@ -38,7 +38,7 @@ func (p *nodePlane) Window(service, pool string, _ time.Duration) slo.Window {
 		<-p.stall
 	}
 	var errors uint64
-	if pool == "canary" && !p.n.isLeader() {
+	if pool == "canary" && !p.n.raft.IsLeader() {
 		errors = followerCanary[service]
 	}
 	w := slo.Window{Requests: 1000, Errors: errors, Buckets: make([]uint64, len(slo.Bounds)+1)}
