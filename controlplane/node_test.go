@@ -217,7 +217,7 @@ func TestBadInput(t *testing.T) {
 		{"method", "PATCH", "/v1/services/svc", `{}`, 405, "method_not_allowed", ""},
 		{"no endpoint", "GET", "/v1/nothing", ``, 404, "not_found", ""},
 		{"limit", "GET", "/v1/events?limit=5000", ``, 400, "invalid", "limit"},
-		{"too large", "PUT", "/v1/services/svc/weights", `{"weights":{"blue":100},"x":"` + strings.Repeat("a", (1 << 20)) + `"}`, 413, "body_too_large", ""},
+		{"too large", "PUT", "/v1/services/svc/weights", `{"weights":{"blue":100},"x":"` + strings.Repeat("a", (1<<20)) + `"}`, 413, "body_too_large", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
