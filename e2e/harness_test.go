@@ -1,5 +1,6 @@
 // Package e2e drives the real cbproxy binary and real backends over loopback,
-// only through the Caddyfile, the CLI and the admin API (CONTRACT §2-§4).
+// only through the Caddyfile, the CLI and the admin API (docs/caddyfile.md,
+// docs/cli.md, docs/api.md).
 package e2e
 
 import (
