@@ -171,7 +171,7 @@ func checkIndexes(t *testing.T, msgs []sseMessage, want []state.Event) {
 		if err := json.Unmarshal([]byte(m.data), &e); err != nil {
 			t.Fatalf("event %d: %v in %q", i, err, m.data)
 		}
-		if e.Index != want[i].Index || m.id != strconv.FormatUint(e.Index, 10) || m.event != want[i].Action {
+		if e.Index != want[i].Index || m.id != strconv.FormatUint(e.Index, 10) || m.event != string(want[i].Action) {
 			t.Fatalf("event %d is id %s, %s, index %d; want index %d, %s (skipped or reordered)", i, m.id, m.event, e.Index, want[i].Index, want[i].Action)
 		}
 	}

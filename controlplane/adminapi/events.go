@@ -145,7 +145,7 @@ func (a *Server) streamEvents(w http.ResponseWriter, r *http.Request, _ string) 
 			return true
 		}
 		q.Since = e.Index
-		return write(e.Index, e.Action, e)
+		return write(e.Index, string(e.Action), e)
 	}
 	// The backlog goes forward page by page: each page is the oldest events
 	// after the last one sent, so none is skipped however far behind the

@@ -72,13 +72,13 @@ const (
 
 // Rollout event actions.
 const (
-	ActionRolloutStart    = "rollout_start"
-	ActionRolloutStep     = "rollout_step"
-	ActionRolloutPause    = "rollout_pause"
-	ActionRolloutResume   = "rollout_resume"
-	ActionRolloutPromote  = "rollout_promote"
-	ActionRolloutComplete = "rollout_complete"
-	ActionRolloutAbort    = "rollout_abort"
+	ActionRolloutStart    EventAction = "rollout_start"
+	ActionRolloutStep     EventAction = "rollout_step"
+	ActionRolloutPause    EventAction = "rollout_pause"
+	ActionRolloutResume   EventAction = "rollout_resume"
+	ActionRolloutPromote  EventAction = "rollout_promote"
+	ActionRolloutComplete EventAction = "rollout_complete"
+	ActionRolloutAbort    EventAction = "rollout_abort"
 )
 
 // DefaultSteps are the runbook's stages: 1/5/25/50/100 % with 5/10/15/15 min.
@@ -289,7 +289,7 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, e *Envelope, p Roll
 	nr := *r
 	s := *cur
 	s.Version, s.Rollout = index, &nr
-	ev := Event{Action: string(p.Action)}
+	ev := Event{Action: EventAction(p.Action)}
 	switch p.Action {
 	case PauseRollout:
 		if r.State == RolloutPaused {
