@@ -674,7 +674,7 @@ func TestEventStreamDeliversWeightsChange(t *testing.T) {
 			data = v
 		}
 	}
-	if id != strconv.FormatUint(w.version(t), 10) || event != state.ActionWeights {
+	if id != strconv.FormatUint(w.version(t), 10) || event != string(state.ActionWeights) {
 		t.Fatalf("first streamed event: id %q event %q data %s (read error %v), want the weights change at %d", id, event, data, lines.Err(), w.version(t))
 	}
 	var e state.Event

@@ -96,6 +96,8 @@ type Config struct {
 	Tokens []Token
 	// Limits bound slow clients; nil takes DefaultLimits.
 	Limits *Limits
+	// Logger returns the logger of the moment (Caddy replaces it on
+	// reload); nil logs nothing.
 	Logger func() *zap.Logger
 }
 

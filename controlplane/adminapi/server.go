@@ -82,6 +82,10 @@ func Listen(addr, certFile, keyFile string) (net.Listener, error) {
 
 // Serve serves the admin API on ln (from Listen) until Close.
 func Serve(ln net.Listener, deps Deps, cfg Config) *Server {
+	if cfg.Logger == nil {
+		nop := zap.NewNop()
+		cfg.Logger = func() *zap.Logger { return nop }
+	}
 	a := &Server{Deps: deps, ln: ln, log: cfg.Logger, done: make(chan struct{})}
 	a.SetTokens(cfg.Tokens)
 	limits := DefaultLimits

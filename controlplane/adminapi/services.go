@@ -48,14 +48,14 @@ type backendBody struct {
 	LongLived int64  `json:"long_lived"`
 }
 
-func (a *Server) render(s *state.Service) serviceBody {
+func (a *Server) render(ctx context.Context, s *state.Service) serviceBody {
 	dp := a.loads()
 	b := serviceBody{
 		Name: s.Name, Version: s.Version, Weights: s.Weights, LKG: s.LKG,
 		Pools: make(map[string]poolBody, len(s.Pools)), Health: s.Health, SLO: s.SLO, Guard: s.Guard,
 	}
 	if s.Rollout.Active() {
-		b.Rollout = &rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.Verdicts.Verdict(context.Background(), s.Name)}
+		b.Rollout = &rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.Verdicts.Verdict(ctx, s.Name)}
 	}
 	for name, p := range s.Pools {
 		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
@@ -83,7 +83,7 @@ func (a *Server) listServices(w http.ResponseWriter, r *http.Request, _ string) 
 		Services []serviceBody `json:"services"`
 	}{Services: make([]serviceBody, 0, len(names))}
 	for _, name := range names {
-		out.Services = append(out.Services, a.render(v.Services[name]))
+		out.Services = append(out.Services, a.render(r.Context(), v.Services[name]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -101,7 +101,7 @@ func (a *Server) service(w http.ResponseWriter, r *http.Request) (*state.Service
 
 func (a *Server) getService(w http.ResponseWriter, r *http.Request, _ string) {
 	if s, ok := a.service(w, r); ok {
-		writeJSON(w, http.StatusOK, a.render(s))
+		writeJSON(w, http.StatusOK, a.render(r.Context(), s))
 	}
 }
 
@@ -306,7 +306,7 @@ func (a *Server) write(w http.ResponseWriter, r *http.Request, raw []byte, bodyI
 		a.writeDeleted(w, cmd, applied)
 		return
 	}
-	body := a.render(res.Service)
+	body := a.render(r.Context(), res.Service)
 	// A replay answers the first result's version with the service as it
 	// is now: a client that builds an If-Match on it gets a 409 if the
 	// service moved on since, never a silent overwrite.
