@@ -444,6 +444,14 @@ func TestHealthGate(t *testing.T) {
 	if n := api.node.proposals.Load() - proposed; n != 0 {
 		t.Fatalf("the gate let %d refused calls reach the state machine", n)
 	}
+	// Bad input is bad input first: a body that no force can make valid is
+	// a 400, not a 412 that sends the operator to fix backends and then
+	// fails anyway.
+	for _, body := range []string{`{"weights":{"blue":98,"canary":1}}`, `{"weights":{"blue":99.999,"canary":0.001}}`} {
+		if a := api.call(t, "", "PUT", "/v1/services/shop/weights", body); a.status != 400 {
+			t.Fatalf("invalid weights %s raising the unhealthy canary: %d %v, want 400", body, a.status, a.body)
+		}
+	}
 
 	// force passes the gate.
 	a := api.call(t, "", "PUT", "/v1/services/shop/weights", `{"weights":{"blue":99,"canary":1},"force":true}`)

@@ -219,10 +219,17 @@ func (a *Server) putWeights(w http.ResponseWriter, r *http.Request, actor string
 		writeError(w, http.StatusBadRequest, "invalid", `"weights" is missing or empty; send {"weights":{"blue":99,"canary":1}}`)
 		return
 	}
+	cmd := state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: body.Weights, Action: state.ChangeWeights})
+	// Bad input first: no force makes it valid, so the gate must not send
+	// the operator to fix backends for it.
+	if err := cmd.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	if !a.checkGate(w, r, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
 		return
 	}
-	a.write(w, r, raw, body.IfVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: body.Weights, Action: state.ChangeWeights}))
+	a.write(w, r, raw, body.IfVersion, cmd)
 }
 
 type switchBody struct {
