@@ -1,3 +1,7 @@
+// Package rollouts is the SLO watcher: on the leader, every second, it
+// pulls every node's SLO windows, judges them (package slo) and commits the
+// next step of a rollout, a manual gate, a promotion or a rollback. See
+// DESIGN.md in this folder.
 package rollouts
 
 import (
