@@ -1,5 +1,5 @@
 // Package slo measures a pool's traffic in windows and judges it against a
-// service's SLO (CONTRACT §3). It is pure: no I/O, no clock, no Caddy. The
+// service's SLO (docs/caddyfile.md "SLO"). It is pure: no I/O, no clock, no Caddy. The
 // data plane fills windows on every node; the leader merges them and judges.
 package slo
 

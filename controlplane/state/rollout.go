@@ -44,7 +44,7 @@ type Strategy string
 // or an operator's promote (manual).
 type Gate string
 
-// Rollout strategies, gates and states (CONTRACT §4).
+// Rollout strategies, gates and states (docs/api.md "Rollouts").
 const (
 	StrategyCanary    Strategy = "canary"     // in steps, each held
 	StrategyBlueGreen Strategy = "blue-green" // at once, then a bake
@@ -100,8 +100,8 @@ func (r *Rollout) Active() bool {
 }
 
 // Guarded is the guard after a weights change, a switch or a promotion: the
-// pools that gained share stay under the rollback SLO until Until (CONTRACT
-// §1); a breach rolls back to the LKG.
+// pools that gained share stay under the rollback SLO until Until (docs/api.md
+// "Guard"); a breach rolls back to the LKG.
 type Guarded struct {
 	ID    string    `json:"id"`
 	Pools []string  `json:"pools"`
@@ -171,7 +171,7 @@ func checkRolloutStart(_ *Envelope, p RolloutStart) error {
 }
 
 // stepWeights are the weights of a canary step: the new pool's share is
-// taken from the old pool, other pools keep theirs (CONTRACT §4). base is the
+// taken from the old pool, other pools keep theirs (docs/api.md "Start a rollout"). base is the
 // weights in force when the rollout started (the LKG).
 func stepWeights(base Weights, from, to string, share Weight) (Weights, error) {
 	avail := base[from] + base[to]

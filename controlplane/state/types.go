@@ -72,7 +72,8 @@ type Thresholds struct {
 	P95ms     float64 `json:"p95_ms"`
 }
 
-// Defaults from the runbook (CONTRACT §3).
+// The defaults (docs/caddyfile.md "Directive `cbproxy`", docs/api.md
+// "Services").
 var (
 	DefaultSLO = SLO{
 		Advance:     Thresholds{ErrorRate: 0.001, P95ms: 500},
@@ -99,7 +100,7 @@ type Event struct {
 	Figures map[string]any `json:"figures,omitempty"`
 }
 
-// Event actions (CONTRACT §4).
+// Event actions (docs/api.md "Events").
 const (
 	ActionServicePut    = "service_put"
 	ActionServiceDelete = "service_delete"
