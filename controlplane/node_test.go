@@ -340,7 +340,7 @@ func TestRestartKeepsState(t *testing.T) {
 	}
 
 	// Right after Start, before any leader, the node already serves what it
-	// last applied (CONTRACT §5).
+	// last applied (raftnode/DESIGN.md, "Restart without going back in time").
 	n2, err := Start(Config{NodeID: "node1", DataDir: dir, ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -1,3 +1,7 @@
+// Package adminapi is cbproxy's HTTP admin API (/v1, /health/*, /metrics;
+// docs/api.md). It depends only on Deps, the narrow interfaces it declares
+// here, so it can be served over anything that answers them; the methods
+// that do I/O say so. See DESIGN.md in this folder.
 package adminapi
 
 import (

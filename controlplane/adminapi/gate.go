@@ -12,7 +12,7 @@ import (
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
-// The health gate (CONTRACT §4): a switch, or a weights change that raises a
+// The health gate (docs/api.md "Health gate"): a switch, or a weights change that raises a
 // pool from 0, is refused with 412 when that pool has no healthy backend as
 // this node sees it, unless the request says "force". It is what the runbook
 // did by hand: "wait for green to become healthy" before switching.

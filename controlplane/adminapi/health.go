@@ -6,7 +6,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 )
 
-// The /health endpoints need no token (CONTRACT §6): orchestrators and load
+// The /health endpoints need no token (docs/api.md "Health"): orchestrators and load
 // balancers probe them.
 
 func (a *Server) healthLive(w http.ResponseWriter, r *http.Request) {
@@ -41,7 +41,7 @@ func raftDependency(st raftnode.Status) dependency {
 }
 
 // dependencies lists raft and every backend as this node sees it, keyed
-// "service/pool/address" (CONTRACT §6).
+// "service/pool/address" (docs/api.md "Health").
 func (a *Server) dependencies() map[string]dependency {
 	deps := map[string]dependency{"raft": raftDependency(a.Node.Status())}
 	dp := a.loads()

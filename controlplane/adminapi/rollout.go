@@ -10,7 +10,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// rolloutBody is the rollout as the admin API shows it (CONTRACT §4): the
+// rolloutBody is the rollout as the admin API shows it (docs/api.md "Rollout body"): the
 // replicated rollout plus the leader's latest verdict with live figures.
 type rolloutBody struct {
 	*state.Rollout

@@ -22,7 +22,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// maxBody is the largest request body the admin API reads (CONTRACT §4: 413).
+// maxBody is the largest request body the admin API reads (docs/api.md
+// "Errors": 413 body_too_large).
 const maxBody = 1 << 20
 
 // Limits bound what one client can hold on the admin listener. Nobody
@@ -225,7 +226,7 @@ func (a *Server) routes() http.Handler {
 }
 
 // commonHeaders adds X-Cbproxy-Node and X-Cbproxy-Index to every answer
-// (CONTRACT §4) and caps request bodies.
+// (docs/api.md "Headers") and caps request bodies.
 func (a *Server) commonHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -344,7 +345,7 @@ func isLoopbackRemote(remote string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// apiError is the JSON error body of CONTRACT §4.
+// apiError is the JSON error body (docs/api.md "Errors").
 type apiError struct {
 	Error   string  `json:"error"`
 	Code    string  `json:"code"`

@@ -16,7 +16,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// serviceBody is the service as the admin API shows it (CONTRACT §4): the
+// serviceBody is the service as the admin API shows it (docs/api.md "Service body"): the
 // replicated service plus, per backend, the answering node's view of its
 // health and in-flight requests.
 type serviceBody struct {
@@ -107,7 +107,8 @@ func (a *Server) getService(w http.ResponseWriter, r *http.Request, _ string) {
 
 // putServiceBody accepts the service body as GET returns it, so GET, edit, PUT
 // works: read-only parts (version, lkg, rollout, per-backend health) are
-// ignored; a "version" is not a check (CONTRACT §4), "if_version" is.
+// ignored; a "version" is not a check, "if_version" is (docs/api.md "Writes:
+// versions, commit, idempotency").
 type putServiceBody struct {
 	Name      string                 `json:"name"`
 	Version   json.RawMessage        `json:"version"`

@@ -1,3 +1,7 @@
+// Package rollouts is the SLO watcher: on the leader, every second, it
+// pulls every node's SLO windows, judges them (package slo) and commits the
+// next step of a rollout, a manual gate, a promotion or a rollback. See
+// DESIGN.md in this folder.
 package rollouts
 
 import (
@@ -273,7 +277,8 @@ func (w *Watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 			return
 		}
 		// A canary step needs a pass; a blue-green bake only needs no breach
-		// (it is judged under the rollback SLO, CONTRACT §4), seen by every
+		// (it is judged under the rollback SLO, docs/api.md "How a rollout
+		// moves"), seen by every
 		// node: a hold for missing figures does not end a bake.
 		bakeDone := r.Strategy == state.StrategyBlueGreen && v.Result == slo.Hold && len(v.Pools[r.To].NodesMissing) == 0
 		if v.Result != slo.Pass && !bakeDone {
