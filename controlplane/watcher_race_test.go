@@ -126,9 +126,9 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 				t.Fatal(err)
 			}
 			switch e["action"] {
-			case state.ActionRolloutResume:
+			case string(state.ActionRolloutResume):
 				resumed = at
-			case state.ActionRolloutStep:
+			case string(state.ActionRolloutStep):
 				if moved.IsZero() {
 					moved = at
 				}
