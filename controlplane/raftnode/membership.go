@@ -109,13 +109,8 @@ func (n *Node) maintainMembership() {
 		delay := 500*time.Millisecond + rand.N(500*time.Millisecond)
 		if n.inCluster() {
 			n.removedNotice.Store(nil)
+			n.registerSelf()
 			delay = 2 * time.Second
-			if !n.registerSelf() {
-				// Not in the node list yet (no leader yet, or the write
-				// failed): ask again soon, so the list shows a new member
-				// within moments of its joining.
-				delay = 250 * time.Millisecond
-			}
 		} else if n.cfg.MultiNode() && !n.tryToJoin() {
 			// Removed: only an operator takes it back; ask now and then,
 			// so the refusal stays in the log and in readiness.
@@ -144,24 +139,21 @@ func (n *Node) inCluster() bool {
 }
 
 // registerSelf records this node's addresses in the replicated state once a
-// leader can take it (after a bootstrap, a join, or an address change). It
-// reports whether the node list holds them now.
-func (n *Node) registerSelf() bool {
+// leader can take it (after a bootstrap, a join, or an address change).
+func (n *Node) registerSelf() {
 	me := n.self()
 	if n.View().Nodes[me.ID] == me {
-		return true
+		return
 	}
 	if _, leader := n.raft.LeaderWithID(); leader == "" {
-		return false
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	a, err := n.Propose(ctx, state.NewCommand("", state.ActorCluster, state.NodeJoin{Node: &me}))
+	_, err := n.Propose(ctx, state.NewCommand("", state.ActorCluster, state.NodeJoin{Node: &me}))
 	if err != nil {
 		n.log().Debug("registering node", zap.Error(err))
-		return false
 	}
-	return a.Result.OK()
 }
 
 // tryToJoin asks each peer in join to add us; failing that, with
