@@ -115,7 +115,8 @@ if [[ ! -x $BACKEND_BIN ]]; then
 	go build -o "$BACKEND_BIN" ./cmd/cbproxy-backend || die "could not build cmd/cbproxy-backend"
 fi
 
-# As in research/peers-baseline.md: backends on CPU 0, wrk on CPU 1, the proxy free.
+# As the peers were measured before cbproxy was written: backends on CPU 0,
+# wrk on CPU 1, the proxy free.
 pin_backend=() pin_wrk=()
 if command -v taskset >/dev/null && (($(nproc) >= 2)); then
 	pin_backend=(taskset -c 0) pin_wrk=(taskset -c 1)

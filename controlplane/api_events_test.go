@@ -50,7 +50,7 @@ func proposeEvents(t *testing.T, n *Node, count int, reason string) {
 				if (i/eventWorkers)%2 == 1 {
 					action = state.UndrainBackends
 				}
-				a, err := n.Propose(context.Background(), state.Command{Envelope: state.Envelope{Service: "svc", Actor: "test", Reason: reason}, Payload: state.SetDrain{Pool: "blue", Action: action, Backends: []string{addr}}})
+				a, err := n.raft.Propose(context.Background(), state.Command{Envelope: state.Envelope{Service: "svc", Actor: "test", Reason: reason}, Payload: state.SetDrain{Pool: "blue", Action: action, Backends: []string{addr}}})
 				if err == nil && !a.Result.Changed {
 					err = fmt.Errorf("%s of %s changed nothing: %+v", action, addr, a.Result)
 				}
@@ -171,7 +171,7 @@ func checkIndexes(t *testing.T, msgs []sseMessage, want []state.Event) {
 		if err := json.Unmarshal([]byte(m.data), &e); err != nil {
 			t.Fatalf("event %d: %v in %q", i, err, m.data)
 		}
-		if e.Index != want[i].Index || m.id != strconv.FormatUint(e.Index, 10) || m.event != want[i].Action {
+		if e.Index != want[i].Index || m.id != strconv.FormatUint(e.Index, 10) || m.event != string(want[i].Action) {
 			t.Fatalf("event %d is id %s, %s, index %d; want index %d, %s (skipped or reordered)", i, m.id, m.event, e.Index, want[i].Index, want[i].Action)
 		}
 	}
@@ -185,7 +185,7 @@ func TestEventStreamResumeFarBehind(t *testing.T) {
 	c := newClient(t, n)
 	putEventService(t, c)
 	proposeEvents(t, n, 2500, "")
-	want := n.fsm.machine.Events("", 10, state.DefaultMaxEvents)
+	want := trail(n, "", 10, state.DefaultMaxEvents)
 	if len(want) < 2400 || want[0].Index > 12 {
 		t.Fatalf("the trail after index 10 holds %d events from index %d", len(want), want[0].Index)
 	}
@@ -204,11 +204,11 @@ func TestEventStreamResumeFarBehind(t *testing.T) {
 // holds: an `event: gap` naming the dropped range comes first, then every
 // event the trail kept, in order.
 func TestEventStreamGap(t *testing.T) {
-	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.maxEvents = 100 })
+	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.raft.MaxEvents = 100 })
 	c := newClient(t, n)
 	putEventService(t, c)
 	proposeEvents(t, n, 300, "")
-	kept := n.fsm.machine.Events("", 0, 1000)
+	kept := trail(n, "", 0, 1000)
 	if len(kept) != 100 || kept[0].Index < 200 {
 		t.Fatalf("the trail holds %d events from index %d", len(kept), kept[0].Index)
 	}
@@ -223,7 +223,11 @@ func TestEventStreamGap(t *testing.T) {
 			}
 			t.Fatalf("from %s: the stream starts with id %q, event %q; want an event: gap", lastID, first.id, first.event)
 		}
-		var gap eventGap
+		var gap struct {
+			Action   string `json:"action"`
+			From, To uint64
+			Reason   string `json:"reason"`
+		}
 		if err := json.Unmarshal([]byte(got[0].data), &gap); err != nil {
 			t.Fatal(err)
 		}
@@ -260,7 +264,7 @@ func TestListEventsPagesForward(t *testing.T) {
 	c := newClient(t, n)
 	putEventService(t, c)
 	proposeEvents(t, n, 2500, "")
-	want := n.fsm.machine.Events("", 10, state.DefaultMaxEvents)
+	want := trail(n, "", 10, state.DefaultMaxEvents)
 	var got []uint64
 	for since, pages := uint64(10), 0; ; pages++ {
 		if pages > 10 {
@@ -306,7 +310,7 @@ func TestEventStreamSlowReaderResumes(t *testing.T) {
 	// the socket buffers and the subscriber's queue hold together.
 	proposeEvents(t, n, 3000, strings.Repeat("x", 4096))
 	from, _ := strconv.ParseUint(start, 10, 64)
-	want := n.fsm.machine.Events("", from, state.DefaultMaxEvents)
+	want := trail(n, "", from, state.DefaultMaxEvents)
 	if len(want) < 3000 {
 		t.Fatalf("%d events after %s, want at least 3000", len(want), start)
 	}

@@ -73,7 +73,7 @@ func TestIdempotentReplaySkipsGate(t *testing.T) {
 	if code != 200 || again["version"] != first["version"] || hdr.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("retried switch: %d %v (Idempotent-Replayed %q); first %v", code, again, hdr.Get("Idempotent-Replayed"), first)
 	}
-	if w := n.View().Services["svc"]; w.Version != uint64(first["version"].(float64)) || len(n.fsm.machine.Events("svc", index, 10)) != 0 {
+	if w := n.View().Services["svc"]; w.Version != uint64(first["version"].(float64)) || len(trail(n, "svc", index, 10)) != 0 {
 		t.Fatalf("the retry applied something: %+v", w)
 	}
 	// The same key for another request is a conflict, decided by the state
@@ -152,7 +152,7 @@ func TestVersionBodyOnActions(t *testing.T) {
 		if code, _, body := c.do("POST", "/v1/services/svc/"+path, fmt.Sprintf(`{"if_versoin":%d}`, version())); code != 400 {
 			t.Errorf("%s with a misspelt field: %d %v", path, code, body)
 		}
-		if len(n.fsm.machine.Events("svc", index, 10)) != 0 {
+		if len(trail(n, "svc", index, 10)) != 0 {
 			t.Fatalf("%s: a refused request changed the service", path)
 		}
 		if code, _, body := c.do("POST", "/v1/services/svc/"+path, fmt.Sprintf(`{"if_version":%d}`, version())); code != 200 {

@@ -137,7 +137,7 @@ func (c *testCluster) leader(d time.Duration) int {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		for i, n := range c.nodes {
-			if n != nil && n.localStatus().State == "leader" {
+			if n != nil && n.raft.IsLeader() {
 				return i
 			}
 		}
@@ -307,13 +307,13 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	old := c.nodes[l]
 	for i, n := range c.nodes {
 		if i != l {
-			partition.Of(old.cluster).Block(n.cluster.Addr())
-			partition.Of(n.cluster).Block(old.cluster.Addr())
+			partition.Of(old.raft.Transport()).Block(n.raft.ClusterAddr())
+			partition.Of(n.raft.Transport()).Block(old.raft.ClusterAddr())
 		}
 	}
 	// The isolated leader steps down; its side applies nothing.
 	deadline := time.Now().Add(30 * time.Second)
-	for old.localStatus().State == "leader" {
+	for old.raft.IsLeader() {
 		if time.Now().After(deadline) {
 			t.Fatal("isolated leader did not step down")
 		}
@@ -334,7 +334,7 @@ func TestClusterPartitionedLeader(t *testing.T) {
 		t.Fatalf("majority write: %d %v", code, body)
 	}
 	for _, n := range c.nodes {
-		partition.Of(n.cluster).UnblockAll()
+		partition.Of(n.raft.Transport()).UnblockAll()
 	}
 	c.converged(30 * time.Second)
 	if w := old.View().Services["svc"].Weights; w["canary"] != 3000 {
@@ -368,11 +368,11 @@ func TestClusterJoinRemoveAndSecret(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if bn.inCluster() || c.nodes[0].View().Nodes["intruder"].ID != "" {
+	if inCluster(bn) || c.nodes[0].View().Nodes["intruder"].ID != "" {
 		t.Fatal("the node with the wrong secret joined")
 	}
 	// Join by hand is idempotent.
-	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, gn.cluster.Addr(), gn.AdminAddr())
+	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, gn.raft.ClusterAddr(), gn.AdminAddr())
 	for i := 0; i < 3; i++ {
 		if code, _, b := c.client(i).do("POST", "/v1/cluster/join", body); code != 200 || len(b["nodes"].([]any)) != 4 {
 			t.Fatalf("join #%d: %d %v", i, code, b)
@@ -402,7 +402,7 @@ func TestClusterJoinRemoveAndSecret(t *testing.T) {
 }
 
 func TestClusterCatchUpBySnapshot(t *testing.T) {
-	c := newCluster(t, 3, func(cfg *Config) { cfg.raft.snapshotThreshold, cfg.raft.trailingLogs = 16, 8 })
+	c := newCluster(t, 3, func(cfg *Config) { cfg.raft.SnapshotThreshold, cfg.raft.TrailingLogs = 16, 8 })
 	c.client(0).do("PUT", "/v1/services/svc?wait=all", demoService)
 	l := c.leader(30 * time.Second)
 	victim := (l + 1) % 3

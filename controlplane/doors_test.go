@@ -22,7 +22,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"go.uber.org/zap/zaptest"
 )
@@ -69,7 +72,7 @@ func strangerPropose(addr, secret string, cmd state.Command) error {
 		return fmt.Errorf("%w: verdict %v %v", errStrangerRefused, verdict[0], err)
 	}
 	body, _ := json.Marshal(cmd)
-	req, _ := json.Marshal(map[string]any{"id": 1, "method": rpcPropose, "body": json.RawMessage(body), "timeout_ms": 5000})
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "propose", "body": json.RawMessage(body), "timeout_ms": 5000})
 	frame := binary.BigEndian.AppendUint32(nil, uint32(len(req)))
 	if _, err := conn.Write(append(frame, req...)); err != nil {
 		return err
@@ -106,7 +109,7 @@ func TestStrangerOnClusterPort(t *testing.T) {
 	}
 	cmd := state.Command{Envelope: state.Envelope{Service: "svc", Actor: "stranger", IdemKey: "stranger:1", IdemHash: "stranger"}, Payload: state.SetWeights{Weights: state.Weights{"canary": state.Total}}}
 	for _, guess := range []string{"", "secret", "cbproxy"} {
-		if err := strangerPropose(n.cluster.Addr(), guess, cmd); !errors.Is(err, errStrangerRefused) {
+		if err := strangerPropose(n.raft.ClusterAddr(), guess, cmd); !errors.Is(err, errStrangerRefused) {
 			t.Errorf("stranger with secret %q by hand: %v, want the handshake refused", guess, err)
 		}
 	}
@@ -117,7 +120,7 @@ func TestStrangerOnClusterPort(t *testing.T) {
 	defer tr.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := tr.Call(ctx, n.cluster.Addr(), rpcPropose, cmd, nil); !errors.Is(err, cluster.ErrAuth) {
+	if err := tr.Call(ctx, n.raft.ClusterAddr(), "propose", cmd, nil); !errors.Is(err, cluster.ErrAuth) {
 		t.Errorf("stranger with the transport: %v, want %v", err, cluster.ErrAuth)
 	}
 	if w := n.View().Services["svc"].Weights; w["canary"] != 0 {
@@ -132,7 +135,7 @@ func signedPost(t *testing.T, addr, path, secret string, body []byte) (int, stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	signClusterCall(req, secret, body)
+	cluster.SignCall(req, secret, body)
 	return sendRequest(t, req)
 }
 
@@ -155,13 +158,13 @@ func TestStrangerOnJoinCall(t *testing.T) {
 	dir := t.TempDir()
 	n := startNode(t, dir)
 	stranger := startNodeTuned(t, t.TempDir(), func(c *Config) { c.NodeID = "stranger" })
-	body, _ := json.Marshal(joinBody{NodeID: "stranger", ClusterAddr: stranger.cluster.Addr(), AdminAddr: stranger.AdminAddr()})
+	body, _ := json.Marshal(raftnode.JoinBody{NodeID: "stranger", ClusterAddr: stranger.raft.ClusterAddr(), AdminAddr: stranger.AdminAddr()})
 	for _, secret := range []string{"", "wrong"} {
 		if code, msg := signedPost(t, n.AdminAddr(), "/v1/cluster/join", secret, body); code != 401 {
 			t.Errorf("join signed with %q: %d %s, want 401", secret, code, msg)
 		}
 	}
-	if n.View().Nodes["stranger"].ID != "" || len(n.raft.GetConfiguration().Configuration().Servers) != 1 {
+	if n.View().Nodes["stranger"].ID != "" || len(seams.RaftOf(n.raft).GetConfiguration().Configuration().Servers) != 1 {
 		t.Fatal("the stranger joined")
 	}
 
@@ -185,12 +188,12 @@ func TestStrangerOnJoinCall(t *testing.T) {
 // same request sent again is refused.
 func TestSignedCallReplayedOnce(t *testing.T) {
 	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.ClusterSecret = "s3cret" })
-	body, _ := json.Marshal(joinBody{NodeID: "peer", ClusterAddr: "127.0.0.1:1", AdminAddr: "127.0.0.1:2"})
+	body, _ := json.Marshal(raftnode.JoinBody{NodeID: "peer", ClusterAddr: "127.0.0.1:1", AdminAddr: "127.0.0.1:2"})
 	req, err := http.NewRequest("POST", "http://"+n.AdminAddr()+"/v1/cluster/notify", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	signClusterCall(req, "s3cret", body)
+	cluster.SignCall(req, "s3cret", body)
 	replay := req.Clone(context.Background())
 	replay.Body = io.NopCloser(bytes.NewReader(body))
 	if code, msg := sendRequest(t, req); code != 200 {
@@ -201,62 +204,16 @@ func TestSignedCallReplayedOnce(t *testing.T) {
 	}
 }
 
-// TestSignedCallChecks: a signed call is refused when its body is not the
-// one signed, when it was signed too long ago, or in the format of an older
-// version; the secret must match.
-func TestSignedCallChecks(t *testing.T) {
-	n := startNodeTuned(t, t.TempDir(), func(c *Config) { c.ClusterSecret = "s3cret" })
-	body, _ := json.Marshal(joinBody{NodeID: "peer", ClusterAddr: "127.0.0.1:1", AdminAddr: "127.0.0.1:2"})
-	post := func(sign func(*http.Request), sent []byte) (int, string) {
-		req, _ := http.NewRequest("POST", "http://"+n.AdminAddr()+"/v1/cluster/notify", bytes.NewReader(sent))
-		sign(req)
-		return sendRequest(t, req)
-	}
-	signedAt := func(ts time.Time) func(*http.Request) {
-		return func(req *http.Request) {
-			sum := sha256.Sum256(body)
-			a := clusterAuth{ts: ts.Unix(), nonce: fmt.Sprintf("%032x", ts.UnixNano()), body: fmt.Sprintf("%x", sum)}
-			a.mac = clusterMAC("s3cret", "POST", "/v1/cluster/notify", a)
-			req.Header.Set("Authorization", a.header())
-		}
-	}
-	tamperedBody := bytes.Replace(body, []byte("peer"), []byte("evil"), 1)
-	for _, tt := range []struct {
-		name string
-		sign func(*http.Request)
-		sent []byte
-		want int
-	}{
-		{"signed now", signedAt(time.Now()), body, 200},
-		{"another body", signedAt(time.Now().Add(time.Second)), tamperedBody, 401},
-		{"signed a minute ago", signedAt(time.Now().Add(-time.Minute)), body, 401},
-		{"signed a minute ahead", signedAt(time.Now().Add(time.Minute)), body, 401},
-		{"older format", func(req *http.Request) {
-			req.Header.Set("Authorization", fmt.Sprintf("%sts=%d,mac=%064x", clusterAuthScheme, time.Now().Unix(), 0))
-		}, body, 401},
-		{"other secret", func(req *http.Request) { signClusterCall(req, "other", body) }, body, 401},
-	} {
-		if code, msg := post(tt.sign, tt.sent); code != tt.want {
-			t.Errorf("%s: %d %s, want %d", tt.name, code, msg, tt.want)
-		}
-	}
-	n.notifyMu.Lock()
-	defer n.notifyMu.Unlock()
-	if n.notified["evil"].ID != "" {
-		t.Fatal("a tampered body was taken")
-	}
-}
-
 // TestEventStreamEndsWithItsToken: a reload that removes a token ends the
 // event streams opened with it; streams of tokens that remain go on, also
 // past the server's read timeout.
 func TestEventStreamEndsWithItsToken(t *testing.T) {
-	limits := defaultAdminLimits
-	limits.read = time.Second
+	limits := adminapi.DefaultLimits
+	limits.Read = time.Second
 	n := startNodeTuned(t, t.TempDir(), func(c *Config) {
-		c.Tokens = []Token{
-			{Name: "viewer", Secret: "view-secret", Role: RoleRead},
-			{Name: "ops", Secret: "ops-secret", Role: RoleAdmin},
+		c.Tokens = []adminapi.Token{
+			{Name: "viewer", Secret: "view-secret", Role: adminapi.RoleRead},
+			{Name: "ops", Secret: "ops-secret", Role: adminapi.RoleAdmin},
 		}
 		c.adminLimits = &limits
 	})
@@ -279,7 +236,7 @@ func TestEventStreamEndsWithItsToken(t *testing.T) {
 		return lines
 	}
 	viewer, ops := open("view-secret"), open("ops-secret")
-	n.SetTokens([]Token{{Name: "ops", Secret: "ops-secret", Role: RoleAdmin}})
+	n.SetTokens([]adminapi.Token{{Name: "ops", Secret: "ops-secret", Role: adminapi.RoleAdmin}})
 	timeout := time.After(10 * time.Second)
 	for ended := false; !ended; {
 		select {
@@ -289,7 +246,7 @@ func TestEventStreamEndsWithItsToken(t *testing.T) {
 			t.Fatal("the stream of a removed token is still open after 10 s")
 		}
 	}
-	time.Sleep(2 * limits.read) // the stream outlives the read timeout
+	time.Sleep(2 * limits.Read) // the stream outlives the read timeout
 	c := newClient(t, n)
 	c.token = "ops-secret"
 	if code, _, b := c.do("PUT", "/v1/services/svc", demoService); code != 200 {
@@ -316,7 +273,7 @@ func TestEventStreamEndsWithItsToken(t *testing.T) {
 func TestWildcardAdminAdvertised(t *testing.T) {
 	n := startNodeTuned(t, t.TempDir(), func(c *Config) {
 		c.AdminListen = "0.0.0.0:0"
-		c.Tokens = []Token{{Name: "root", Secret: "root-secret", Role: RoleAdmin}}
+		c.Tokens = []adminapi.Token{{Name: "root", Secret: "root-secret", Role: adminapi.RoleAdmin}}
 	})
 	_, port, _ := net.SplitHostPort(n.AdminAddr())
 	want := net.JoinHostPort("127.0.0.1", port)
@@ -345,9 +302,9 @@ type slowClient struct {
 // bodies are cut off within the admin server's timeouts, and the goroutines
 // and memory they held are given back.
 func TestSlowClientsBounded(t *testing.T) {
-	limits := adminLimits{readHeader: time.Second, read: 2 * time.Second, idle: 5 * time.Second, maxHeaderBytes: 64 << 10}
+	limits := adminapi.Limits{ReadHeader: time.Second, Read: 2 * time.Second, Idle: 5 * time.Second, MaxHeaderBytes: 64 << 10}
 	n := startNodeTuned(t, t.TempDir(), func(c *Config) {
-		c.Tokens = []Token{{Name: "root", Secret: "root-secret", Role: RoleAdmin}}
+		c.Tokens = []adminapi.Token{{Name: "root", Secret: "root-secret", Role: adminapi.RoleAdmin}}
 		c.adminLimits = &limits
 	})
 	addr := n.AdminAddr()
@@ -361,13 +318,13 @@ func TestSlowClientsBounded(t *testing.T) {
 		"authorized body": "PUT /v1/services/svc HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer root-secret\r\nContent-Length: 100000\r\n\r\n{",
 		// A body for a signed call, with a signature that is wrong.
 		"signed body": fmt.Sprintf("POST /v1/cluster/join HTTP/1.1\r\nHost: admin\r\nAuthorization: %sts=%d,mac=00\r\nContent-Length: %d\r\n\r\n{",
-			clusterAuthScheme, time.Now().Unix(), maxBody),
+			"Cbproxy-Cluster ", time.Now().Unix(), 1<<20),
 	}
 	const perKind = 20
 	// The longest a slow client may hold its connection: a header must be
 	// complete within readHeader, the whole request within read; a caller
 	// refused before its body is read is answered at once.
-	within := map[string]time.Duration{"header": limits.readHeader, "bearer body": 0, "authorized body": limits.read, "signed body": 0}
+	within := map[string]time.Duration{"header": limits.ReadHeader, "bearer body": 0, "authorized body": limits.Read, "signed body": 0}
 
 	runtime.GC()
 	var before runtime.MemStats
@@ -411,7 +368,7 @@ func TestSlowClientsBounded(t *testing.T) {
 		}
 	}
 	peakGoroutines := runtime.NumGoroutine()
-	deadline := time.Now().Add(limits.read + 10*time.Second)
+	deadline := time.Now().Add(limits.Read + 10*time.Second)
 	stillOpen := map[string]int{}
 	for _, sc := range clients {
 		select {
@@ -424,7 +381,7 @@ func TestSlowClientsBounded(t *testing.T) {
 		}
 	}
 	for kind, open := range stillOpen {
-		t.Errorf("%s: %d of %d connections still open after %s", kind, open, perKind, limits.read+10*time.Second)
+		t.Errorf("%s: %d of %d connections still open after %s", kind, open, perKind, limits.Read+10*time.Second)
 	}
 	close(stop)
 	for _, sc := range clients {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
 	"go.uber.org/zap"
 )
 
@@ -66,7 +67,7 @@ func FuzzAdminAPI(f *testing.F) {
 			}
 			fuzzNode.n, fuzzNode.err = Start(Config{
 				NodeID: "fuzz", DataDir: dir, ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
-				Logger: zap.NewNop(), raft: raftTuning{heartbeatTimeout: 50 * time.Millisecond, electionTimeout: 50 * time.Millisecond, leaderLease: 50 * time.Millisecond},
+				Logger: zap.NewNop(), raft: seams.Raft{HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLease: 50 * time.Millisecond},
 			})
 			for fuzzNode.err == nil && !fuzzNode.n.Ready() {
 				time.Sleep(5 * time.Millisecond)
@@ -101,12 +102,12 @@ func FuzzAdminAPI(f *testing.F) {
 			req.Header.Set("Idempotency-Key", key)
 		}
 		rec := httptest.NewRecorder()
-		n.admin.srv.Handler.ServeHTTP(rec, req)
+		n.admin.Handler().ServeHTTP(rec, req)
 		if rec.Code >= 500 && rec.Code != 503 {
 			t.Fatalf("%s %s %q: status %d %s", method, path, body, rec.Code, rec.Body)
 		}
 		if rec.Code >= 400 {
-			var e apiError
+			var e struct{ Error, Code string }
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" || e.Code == "" {
 				t.Fatalf("%s %s: error body %q is not {error, code}", method, path, rec.Body)
 			}
@@ -123,37 +124,6 @@ func FuzzAdminAPI(f *testing.F) {
 			if sum != 10000 || len(s.Weights) != len(s.Pools) {
 				t.Fatalf("service %s: weights %v do not sum to 100 over its pools", name, s.Weights)
 			}
-		}
-	})
-}
-
-// FuzzClusterAuth reads arbitrary Authorization headers of signed cluster
-// calls: no panic, and none verifies (the fuzzer cannot find an HMAC, and
-// the one correctly signed seed is years old). Every header that parses
-// prints back to one that parses alike.
-func FuzzClusterAuth(f *testing.F) {
-	old := clusterAuth{ts: 1_700_000_000, nonce: strings.Repeat("01", 16), body: strings.Repeat("ab", 32)}
-	old.mac = clusterMAC("s3cret", "POST", "/v1/cluster/join", old)
-	f.Add(old.header())
-	f.Add(clusterAuthScheme + "ts=1,mac=00")
-	f.Add(clusterAuthScheme + "ts=1,nonce=" + strings.Repeat("0", 32) + ",body=" + strings.Repeat("0", 64) + ",mac=" + strings.Repeat("0", 64))
-	f.Add(clusterAuthScheme + "ts=1,ts=2")
-	f.Add(clusterAuthScheme + "v=3,ts=-1")
-	f.Add(clusterAuthScheme)
-	f.Add("Bearer x")
-	n := &Node{clusterSecret: "s3cret"}
-	f.Fuzz(func(t *testing.T, h string) {
-		a, err := parseClusterAuth(h)
-		if err == nil {
-			again, err := parseClusterAuth(a.header())
-			if err != nil || again != a {
-				t.Fatalf("%q parses as %+v, printed %q parses as %+v, %v", h, a, a.header(), again, err)
-			}
-		}
-		req := httptest.NewRequest("POST", "http://admin/v1/cluster/join", nil)
-		req.Header.Set("Authorization", h)
-		if _, err := n.verifyClusterCall(req); err == nil {
-			t.Fatalf("%q verified", h)
 		}
 	})
 }

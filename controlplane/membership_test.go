@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -14,7 +16,7 @@ import (
 func (c *testCluster) voters() map[string]string {
 	c.t.Helper()
 	l := c.nodes[c.leader(30*time.Second)]
-	f := l.raft.GetConfiguration()
+	f := seams.RaftOf(l.raft).GetConfiguration()
 	if err := f.Error(); err != nil {
 		c.t.Fatal(err)
 	}
@@ -44,7 +46,7 @@ func TestClusterJoinValidatesFirst(t *testing.T) {
 
 	// A new ID on the address of a live member (sent to a follower, which
 	// forwards it): 409 naming the member.
-	body = fmt.Sprintf(`{"node_id":"node9","cluster_addr":%q,"admin_addr":"127.0.0.1:1"}`, c.nodes[2].cluster.Addr())
+	body = fmt.Sprintf(`{"node_id":"node9","cluster_addr":%q,"admin_addr":"127.0.0.1:1"}`, c.nodes[2].raft.ClusterAddr())
 	code, _, b = c.client(c.follower()).do("POST", "/v1/cluster/join", body)
 	if code != 409 || b["code"] != "address_taken" || !strings.Contains(fmt.Sprint(b["error"]), "node3") {
 		t.Fatalf("join of a new ID on node3's address: %d %v", code, b)
@@ -100,7 +102,7 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 		t.Fatalf("second remove: %d %v", code, b)
 	}
 	// A signed self-join of the removed node is refused with the way back.
-	code, _, b := c.client(0).do("POST", "/v1/cluster/join", fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n4.cluster.Addr(), n4.AdminAddr()),
+	code, _, b := c.client(0).do("POST", "/v1/cluster/join", fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n4.raft.ClusterAddr(), n4.AdminAddr()),
 		"Authorization", signedJoin(t, "test-secret", n4))
 	if code != 409 || b["code"] != "node_removed" || !strings.Contains(fmt.Sprint(b["error"]), "cbproxy cluster join") {
 		t.Fatalf("signed self-join of a removed node: %d %v", code, b)
@@ -113,11 +115,11 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 	}
 	staysOut("restarted with its data dir")
 	// A node that knows it was removed says why it is not ready.
-	if !n4.inCluster() {
+	if !inCluster(n4) {
 		deadline = time.Now().Add(10 * time.Second)
-		for !strings.Contains(strings.Join(n4.waitingFor(), "\n"), "cbproxy cluster join node4") {
+		for !strings.Contains(strings.Join(n4.WaitingFor(), "\n"), "cbproxy cluster join node4") {
 			if time.Now().After(deadline) {
-				t.Fatalf("readiness of the removed node: %q", n4.waitingFor())
+				t.Fatalf("readiness of the removed node: %q", n4.WaitingFor())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -126,7 +128,7 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 	}
 
 	// An operator takes it back.
-	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n4.cluster.Addr(), n4.AdminAddr())
+	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n4.raft.ClusterAddr(), n4.AdminAddr())
 	if code, _, b := c.client(1).do("POST", "/v1/cluster/join", body); code != 200 || len(b["nodes"].([]any)) != 4 {
 		t.Fatalf("join by hand: %d %v", code, b)
 	}
@@ -145,11 +147,11 @@ func TestClusterRemovedNodeStaysRemoved(t *testing.T) {
 // signedJoin is the Authorization header a node puts on its own join call.
 func signedJoin(t *testing.T, secret string, n *Node) string {
 	t.Helper()
-	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n.cluster.Addr(), n.AdminAddr())
+	body := fmt.Sprintf(`{"node_id":"node4","cluster_addr":%q,"admin_addr":%q}`, n.raft.ClusterAddr(), n.AdminAddr())
 	req, err := http.NewRequest("POST", "/v1/cluster/join", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	signClusterCall(req, secret, []byte(body))
+	cluster.SignCall(req, secret, []byte(body))
 	return req.Header.Get("Authorization")
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/zap/zaptest"
@@ -21,11 +23,11 @@ import (
 // start or a failover, not Raft's default seconds. A cluster's nodes get a
 // little more slack, as several of them share the machine.
 var (
-	singleNodeRaft = raftTuning{heartbeatTimeout: 100 * time.Millisecond, electionTimeout: 100 * time.Millisecond, leaderLease: 50 * time.Millisecond}
-	clusterRaft    = raftTuning{heartbeatTimeout: 150 * time.Millisecond, electionTimeout: 150 * time.Millisecond, leaderLease: 100 * time.Millisecond}
+	singleNodeRaft = seams.Raft{HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLease: 50 * time.Millisecond}
+	clusterRaft    = seams.Raft{HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, LeaderLease: 100 * time.Millisecond}
 )
 
-func startNode(t *testing.T, dir string, tokens ...Token) *Node {
+func startNode(t *testing.T, dir string, tokens ...adminapi.Token) *Node {
 	t.Helper()
 	return startNodeTuned(t, dir, func(c *Config) { c.Tokens = tokens })
 }
@@ -215,7 +217,7 @@ func TestBadInput(t *testing.T) {
 		{"method", "PATCH", "/v1/services/svc", `{}`, 405, "method_not_allowed", ""},
 		{"no endpoint", "GET", "/v1/nothing", ``, 404, "not_found", ""},
 		{"limit", "GET", "/v1/events?limit=5000", ``, 400, "invalid", "limit"},
-		{"too large", "PUT", "/v1/services/svc/weights", `{"weights":{"blue":100},"x":"` + strings.Repeat("a", maxBody) + `"}`, 413, "body_too_large", ""},
+		{"too large", "PUT", "/v1/services/svc/weights", `{"weights":{"blue":100},"x":"` + strings.Repeat("a", (1<<20)) + `"}`, 413, "body_too_large", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -266,9 +268,9 @@ func TestIdempotencyKey(t *testing.T) {
 
 func TestTokensAndRoles(t *testing.T) {
 	n := startNode(t, t.TempDir(),
-		Token{Name: "ops", Secret: "ops-secret", Role: RoleOperate},
-		Token{Name: "viewer", Secret: "view-secret", Role: RoleRead},
-		Token{Name: "root", Secret: "root-secret", Role: RoleAdmin})
+		adminapi.Token{Name: "ops", Secret: "ops-secret", Role: adminapi.RoleOperate},
+		adminapi.Token{Name: "viewer", Secret: "view-secret", Role: adminapi.RoleRead},
+		adminapi.Token{Name: "root", Secret: "root-secret", Role: adminapi.RoleAdmin})
 	c := newClient(t, n)
 	if code, _, body := c.do("GET", "/v1/services", ""); code != 401 || body["code"] != "unauthorized" {
 		t.Fatalf("no token: %d %v", code, body)
@@ -308,7 +310,7 @@ func TestTokensAndRoles(t *testing.T) {
 		}
 	}
 	// Tokens change live.
-	n.SetTokens([]Token{{Name: "new", Secret: "new-secret", Role: RoleRead}})
+	n.SetTokens([]adminapi.Token{{Name: "new", Secret: "new-secret", Role: adminapi.RoleRead}})
 	c.token = "view-secret"
 	if code, _, _ := c.do("GET", "/v1/services", ""); code != 401 {
 		t.Fatalf("old token after reload: %d", code)
@@ -326,19 +328,19 @@ func TestRestartKeepsState(t *testing.T) {
 			t.Fatalf("weights %d: %d %v", i, code, b)
 		}
 		if i == 10 {
-			if err := n.raft.Snapshot().Error(); err != nil {
+			if err := seams.RaftOf(n.raft).Snapshot().Error(); err != nil {
 				t.Fatalf("snapshot: %v", err)
 			}
 		}
 	}
 	want := n.View().Services["svc"]
-	wantEvents := n.fsm.machine.Events("", 0, 1000)
+	wantEvents := trail(n, "", 0, 1000)
 	if err := n.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 
 	// Right after Start, before any leader, the node already serves what it
-	// last applied (CONTRACT §5).
+	// last applied (raftnode/DESIGN.md, "Restart without going back in time").
 	n2, err := Start(Config{NodeID: "node1", DataDir: dir, ClusterListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +360,7 @@ func TestRestartKeepsState(t *testing.T) {
 	// Every event is still there, in order. The restarted node may have
 	// added one since: it listens on a new port (127.0.0.1:0) and records
 	// its new address (node_join) once it leads.
-	events := n2.fsm.machine.Events("", 0, 1000)
+	events := trail(n2, "", 0, 1000)
 	if len(events) < len(wantEvents) {
 		t.Fatalf("events after restart: %d, want at least the %d from before", len(events), len(wantEvents))
 	}
@@ -439,4 +441,21 @@ func TestRefusesOpenAdminWithoutTokens(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "token") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// trail reads the node's replicated event trail: up to limit of the newest
+// events after since, oldest first.
+func trail(n *Node, service string, since uint64, limit int) []state.Event {
+	events, _ := n.raft.QueryEvents(state.EventQuery{Service: service, Since: since, Limit: limit})
+	return events
+}
+
+// inCluster reports whether Raft's configuration holds the node.
+func inCluster(n *Node) bool {
+	for _, m := range n.raft.Members() {
+		if m.ID == n.ID() {
+			return true
+		}
+	}
+	return false
 }

@@ -128,7 +128,7 @@ func TestReadyFollowsTheDataPlane(t *testing.T) {
 	if code, _ := readyAnswer(c); code != 200 {
 		t.Fatalf("ready: %d", code)
 	}
-	// Once ready, always ready (CONTRACT §6), whatever a later reload says.
+	// Once ready, always ready (docs/api.md "Health"), whatever a later reload says.
 	n.SetDataPlane(dp)
 	time.Sleep(200 * time.Millisecond)
 	if code, why := readyAnswer(c); code != 200 {

@@ -23,7 +23,7 @@ func stateOf(t *testing.T, n *Node) (services, events string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := json.Marshal(n.fsm.machine.Events("", 0, 100000))
+	e, err := json.Marshal(trail(n, "", 0, 100000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestBootstrapOverClusterStateSaysSo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Shutdown()
-	why := strings.Join(n.waitingFor(), "\n")
+	why := strings.Join(n.WaitingFor(), "\n")
 	if !strings.Contains(why, "bootstrap is ignored") || !strings.Contains(why, "cbproxy cluster recover") || !strings.Contains(why, "node1, node2, node3") {
 		t.Fatalf("readiness of a bootstrap over cluster state: %q", why)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/hashicorp/raft"
 	"go.uber.org/zap/zaptest"
@@ -107,7 +109,7 @@ func TestUnknownEntryStopsTheNode(t *testing.T) {
 	before := n.View().Index
 	// A newer leader's command, appended as it would have: straight into
 	// the log.
-	f := n.raft.Apply(append([]byte{0x7e}, `{"service":"svc","actor":"newer"}`...), 5*time.Second)
+	f := seams.RaftOf(n.raft).Apply(append([]byte{0x7e}, `{"service":"svc","actor":"newer"}`...), 5*time.Second)
 	if err := f.Error(); err != nil {
 		t.Fatalf("append: %v", err)
 	}
@@ -143,7 +145,7 @@ func appendUnchecked(t *testing.T, leader *Node, cmd state.Command) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := leader.raft.Apply(data, 5*time.Second)
+	f := seams.RaftOf(leader.raft).Apply(data, 5*time.Second)
 	if err := f.Error(); err != nil {
 		t.Fatalf("append: %v", err)
 	}
@@ -160,7 +162,7 @@ func (c *testCluster) leaderOtherThan(i int) int {
 		if l != i {
 			return l
 		}
-		_ = c.nodes[l].raft.LeadershipTransfer().Error()
+		_ = seams.RaftOf(c.nodes[l].raft).LeadershipTransfer().Error()
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.t.Fatalf("node%d keeps the leadership", i+1)
@@ -188,8 +190,8 @@ func drained(n *Node, pool, addr string) bool {
 func TestMixedVersionCluster(t *testing.T) {
 	c := newCluster(t, 3, func(cfg *Config) {
 		if cfg.NodeID == "node3" {
-			cfg.withoutKinds = []state.Kind{state.KindSetDrain}
-			cfg.withoutFields = []string{"from_step_started"}
+			cfg.raft.WithoutKinds = []state.Kind{state.KindSetDrain}
+			cfg.raft.WithoutFields = []string{"from_step_started"}
 		}
 	})
 	if code, _, b := c.client(0).do("PUT", "/v1/services/svc?wait=all", demoService); code != 200 || len(b["applied_on"].([]any)) != 3 {
@@ -206,8 +208,8 @@ func TestMixedVersionCluster(t *testing.T) {
 		}
 	}
 	// A field node3 lacks, in a kind it knows: refused too.
-	_, err := c.nodes[0].Propose(context.Background(), state.NewCommand("svc", "watcher", state.RolloutChange{Action: state.StepRollout, RolloutID: "r1", FromStep: 1, FromStepStarted: time.Now()}))
-	var upgrade *UpgradeError
+	_, err := c.nodes[0].raft.Propose(context.Background(), state.NewCommand("svc", "watcher", state.RolloutChange{Action: state.StepRollout, RolloutID: "r1", FromStep: 1, FromStepStarted: time.Now()}))
+	var upgrade *raftnode.UpgradeError
 	if !errors.As(err, &upgrade) || !strings.Contains(err.Error(), "node3") || !strings.Contains(err.Error(), "cannot apply field from_step_started") {
 		t.Fatalf("step with its epoch: %v", err)
 	}
@@ -251,11 +253,11 @@ func TestMixedVersionCluster(t *testing.T) {
 	shutdownWithin(t, c.nodes[2], 20*time.Second)
 
 	// Upgraded: node3 replays the entry from its log and catches up.
-	c.cfgs[2].withoutKinds, c.cfgs[2].withoutFields = nil, nil
+	c.cfgs[2].raft.WithoutKinds, c.cfgs[2].raft.WithoutFields = nil, nil
 	c.start(2)
 	c.waitReady(60 * time.Second)
 	waitUntil(t, "node3 applies the drain", func() bool { return drained(c.nodes[2], "blue", "127.0.0.1:9001") })
-	if c.nodes[2].fsm.halt() != nil {
+	if c.nodes[2].raft.Halted() != nil {
 		t.Fatal("node3 still halted")
 	}
 	c.converged(30 * time.Second)
@@ -271,7 +273,7 @@ func TestMixedVersionCluster(t *testing.T) {
 func TestHaltedLeaderLeaves(t *testing.T) {
 	c := newCluster(t, 3, func(cfg *Config) {
 		if cfg.NodeID == "node1" {
-			cfg.withoutKinds = []state.Kind{state.KindSetDrain}
+			cfg.raft.WithoutKinds = []state.Kind{state.KindSetDrain}
 		}
 	})
 	c.client(1).do("PUT", "/v1/services/svc?wait=all", demoService)
@@ -281,7 +283,7 @@ func TestHaltedLeaderLeaves(t *testing.T) {
 			t.Fatal("node1 never leads")
 		}
 		l := c.leader(30 * time.Second)
-		_ = c.nodes[l].raft.LeadershipTransferToServer("node1", raft.ServerAddress(c.nodes[0].cluster.Addr())).Error()
+		_ = seams.RaftOf(c.nodes[l].raft).LeadershipTransferToServer("node1", raft.ServerAddress(c.nodes[0].raft.ClusterAddr())).Error()
 	}
 	at := appendUnchecked(t, c.nodes[0], state.NewCommand("svc", "", state.SetDrain{Pool: "blue", Action: state.DrainBackends, Backends: []string{"127.0.0.1:9001"}}))
 	checkHalted(t, c.nodes[0], c.cfgs[0].DataDir, at)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
@@ -61,14 +62,14 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 		defer close(raced[cmd.Service])
 		for _, action := range cases[cmd.Service].race {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			a, err := n.Propose(ctx, state.NewCommand(cmd.Service, "ops", state.RolloutChange{Action: action}))
+			a, err := n.raft.Propose(ctx, state.NewCommand(cmd.Service, "ops", state.RolloutChange{Action: action}))
 			cancel()
 			if err != nil || !a.Result.OK() {
 				t.Errorf("%s: %s between decision and commit: %v %+v", cmd.Service, action, err, a.Result)
 			}
 		}
 	}
-	n.watcher.beforeCommit.Store(&hook)
+	seams.SetBeforeCommit(n.watcher, hook)
 	for name, tc := range cases {
 		body := fmt.Sprintf(`{"to":"canary","gate":%q,"steps":[{"weight":10,"hold":%q},{"weight":100}],"force":true}`, tc.gate, hold)
 		if code, _, b := cl.do("POST", "/v1/services/"+name+"/rollout", body); code != 200 {
@@ -125,9 +126,9 @@ func TestWatcherDecisionRacesPauseResume(t *testing.T) {
 				t.Fatal(err)
 			}
 			switch e["action"] {
-			case state.ActionRolloutResume:
+			case string(state.ActionRolloutResume):
 				resumed = at
-			case state.ActionRolloutStep:
+			case string(state.ActionRolloutStep):
 				if moved.IsZero() {
 					moved = at
 				}

@@ -77,8 +77,16 @@ func TestWatcherPromotesHealthyCanary(t *testing.T) {
 	}
 	// Too little traffic holds the step.
 	tp.set("canary", 10, 0, 10*time.Millisecond)
-	time.Sleep(3 * time.Second)
-	_, _, ro := cl.do("GET", "/v1/services/svc/rollout", "")
+	time.Sleep(3 * time.Second) // past the 1 s hold: only the figures hold it
+	var ro map[string]any
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		// The follower shows the leader's verdict; on a busy machine the
+		// leader's first evaluation, or the call for it, may lag.
+		if _, _, ro = cl.do("GET", "/v1/services/svc/rollout", ""); ro["verdict"] != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if ro["step"] != 1.0 || ro["verdict"] == nil || ro["verdict"].(map[string]any)["result"] != "hold" {
 		t.Fatalf("with 10 requests the step moved or did not hold: %v", ro)
 	}

@@ -1,5 +1,6 @@
 // Package e2e drives the real cbproxy binary and real backends over loopback,
-// only through the Caddyfile, the CLI and the admin API (CONTRACT §2-§4).
+// only through the Caddyfile, the CLI and the admin API (docs/caddyfile.md,
+// docs/cli.md, docs/api.md).
 package e2e
 
 import (
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,12 +60,43 @@ func repoRoot() string {
 // freePort returns a loopback port nobody listens on right now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := portsBelowEphemeral.next()
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken by another process
+		}
+		ln.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port below the ephemeral range")
+	return 0
+}
+
+// portsBelowEphemeral hands out ports under the kernel's ephemeral range
+// (32768 and up on Linux), each once per test binary. A port the kernel
+// picked for a listener on :0 comes from that range, which is also where
+// every outgoing connection takes its source port: a node restarted on its
+// old ports (it must keep its addresses) could find one of them taken by a
+// client's connection in the meantime, "address already in use" (seen in
+// TestCluster's restart on a busy machine). Below the range only other
+// listeners compete, and a port is checked free before it is handed out.
+var portsBelowEphemeral = &portSequence{nextPort: 20000 + uint32(os.Getpid()%5000)}
+
+type portSequence struct {
+	mu       sync.Mutex
+	nextPort uint32
+}
+
+func (p *portSequence) next() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	port := p.nextPort
+	p.nextPort++
+	if p.nextPort >= 32000 {
+		p.nextPort = 20000
+	}
+	return int(port)
 }
 
 // proc is a child process whose output is kept for failure messages.

@@ -248,7 +248,7 @@ func TestSingleNode(t *testing.T) {
 }
 
 // checkMetrics lints /metrics as promtool check metrics does and checks that
-// the series of CONTRACT §7 that exist at this stage are there.
+// the series of docs/api.md "Metrics" that exist at this stage are there.
 func checkMetrics(t *testing.T, url string) {
 	t.Helper()
 	raw := lintedMetrics(t, url)

@@ -18,8 +18,8 @@ import (
 // Status is a backend's health as this node sees it.
 type Status string
 
-// Backend statuses (CONTRACT §4). Unknown and degraded backends still receive
-// traffic; unhealthy ones do not.
+// Backend statuses (docs/caddyfile.md "Health checks"). Unknown and degraded
+// backends still receive traffic; unhealthy ones do not.
 const (
 	StatusUnknown   Status = "unknown"   // not checked yet
 	StatusHealthy   Status = "healthy"   // 2xx from the health path, or no active check

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cbproxy/cbproxy/controlplane"
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
@@ -120,7 +121,7 @@ type controlNode interface {
 	Shutdown() error
 	Config() controlplane.Config
 	SetLogger(*zap.Logger)
-	SetTokens([]controlplane.Token)
+	SetTokens([]adminapi.Token)
 	SetDataPlane(controlplane.DataPlane)
 	OnChange(func(*state.View)) (cancel func())
 	Seed(name string, spec state.ServiceSpec)
@@ -304,12 +305,12 @@ func (a *App) Validate() error {
 		case t.Secret == "":
 			return fmt.Errorf("token %q has an empty secret; if it is a placeholder, set the variable it names", t.Name)
 		}
-		if _, err := controlplane.ParseRole(t.Role); err != nil {
+		if _, err := adminapi.ParseRole(t.Role); err != nil {
 			return fmt.Errorf("token %q: %w", t.Name, err)
 		}
 		names[t.Name] = true
 	}
-	if len(a.Tokens) == 0 && !controlplane.IsLoopbackListen(a.AdminListen) {
+	if len(a.Tokens) == 0 && !adminapi.IsLoopbackListen(a.AdminListen) {
 		return fmt.Errorf("admin_listen %s is not a loopback address and no token is configured: add token lines or listen on 127.0.0.1", a.AdminListen)
 	}
 	if a.AdminTLS != nil && (a.AdminTLS.Cert == "" || a.AdminTLS.Key == "") {
@@ -354,11 +355,11 @@ func (a *App) nodeConfig() controlplane.Config {
 }
 
 // controlTokens converts the tokens for the node (Validate checked roles).
-func (a *App) controlTokens() []controlplane.Token {
-	tokens := make([]controlplane.Token, len(a.Tokens))
+func (a *App) controlTokens() []adminapi.Token {
+	tokens := make([]adminapi.Token, len(a.Tokens))
 	for i, t := range a.Tokens {
-		role, _ := controlplane.ParseRole(t.Role)
-		tokens[i] = controlplane.Token{Name: t.Name, Secret: t.Secret, Role: role}
+		role, _ := adminapi.ParseRole(t.Role)
+		tokens[i] = adminapi.Token{Name: t.Name, Secret: t.Secret, Role: role}
 	}
 	return tokens
 }
@@ -421,7 +422,7 @@ func (a *App) Start() error {
 	}
 	// A reload's handlers may declare other services.
 	n.SetDataPlane(a.dataPlane())
-	if len(a.Tokens) > 0 && a.AdminTLS == nil && !controlplane.IsLoopbackListen(a.AdminListen) {
+	if len(a.Tokens) > 0 && a.AdminTLS == nil && !adminapi.IsLoopbackListen(a.AdminListen) {
 		a.logger.Warn("admin tokens travel in clear text: admin_listen is not a loopback address and admin_tls is not set",
 			zap.String("admin_listen", a.AdminListen))
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/cbproxy/cbproxy/controlplane"
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
@@ -48,7 +49,7 @@ func TestAppLifecycle(t *testing.T) {
 	if n.cfg.DataDir != dataDir || n.cfg.AdminListen != controlplane.DefaultAdminListen || n.cfg.ClusterListen != controlplane.DefaultClusterListen {
 		t.Errorf("node config %+v", n.cfg)
 	}
-	wantTokens := []controlplane.Token{{Name: "ops", Secret: "first-secret", Role: controlplane.RoleOperate}}
+	wantTokens := []adminapi.Token{{Name: "ops", Secret: "first-secret", Role: adminapi.RoleOperate}}
 	n.mu.Lock()
 	if !reflect.DeepEqual(n.tokens, wantTokens) {
 		t.Errorf("tokens %+v, want %+v (placeholder replaced)", n.tokens, wantTokens)

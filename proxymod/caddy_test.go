@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cbproxy/cbproxy/controlplane"
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
@@ -47,7 +48,7 @@ type fakeNode struct {
 	health   *healthcheck.Checker
 
 	mu        sync.Mutex
-	tokens    []controlplane.Token
+	tokens    []adminapi.Token
 	seeds     map[string]state.ServiceSpec
 	dataPlane controlplane.DataPlane
 	watchers  int
@@ -84,7 +85,7 @@ func (n *fakeNode) SetLogger(l *zap.Logger) {
 	n.logger = l
 }
 
-func (n *fakeNode) SetTokens(t []controlplane.Token) {
+func (n *fakeNode) SetTokens(t []adminapi.Token) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.tokens = t

@@ -13,7 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/cbproxy/cbproxy/controlplane"
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
@@ -108,7 +108,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if _, err := controlplane.ParseRole(args[2]); err != nil {
+			if _, err := adminapi.ParseRole(args[2]); err != nil {
 				return d.Errf("cbproxy: token %s: %v", args[0], err)
 			}
 			a.Tokens = append(a.Tokens, Token{Name: args[0], Secret: args[1], Role: args[2]})

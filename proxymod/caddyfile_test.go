@@ -280,7 +280,9 @@ func TestUnmarshalGlobalOptionErrors(t *testing.T) {
 	}
 }
 
-// contractCaddyfile is the example of CONTRACT §3.
+// contractCaddyfile is a full Caddyfile in the shape docs/caddyfile.md
+// documents: most subdirectives of the global option and of the directive,
+// in columns as people align them.
 const contractCaddyfile = `{
 	cbproxy {
 		node_id          node1                 # default: a persisted random id
@@ -327,7 +329,7 @@ func adapt(t *testing.T, caddyfileText string) map[string]any {
 		t.Fatal(err)
 	}
 	for _, w := range warnings {
-		// The contract's example aligns its columns, as people do.
+		// contractCaddyfile aligns its columns, as people do.
 		if !strings.Contains(w.Message, "not formatted") {
 			t.Errorf("warning: %v", w)
 		}

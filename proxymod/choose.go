@@ -24,9 +24,9 @@ const (
 	byOverride               // the override header: a test, not the pool's share
 )
 
-// choosePool picks the pool of a request (CONTRACT §5): the override header,
-// then the sticky key, then the exact split. This is the hot path: no locks,
-// no allocations.
+// choosePool picks the pool of a request (docs/caddyfile.md "How a request
+// finds its pool"): the override header, then the sticky key, then the exact
+// split. This is the hot path: no locks, no allocations.
 func (h *Handler) choosePool(t *RoutingTable, r *http.Request) (pool int, how choice) {
 	if h.overrideKey != "" {
 		if values, ok := r.Header[h.overrideKey]; ok {

@@ -9,8 +9,8 @@ import (
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
-// collector exposes the data plane's figures (CONTRACT §7). It reads the
-// routes' atomics at scrape time, so the hot path never touches Prometheus.
+// collector exposes the data plane's figures (docs/api.md "Metrics"). It reads
+// the routes' atomics at scrape time, so the hot path never touches Prometheus.
 type collector struct{ routes *routeRegistry }
 
 var (

@@ -12,10 +12,11 @@ import (
 )
 
 // Passive health: what the proxy sees between probes counts against a backend
-// (CONTRACT §6). Caddy retries a failed attempt on another backend of the pool
-// but does not say why it failed, so after a failure a short dial on the side
-// tells a refused connection apart: that one makes the backend unhealthy at
-// once, anything else counts like a failed probe.
+// (docs/caddyfile.md "Health checks", passive signals). Caddy retries a failed
+// attempt on another backend of the pool but does not say why it failed, so
+// after a failure a short dial on the side tells a refused connection apart:
+// that one makes the backend unhealthy at once, anything else counts like a
+// failed probe.
 
 // reportFailure records a failed attempt to the backend dialled at dial.
 func (p *poolRoute) reportFailure(dial string, status int) {

@@ -254,7 +254,8 @@ func (rr *routeRegistry) backendHealth(svc *state.Service, pool, address string)
 }
 
 // takesTraffic reports whether a backend in the given health receives new
-// requests: healthy, degraded and unknown ones do (CONTRACT §4).
+// requests: healthy, degraded and unknown ones do (docs/caddyfile.md "Routing
+// around unhealthy backends").
 func takesTraffic(health healthcheck.Status) bool { return health != healthcheck.StatusUnhealthy }
 
 // dataPlane answers the control plane's questions about backends and

@@ -28,9 +28,10 @@ func randomWeights(rng *rand.Rand, n int) []state.Weight {
 	return w
 }
 
-// TestExactSplitPrefixes checks CONTRACT §5: after N requests each pool has
-// had N·s of them to within one request (two pools) or two (more), for
-// every N over two full cycles.
+// TestExactSplitPrefixes checks the exact split of docs/caddyfile.md "How a
+// request finds its pool": after N requests each pool has had N·s of them to
+// within one request (two pools) or two (more), for every N over two full
+// cycles.
 func TestExactSplitPrefixes(t *testing.T) {
 	sets := [][]state.Weight{
 		{9900, 100}, {100, 9900}, {5000, 5000}, {1, 9999}, {9999, 1}, {10000, 0}, {0, 10000},

@@ -219,10 +219,10 @@ func (rep *report) write(dir string) (string, error) {
 	fmt.Fprintf(&b, "| system | how weights change | new weights apply after | failed requests per switch | source |\n|---|---|---|---:|---|\n")
 	fmt.Fprintf(&b, "| cbproxy, 3 nodes | `PUT …/weights?wait=all` to a follower: Raft commit, then applied on every node | p50 %s ms, p99 %s ms (max %s) on all three | %s | this run, %d req/s |\n",
 		ms(percentile(c, 0.5)), ms(percentile(c, 0.99)), ms(percentile(c, 1)), perSwitch, s.rate)
-	fmt.Fprintf(&b, "| HAProxy 2.6, one node | runtime API `set weight` | 5 ms (max 8) | 0 | research figure |\n")
-	fmt.Fprintf(&b, "| Caddy 2.11.9, one node | `POST /load` with the whole config | 14 ms (max 24) | 2.4 | research figure |\n")
-	fmt.Fprintf(&b, "| nginx 1.22, one node | rewrite the upstream file, `nginx -s reload` | 109 ms | 0.8 | research figure |\n")
-	fmt.Fprintf(&b, "\nThe research figures come from the project's research notes (`research/peers-baseline.md`): they were measured earlier on a similar 2-CPU machine under 2,000 req/s over 64 keep-alive connections, 72 switches each, **not in this run**. The peers change one node and replicate nothing; cbproxy's figure is a Raft commit plus every node of the cluster applying it. Machines are noisy: compare figures taken side by side, not absolute numbers across runs.\n")
+	fmt.Fprintf(&b, "| HAProxy 2.6, one node | runtime API `set weight` | 5 ms (max 8) | 0 | measured earlier |\n")
+	fmt.Fprintf(&b, "| Caddy 2.11.9, one node | `POST /load` with the whole config | 14 ms (max 24) | 2.4 | measured earlier |\n")
+	fmt.Fprintf(&b, "| nginx 1.22, one node | rewrite the upstream file, `nginx -s reload` | 109 ms | 0.8 | measured earlier |\n")
+	fmt.Fprintf(&b, "\nThe peers' figures were measured before cbproxy was written, on a similar 2-CPU machine, each peer alone on one node under 2,000 req/s over 64 keep-alive connections, 72 switches each: **not in this run**. The peers change one node and replicate nothing; cbproxy's figure is a Raft commit plus every node of the cluster applying it. Machines are noisy: compare figures taken side by side, not absolute numbers across runs.\n")
 
 	if err := os.WriteFile(path+".tmp", b.Bytes(), 0o644); err != nil {
 		return "", err

@@ -9,10 +9,10 @@ import (
 )
 
 // PoolFigures is a pool's line in a verdict: the measurements behind it
-// (CONTRACT §4). Error rates are fractions (0.01 = 1 %); the low and high
-// ends are the 95 % Wilson interval; P95ms is 0 without requests. The
-// figures are those of NodesReporting nodes out of NodesExpected; the
-// others are named in NodesMissing.
+// (docs/api.md "How the SLO is judged"). Error rates are fractions
+// (0.01 = 1 %); the low and high ends are the 95 % Wilson interval; P95ms is 0
+// without requests. The figures are those of NodesReporting nodes out of
+// NodesExpected; the others are named in NodesMissing.
 type PoolFigures struct {
 	Requests       uint64   `json:"requests"`
 	Errors         uint64   `json:"errors"`
@@ -80,11 +80,12 @@ type Verdict struct {
 	Subject string `json:"-"`
 }
 
-// Judge applies the SLO (CONTRACT §3) once to the pool gaining traffic
-// (target) and the pool losing it (baseline; "" when there is none, e.g. the
-// guard after a plain weights change). tNodes and bNodes say which nodes
-// reported each window and which did not. Counting breaches in a row
-// ("consecutive") is the caller's business.
+// Judge applies the SLO (docs/caddyfile.md "SLO"; the rules in docs/api.md "How
+// the SLO is judged") once to the pool gaining traffic (target) and the pool
+// losing it (baseline; "" when there is none, e.g. the guard after a plain
+// weights change). tNodes and bNodes say which nodes reported each window and
+// which did not. Counting breaches in a row ("consecutive") is the caller's
+// business.
 //
 //   - breach: the lower end of the target's 95 % error rate interval is above
 //     the rollback error rate (a hard failure shows within a few dozen

@@ -194,7 +194,8 @@ func TestFigures(t *testing.T) {
 	}
 }
 
-// TestVerdictJSON checks the verdict's shape in the rollout body (CONTRACT §4).
+// TestVerdictJSON checks the verdict's shape in the rollout body (docs/api.md
+// "Rollout body").
 func TestVerdictJSON(t *testing.T) {
 	v := Judge(state.DefaultSLO, "canary", win(812, 0, 30*time.Millisecond), Nodes{Reporting: 3}, "blue", win(8000, 1, 20*time.Millisecond), Nodes{Reporting: 3})
 	b, err := json.Marshal(v)

@@ -1,6 +1,7 @@
 // Package slo measures a pool's traffic in windows and judges it against a
-// service's SLO (CONTRACT §3). It is pure: no I/O, no clock, no Caddy. The
-// data plane fills windows on every node; the leader merges them and judges.
+// service's SLO (docs/caddyfile.md "SLO"). It is pure: no I/O, no clock, no
+// Caddy. The data plane fills windows on every node; the leader merges them and
+// judges.
 package slo
 
 import (
@@ -10,9 +11,10 @@ import (
 )
 
 // Bounds are the latency histogram's upper bounds (the +Inf bucket is extra);
-// proxymod's counters use the same ones. They include the runbook's thresholds
-// (500 ms, 2 s) so that a P95 is judged against them exactly. An array, not a
-// slice, so that counters can be fixed-size arrays of len(Bounds)+1.
+// proxymod's counters use the same ones. They include the default SLO's
+// thresholds (500 ms, 2 s) so that a P95 is judged against them exactly. An
+// array, not a slice, so that counters can be fixed-size arrays of
+// len(Bounds)+1.
 var Bounds = [...]time.Duration{
 	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
 	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,

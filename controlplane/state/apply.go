@@ -144,7 +144,7 @@ func applySetWeights(_ *View, cur *Service, index uint64, e *Envelope, p SetWeig
 	s.Guarded = guard(&s, cur.Weights, index, e.Time)
 	// Before and After show the weights; the operator's reason, if any, is
 	// added in Apply.
-	ev := Event{Action: string(action), Before: cur.Weights, After: w}
+	ev := Event{Action: EventAction(action), Before: cur.Weights, After: w}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 
@@ -234,7 +234,7 @@ func applySetDrain(_ *View, cur *Service, index uint64, e *Envelope, p SetDrain)
 	s.Version = index
 	s.Pools = maps.Clone(cur.Pools)
 	s.Pools[p.Pool] = pool
-	ev := Event{Action: string(p.Action), Reason: fmt.Sprintf("%s of pool %s: %s", p.Action, p.Pool, strings.Join(p.Backends, ", "))}
+	ev := Event{Action: EventAction(p.Action), Reason: fmt.Sprintf("%s of pool %s: %s", p.Action, p.Pool, strings.Join(p.Backends, ", "))}
 	return Result{Version: index, Service: &s, Changed: true}, &effect{service: &s, event: ev}
 }
 

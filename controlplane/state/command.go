@@ -109,8 +109,8 @@ type SetWeights struct {
 type WeightsAction string
 
 const (
-	ChangeWeights WeightsAction = ActionWeights // PUT …/weights
-	SwitchWeights WeightsAction = ActionSwitch  // POST …/switch: 100 % to one pool
+	ChangeWeights WeightsAction = WeightsAction(ActionWeights) // PUT …/weights
+	SwitchWeights WeightsAction = WeightsAction(ActionSwitch)  // POST …/switch: 100 % to one pool
 )
 
 // SetPool gives a pool its backends and version label; a new pool enters
@@ -134,8 +134,8 @@ type SetDrain struct {
 type DrainAction string
 
 const (
-	DrainBackends   DrainAction = ActionDrain
-	UndrainBackends DrainAction = ActionUndrain
+	DrainBackends   DrainAction = DrainAction(ActionDrain)
+	UndrainBackends DrainAction = DrainAction(ActionUndrain)
 )
 
 // NodeJoin records the addresses of a member of the cluster.
@@ -174,12 +174,12 @@ type RolloutAction string
 const (
 	// StepRollout is the watcher's: the step passed its hold and the SLO;
 	// the next step, or promoted after the last one.
-	StepRollout RolloutAction = ActionRolloutStep
+	StepRollout RolloutAction = RolloutAction(ActionRolloutStep)
 	// PromoteRollout is an operator's: the next step now, whatever the hold.
-	PromoteRollout RolloutAction = ActionRolloutPromote
-	PauseRollout   RolloutAction = ActionRolloutPause
+	PromoteRollout RolloutAction = RolloutAction(ActionRolloutPromote)
+	PauseRollout   RolloutAction = RolloutAction(ActionRolloutPause)
 	// ResumeRollout restarts the hold of the paused step.
-	ResumeRollout RolloutAction = ActionRolloutResume
+	ResumeRollout RolloutAction = RolloutAction(ActionRolloutResume)
 	// WaitRollout is the watcher's at a manual gate: the step passed, the
 	// rollout waits for promote. Its event is a rollout_step.
 	WaitRollout RolloutAction = "rollout_wait"

@@ -104,10 +104,10 @@ func TestApplyCommands(t *testing.T) {
 		cmd     Command
 		code    string
 		changed bool
-		weights Weights // the service's weights after the step, when set
-		lkg     Weights // its LKG after the step, when set
-		event   string  // the action of the event the step adds, "" for none
-		reason  string  // a part of that event's reason
+		weights Weights     // the service's weights after the step, when set
+		lkg     Weights     // its LKG after the step, when set
+		event   EventAction // the action of the event the step adds, "" for none
+		reason  string      // a part of that event's reason
 		check   func(t *testing.T, v *View, r Result)
 	}
 	blue100 := Weights{"blue": 10000, "canary": 0, "green": 0}

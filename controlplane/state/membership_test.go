@@ -129,7 +129,7 @@ func TestMembershipRemovedStaysRemoved(t *testing.T) {
 	ev := m.Events("", 0, 10)
 	var actions []string
 	for _, e := range ev {
-		actions = append(actions, e.Action)
+		actions = append(actions, string(e.Action))
 	}
 	if got := strings.Join(actions, ","); got != "node_join,node_remove,node_remove,node_join" {
 		t.Fatalf("events %s", got)

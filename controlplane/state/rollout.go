@@ -44,7 +44,7 @@ type Strategy string
 // or an operator's promote (manual).
 type Gate string
 
-// Rollout strategies, gates and states (CONTRACT §4).
+// Rollout strategies, gates and states (docs/api.md "Rollouts").
 const (
 	StrategyCanary    Strategy = "canary"     // in steps, each held
 	StrategyBlueGreen Strategy = "blue-green" // at once, then a bake
@@ -72,13 +72,13 @@ const (
 
 // Rollout event actions.
 const (
-	ActionRolloutStart    = "rollout_start"
-	ActionRolloutStep     = "rollout_step"
-	ActionRolloutPause    = "rollout_pause"
-	ActionRolloutResume   = "rollout_resume"
-	ActionRolloutPromote  = "rollout_promote"
-	ActionRolloutComplete = "rollout_complete"
-	ActionRolloutAbort    = "rollout_abort"
+	ActionRolloutStart    EventAction = "rollout_start"
+	ActionRolloutStep     EventAction = "rollout_step"
+	ActionRolloutPause    EventAction = "rollout_pause"
+	ActionRolloutResume   EventAction = "rollout_resume"
+	ActionRolloutPromote  EventAction = "rollout_promote"
+	ActionRolloutComplete EventAction = "rollout_complete"
+	ActionRolloutAbort    EventAction = "rollout_abort"
 )
 
 // DefaultSteps are the runbook's stages: 1/5/25/50/100 % with 5/10/15/15 min.
@@ -100,8 +100,8 @@ func (r *Rollout) Active() bool {
 }
 
 // Guarded is the guard after a weights change, a switch or a promotion: the
-// pools that gained share stay under the rollback SLO until Until (CONTRACT
-// §1); a breach rolls back to the LKG.
+// pools that gained share stay under the rollback SLO until Until (docs/api.md
+// "Guard"); a breach rolls back to the LKG.
 type Guarded struct {
 	ID    string    `json:"id"`
 	Pools []string  `json:"pools"`
@@ -170,9 +170,9 @@ func checkRolloutStart(_ *Envelope, p RolloutStart) error {
 	return nil
 }
 
-// stepWeights are the weights of a canary step: the new pool's share is
-// taken from the old pool, other pools keep theirs (CONTRACT §4). base is the
-// weights in force when the rollout started (the LKG).
+// stepWeights are the weights of a canary step: the new pool's share is taken
+// from the old pool, other pools keep theirs (docs/api.md "Start a rollout",
+// steps). base is the weights in force when the rollout started (the LKG).
 func stepWeights(base Weights, from, to string, share Weight) (Weights, error) {
 	avail := base[from] + base[to]
 	if share > avail {
@@ -289,7 +289,7 @@ func applyRolloutChange(_ *View, cur *Service, index uint64, e *Envelope, p Roll
 	nr := *r
 	s := *cur
 	s.Version, s.Rollout = index, &nr
-	ev := Event{Action: string(p.Action)}
+	ev := Event{Action: EventAction(p.Action)}
 	switch p.Action {
 	case PauseRollout:
 		if r.State == RolloutPaused {

@@ -99,7 +99,7 @@ func TestCanaryRollout(t *testing.T) {
 	}
 	var actions []string
 	for _, e := range h.m.Events("svc", 0, 100) {
-		actions = append(actions, e.Action)
+		actions = append(actions, string(e.Action))
 	}
 	want := "service_put rollout_start rollout_step rollout_pause rollout_resume rollout_promote rollout_complete rollback"
 	if got := join(actions); got != want {

@@ -72,7 +72,8 @@ type Thresholds struct {
 	P95ms     float64 `json:"p95_ms"`
 }
 
-// Defaults from the runbook (CONTRACT §3).
+// Defaults of a service's SLO, guard and active health check (docs/caddyfile.md
+// "Directive cbproxy", docs/api.md "PUT /v1/services/{svc}").
 var (
 	DefaultSLO = SLO{
 		Advance:     Thresholds{ErrorRate: 0.001, P95ms: 500},
@@ -91,7 +92,7 @@ type Event struct {
 	Index   uint64         `json:"index"`
 	Time    time.Time      `json:"time"`
 	Actor   string         `json:"actor"`
-	Action  string         `json:"action"`
+	Action  EventAction    `json:"action"`
 	Service string         `json:"service,omitempty"`
 	Before  Weights        `json:"before,omitempty"`
 	After   Weights        `json:"after,omitempty"`
@@ -99,18 +100,21 @@ type Event struct {
 	Figures map[string]any `json:"figures,omitempty"`
 }
 
-// Event actions (CONTRACT §4).
+// EventAction names what an event records (docs/api.md "Events").
+type EventAction string
+
+// Event actions (docs/api.md "Events").
 const (
-	ActionServicePut    = "service_put"
-	ActionServiceDelete = "service_delete"
-	ActionPool          = "pool"
-	ActionWeights       = "weights"
-	ActionSwitch        = "switch"
-	ActionDrain         = "drain"
-	ActionUndrain       = "undrain"
-	ActionRollback      = "rollback"
-	ActionNodeJoin      = "node_join"
-	ActionNodeRemove    = "node_remove"
+	ActionServicePut    EventAction = "service_put"
+	ActionServiceDelete EventAction = "service_delete"
+	ActionPool          EventAction = "pool"
+	ActionWeights       EventAction = "weights"
+	ActionSwitch        EventAction = "switch"
+	ActionDrain         EventAction = "drain"
+	ActionUndrain       EventAction = "undrain"
+	ActionRollback      EventAction = "rollback"
+	ActionNodeJoin      EventAction = "node_join"
+	ActionNodeRemove    EventAction = "node_remove"
 )
 
 // NodeInfo is one member of the cluster as the replicated state knows it: the

@@ -1,11 +1,11 @@
 // Package cli holds the cbproxy client commands: status, weights, switch,
 // rollout (start, status, pause, resume, promote, abort), rollback, pool,
 // backend, events and cluster. They are clients of a node's admin API
-// (CONTRACT §4) and are registered as Caddy commands, so one binary both runs
-// the proxy and drives the cluster.
+// (docs/api.md) and are registered as Caddy commands, so one binary both runs
+// the proxy and drives the cluster (docs/cli.md).
 //
 // Each command parses its own arguments: Caddy's command runner (cobra) exits 1
-// on any flag error, and the contract wants 2 for a usage error.
+// on any flag error, and a usage error must exit 2 (docs/cli.md "Exit codes").
 package cli
 
 import (
@@ -23,7 +23,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes of the cbproxy commands (CONTRACT §2).
+// Exit codes of the cbproxy commands (docs/cli.md "Exit codes").
 const (
 	exitOK       = 0
 	exitFailed   = 1

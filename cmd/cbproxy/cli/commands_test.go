@@ -14,7 +14,8 @@ import (
 	"time"
 )
 
-// Contract-shaped answers (CONTRACT §4).
+// Answers shaped as docs/api.md documents them ("Service body", "Events",
+// "Cluster").
 const (
 	serviceJSON = `{
   "name": "codingbrain", "version": 42,

@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 )
 
-// The answers of the admin API (CONTRACT §4), as far as the tables show them.
+// The answers of the admin API (docs/api.md), as far as the tables show them.
 // Weights stay json.Number so they print exactly as the server wrote them.
 type (
 	serviceBody struct {

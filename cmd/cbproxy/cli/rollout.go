@@ -19,7 +19,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// The rollout strategies of --strategy (CONTRACT §2).
+// The rollout strategies of --strategy (docs/cli.md "rollout").
 const (
 	canary    = "canary"
 	blueGreen = "blue-green"
@@ -186,7 +186,8 @@ func (inv *invocation) rolloutWrite(ctx context.Context, req request) error {
 	return err
 }
 
-// rolloutDetail is the rollout body (CONTRACT §4) as 'rollout status' shows it.
+// rolloutDetail is the rollout body (docs/api.md "Rollout body") as 'rollout
+// status' shows it.
 type rolloutDetail struct {
 	ID          string        `json:"id"`
 	Service     string        `json:"service"`

@@ -15,7 +15,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// Contract-shaped rollout bodies (CONTRACT §4).
+// Rollout bodies shaped as docs/api.md "Rollout body" documents them.
 const (
 	rolloutJSON = `{"id":"codingbrain-57","service":"codingbrain","strategy":"canary","state":"running",
   "from":"blue","to":"canary","gate":"auto","step":2,

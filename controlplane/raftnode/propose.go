@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/hashicorp/raft"
-	"go.uber.org/zap"
 )
 
 // ErrNoLeader means no leader could take the write in time; nothing was
@@ -18,7 +17,7 @@ import (
 var ErrNoLeader = errors.New("no leader: the cluster has no quorum right now, nothing was applied; retry later")
 
 // noLeaderHold is how long a write waits for a leader before ErrNoLeader
-// (CONTRACT §4: up to 5 s).
+// (docs/api.md "Errors": up to 5 s).
 const noLeaderHold = 5 * time.Second
 
 // Applied is a committed command's outcome.
@@ -79,7 +78,7 @@ func (n *Node) proposeOnce(ctx context.Context, cmd state.Command) (Applied, err
 		return n.applyAsLeader(ctx, cmd)
 	}
 	var a Applied
-	err := n.forward(ctx, rpcPropose, cmd, &a)
+	err := n.Forward(ctx, rpcPropose, cmd, &a)
 	return a, err
 }
 
@@ -108,47 +107,6 @@ func (n *Node) applyAsLeader(ctx context.Context, cmd state.Command) (Applied, e
 		return Applied{}, fmt.Errorf("unexpected apply response %T", f.Response())
 	}
 	return Applied{Result: res, Index: f.Index()}, nil
-}
-
-// Seed asks the cluster to create a service from a Caddyfile block if the
-// cluster has never seen that name. It returns at once and retries in the
-// background until the seed is committed or the node shuts down. The
-// idempotency key is derived from the spec, so every node of a cluster seeding
-// the same block commits it once.
-func (n *Node) Seed(name string, spec state.ServiceSpec) {
-	if v := n.View(); v.Services[name] != nil || v.Deleted[name] != 0 {
-		return
-	}
-	cmd := state.NewCommand(name, "seed", state.PutService{Spec: &spec, Seed: true})
-	cmd.Reason = "seeded from the Caddyfile"
-	data, err := state.Encode(cmd)
-	if err != nil {
-		n.log().Error("encoding seed", zap.String("service", name), zap.Error(err))
-		return
-	}
-	cmd.IdemKey = "seed:" + name + ":" + digest(data)
-	cmd.IdemHash = cmd.IdemKey
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		for {
-			a, err := n.Propose(context.Background(), cmd)
-			if err == nil {
-				if !a.Result.OK() {
-					n.seedErrors.Store(name, a.Result.Err)
-					n.log().Error("seed refused", zap.String("service", name), zap.String("error", a.Result.Err))
-				} else if a.Result.Changed {
-					n.log().Info("seeded service from the Caddyfile", zap.String("service", name), zap.Uint64("version", a.Result.Version))
-				}
-				return
-			}
-			select {
-			case <-n.done:
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-	}()
 }
 
 func randomID() string {

@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"context"
@@ -74,7 +74,7 @@ func (m *memberCapabilities) get(id string) memberSeen {
 	return memberSeen{}
 }
 
-func (m *memberCapabilities) record(id string, asked time.Time, st *nodeStatus) {
+func (m *memberCapabilities) record(id string, asked time.Time, st *NodeStatus) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.nodes == nil {
@@ -114,8 +114,9 @@ func (s memberSeen) why(now time.Time) string {
 	return ""
 }
 
-// selfLacks refuses an entry this node cannot apply itself.
-func (n *Node) selfLacks(entry []byte) error {
+// SelfLacks refuses (UpgradeError) an encoded command this node cannot
+// apply itself.
+func (n *Node) SelfLacks(entry []byte) error {
 	if lacks := n.fsm.machine.Capabilities().Lacks(entry); len(lacks) > 0 {
 		return upgradeError([]string{fmt.Sprintf("%s (this node) runs a cbproxy version that cannot apply %s", n.cfg.NodeID, strings.Join(lacks, ", "))})
 	}
@@ -130,7 +131,7 @@ func upgradeError(problems []string) *UpgradeError {
 // configuration, this leader included, can apply the entry. It runs on the
 // leader before each write.
 func (n *Node) checkMembersApply(ctx context.Context, entry []byte) error {
-	if err := n.selfLacks(entry); err != nil {
+	if err := n.SelfLacks(entry); err != nil {
 		return err
 	}
 	f := n.raft.GetConfiguration()
@@ -177,7 +178,7 @@ func (n *Node) askCapabilities(ctx context.Context, members []raft.Server) {
 			asked := time.Now()
 			cctx, cancel := context.WithTimeout(ctx, capabilitiesTimeout)
 			defer cancel()
-			var st nodeStatus
+			var st NodeStatus
 			if err := n.cluster.Call(cctx, string(s.Address), rpcStatus, nil, &st); err != nil {
 				n.members.record(string(s.ID), asked, nil)
 				return

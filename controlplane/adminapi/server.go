@@ -1,4 +1,4 @@
-package controlplane
+package adminapi
 
 import (
 	"bytes"
@@ -6,84 +6,126 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
 
-// maxBody is the largest request body the admin API reads (CONTRACT §4: 413).
+// maxBody is the largest request body the admin API reads (docs/api.md
+// "Errors": 413 body_too_large).
 const maxBody = 1 << 20
 
-// adminLimits bound what one client can hold on the admin listener. Nobody
+// Limits bound what one client can hold on the admin listener. Nobody
 // is authenticated before the request's header is in, so a header must
 // arrive within readHeader and the whole request (header and body) within
 // read. The read limit ends with the request: net/http clears the deadline
 // once the body is in, so an event stream lasts. An idle keep-alive
 // connection is closed after idle.
-type adminLimits struct {
-	readHeader, read, idle time.Duration
-	maxHeaderBytes         int
+type Limits struct {
+	ReadHeader, Read, Idle time.Duration
+	MaxHeaderBytes         int
 }
 
-// defaultAdminLimits: a 1 MiB body within 30 s is 35 KB/s, slower than any
+// DefaultLimits: a 1 MiB body within 30 s is 35 KB/s, slower than any
 // honest client; headers are a few hundred bytes.
-var defaultAdminLimits = adminLimits{
-	readHeader:     10 * time.Second,
-	read:           30 * time.Second,
-	idle:           60 * time.Second,
-	maxHeaderBytes: 64 << 10,
+var DefaultLimits = Limits{
+	ReadHeader:     10 * time.Second,
+	Read:           30 * time.Second,
+	Idle:           60 * time.Second,
+	MaxHeaderBytes: 64 << 10,
 }
 
-// adminServer is the admin API listener: /v1, /health/*, /metrics. It belongs
-// to the node, so it survives Caddy config reloads.
-type adminServer struct {
-	n   *Node
+// Server is the admin API: /v1, /health/*, /metrics. It belongs to the
+// node, so it survives Caddy config reloads.
+type Server struct {
+	Deps
 	ln  net.Listener
 	srv *http.Server
+	log func() *zap.Logger
+
+	tokens atomic.Pointer[[]Token]
+	// tokensChanged is closed and replaced by SetTokens.
+	tokensChanged atomic.Pointer[chan struct{}]
+	// done is closed when the server stops: event streams end.
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
-func newAdminServer(n *Node) (*adminServer, error) {
-	ln, err := net.Listen("tcp", n.cfg.AdminListen)
+// Listen opens the admin listener: TLS with the certificate and key when
+// certFile is set. The node opens it before anything else, so its address
+// is known (and advertised) from the start.
+func Listen(addr, certFile, keyFile string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listening on admin_listen %s: %w", n.cfg.AdminListen, err)
+		return nil, fmt.Errorf("listening on admin_listen %s: %w", addr, err)
 	}
-	if n.cfg.AdminTLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(n.cfg.AdminTLSCert, n.cfg.AdminTLSKey)
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("loading admin_tls certificate: %w", err)
 		}
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
-	a := &adminServer{n: n, ln: ln}
-	limits := defaultAdminLimits
-	if n.cfg.adminLimits != nil {
-		limits = *n.cfg.adminLimits
+	return ln, nil
+}
+
+// Serve serves the admin API on ln (from Listen) until Close.
+func Serve(ln net.Listener, deps Deps, cfg Config) *Server {
+	if cfg.Logger == nil {
+		nop := zap.NewNop()
+		cfg.Logger = func() *zap.Logger { return nop }
+	}
+	a := &Server{Deps: deps, ln: ln, log: cfg.Logger, done: make(chan struct{})}
+	a.SetTokens(cfg.Tokens)
+	limits := DefaultLimits
+	if cfg.Limits != nil {
+		limits = *cfg.Limits
 	}
 	a.srv = &http.Server{
 		Handler:           a.routes(),
-		ReadHeaderTimeout: limits.readHeader,
-		ReadTimeout:       limits.read,
-		IdleTimeout:       limits.idle,
-		MaxHeaderBytes:    limits.maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(n.log().Named("admin")),
+		ReadHeaderTimeout: limits.ReadHeader,
+		ReadTimeout:       limits.Read,
+		IdleTimeout:       limits.Idle,
+		MaxHeaderBytes:    limits.MaxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(a.log().Named("admin")),
 	}
 	go func() { _ = a.srv.Serve(ln) }()
-	return a, nil
+	return a
 }
 
-func (a *adminServer) addr() string { return a.ln.Addr().String() }
+// SetTokens replaces the tokens live. Event streams whose caller the new
+// tokens no longer let read are closed.
+func (a *Server) SetTokens(t []Token) {
+	c := append([]Token(nil), t...)
+	a.tokens.Store(&c)
+	next := make(chan struct{})
+	if prev := a.tokensChanged.Swap(&next); prev != nil {
+		close(*prev)
+	}
+}
 
-func (a *adminServer) close() {
+// tokensChange is closed by the next SetTokens.
+func (a *Server) tokensChange() <-chan struct{} { return *a.tokensChanged.Load() }
+
+// Addr is the address the admin API listens on.
+func (a *Server) Addr() string { return a.ln.Addr().String() }
+
+// Close stops the server: event streams end, and requests in flight get up
+// to 2 s.
+func (a *Server) Close() {
+	a.closeOnce.Do(func() { close(a.done) })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	// Event streams never end on their own: Shutdown waits for them until the
@@ -100,7 +142,7 @@ type route map[string]struct {
 	h    func(w http.ResponseWriter, r *http.Request, actor string)
 }
 
-func (a *adminServer) routes() http.Handler {
+func (a *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, rt route) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -127,8 +169,8 @@ func (a *adminServer) routes() http.Handler {
 			if r.Method == http.MethodGet && r.URL.Query().Has("consistent") {
 				// A linearizable read: wait until this node has applied what
 				// the leader had committed when the read came in.
-				if err := a.n.consistentRead(r.Context()); err != nil {
-					if errors.Is(err, ErrHalted) {
+				if err := a.Node.ConsistentRead(r.Context()); err != nil {
+					if errors.Is(err, raftnode.ErrHalted) {
 						writeError(w, http.StatusServiceUnavailable, "node_halted", "a consistent read needs a node that applies the log: "+err.Error())
 						return
 					}
@@ -136,7 +178,7 @@ func (a *adminServer) routes() http.Handler {
 					writeError(w, http.StatusServiceUnavailable, "no_quorum", "a consistent read needs a leader: "+err.Error())
 					return
 				}
-				w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(a.n.View().Index, 10))
+				w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(a.Node.View().Index, 10))
 			}
 			m.h(w, r, actor)
 		})
@@ -176,7 +218,7 @@ func (a *adminServer) routes() http.Handler {
 	mux.HandleFunc("/health/live", a.healthLive)
 	mux.HandleFunc("/health/ready", a.healthReady)
 	mux.HandleFunc("/health/deps", a.healthDeps)
-	mux.Handle("/metrics", promhttp.HandlerFor(a.n.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint %s %s; see the admin API in docs/api.md", r.Method, r.URL.Path))
 	})
@@ -184,12 +226,12 @@ func (a *adminServer) routes() http.Handler {
 }
 
 // commonHeaders adds X-Cbproxy-Node and X-Cbproxy-Index to every answer
-// (CONTRACT §4) and caps request bodies.
-func (a *adminServer) commonHeaders(next http.Handler) http.Handler {
+// (docs/api.md "Headers") and caps request bodies.
+func (a *Server) commonHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("X-Cbproxy-Node", a.n.cfg.NodeID)
-		h.Set("X-Cbproxy-Index", strconv.FormatUint(a.n.View().Index, 10))
+		h.Set("X-Cbproxy-Node", a.Node.ID())
+		h.Set("X-Cbproxy-Index", strconv.FormatUint(a.Node.View().Index, 10))
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		}
@@ -200,7 +242,7 @@ func (a *adminServer) commonHeaders(next http.Handler) http.Handler {
 // authorize checks the bearer token against the role a route needs and returns
 // the actor name for the event trail. Without tokens, only loopback callers are
 // let in, as admin ("local"). It writes the refusal itself.
-func (a *adminServer) authorize(w http.ResponseWriter, r *http.Request, need Role) (string, bool) {
+func (a *Server) authorize(w http.ResponseWriter, r *http.Request, need Role) (string, bool) {
 	actor, refused := a.checkCaller(r, need)
 	if refused != nil {
 		dropUnreadBody(w, r)
@@ -232,8 +274,8 @@ type refusal struct {
 
 // checkCaller judges a request against the tokens as they are now: event
 // streams ask again whenever the tokens change.
-func (a *adminServer) checkCaller(r *http.Request, need Role) (string, *refusal) {
-	tokens := *a.n.tokens.Load()
+func (a *Server) checkCaller(r *http.Request, need Role) (string, *refusal) {
+	tokens := *a.tokens.Load()
 	if len(tokens) == 0 {
 		if !isLoopbackRemote(r.RemoteAddr) {
 			return "", &refusal{status: http.StatusForbidden, code: "forbidden", msg: "no tokens are configured, so only loopback callers may use the admin API"}
@@ -303,7 +345,7 @@ func isLoopbackRemote(remote string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// apiError is the JSON error body of CONTRACT §4.
+// apiError is the JSON error body (docs/api.md "Errors").
 type apiError struct {
 	Error   string  `json:"error"`
 	Code    string  `json:"code"`
@@ -367,8 +409,5 @@ func decodeBody(w http.ResponseWriter, raw []byte, dst any, optional bool) bool 
 	return true
 }
 
-// digest is a short hex SHA-256, used to tell repeated requests apart.
-func digest(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:16])
-}
+// Handler is the admin API's HTTP handler, as the listener serves it.
+func (a *Server) Handler() http.Handler { return a.srv.Handler }

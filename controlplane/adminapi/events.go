@@ -1,4 +1,4 @@
-package controlplane
+package adminapi
 
 import (
 	"encoding/json"
@@ -70,12 +70,12 @@ func newEventGap(g *state.EventGap) *eventGap {
 		"the trail no longer holds the events from index %d to %d: it keeps only the newest; what follows comes after %d", g.From, g.To, g.To)}
 }
 
-func (a *adminServer) listEvents(w http.ResponseWriter, r *http.Request, _ string) {
+func (a *Server) listEvents(w http.ResponseWriter, r *http.Request, _ string) {
 	q, ok := eventQuery(w, r)
 	if !ok {
 		return
 	}
-	events, gap := a.n.fsm.machine.QueryEvents(q)
+	events, gap := a.Node.QueryEvents(q)
 	if events == nil {
 		events = []state.Event{}
 	}
@@ -100,10 +100,10 @@ const streamWriteTimeout = 30 * time.Second
 // an `event: gap` where the trail dropped some; then every new event as it is
 // applied. The stream ends when the tokens change so that its caller may no
 // longer read.
-func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ string) {
+func (a *Server) streamEvents(w http.ResponseWriter, r *http.Request, _ string) {
 	// Watch the tokens from before the caller is judged again, so that no
 	// change falls between the two.
-	tokensChange := a.n.tokensChange()
+	tokensChange := a.tokensChange()
 	if _, ok := a.authorize(w, r, RoleRead); !ok {
 		return
 	}
@@ -121,10 +121,10 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 	}
 	rc := http.NewResponseController(w)
 	// Subscribe before reading the backlog so nothing falls between the two.
-	live, cancel := a.n.fsm.subscribeEvents()
+	live, cancel := a.Node.Events()
 	defer cancel()
 	if q.Since == 0 && r.Header.Get("Last-Event-ID") == "" && !r.URL.Query().Has("since") {
-		q.Since = a.n.View().Index
+		q.Since = a.Node.View().Index
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -145,7 +145,7 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 			return true
 		}
 		q.Since = e.Index
-		return write(e.Index, e.Action, e)
+		return write(e.Index, string(e.Action), e)
 	}
 	// The backlog goes forward page by page: each page is the oldest events
 	// after the last one sent, so none is skipped however far behind the
@@ -154,7 +154,7 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 	// reader resuming from there is not told again.
 	q.Limit, q.Oldest = maxEventLimit, true
 	for {
-		page, gap := a.n.fsm.machine.QueryEvents(q)
+		page, gap := a.Node.QueryEvents(q)
 		if gap != nil {
 			q.Since = gap.To
 			if !write(gap.To, "gap", newEventGap(gap)) {
@@ -179,7 +179,7 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 		select {
 		case <-r.Context().Done():
 			return
-		case <-a.n.done:
+		case <-a.done:
 			return
 		case e, ok := <-live:
 			if !ok {
@@ -195,10 +195,10 @@ func (a *adminServer) streamEvents(w http.ResponseWriter, r *http.Request, _ str
 			}
 		case <-tokensChange:
 			if _, refused := a.checkCaller(r, RoleRead); refused != nil {
-				a.n.log().Info("event stream closed: the tokens changed and its caller may no longer read", zap.String("reason", refused.msg))
+				a.log().Info("event stream closed: the tokens changed and its caller may no longer read", zap.String("reason", refused.msg))
 				return
 			}
-			tokensChange = a.n.tokensChange()
+			tokensChange = a.tokensChange()
 		case <-keepalive.C:
 			_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {

@@ -1,4 +1,4 @@
-package controlplane
+package adminapi
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
 
-// The health gate (CONTRACT §4): a switch, or a weights change that raises a
+// The health gate (docs/api.md "Health gate"): a switch, or a weights change that raises a
 // pool from 0, is refused with 412 when that pool has no healthy backend as
 // this node sees it, unless the request says "force". It is what the runbook
 // did by hand: "wait for green to become healthy" before switching.
@@ -58,8 +58,8 @@ func onePool(pool string) func(*state.Service) []string {
 // plus timeout. A request whose Idempotency-Key the state machine already
 // remembers is not gated: it applies nothing, and answers its first result
 // (or a reuse conflict), which a pool failing since must not turn into a 412.
-func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service string, pools func(*state.Service) []string, force bool) bool {
-	s := a.n.View().Services[service]
+func (a *Server) checkGate(w http.ResponseWriter, r *http.Request, service string, pools func(*state.Service) []string, force bool) bool {
+	s := a.Node.View().Services[service]
 	if force || s == nil || a.knownKey(r, false) {
 		return true // the state machine answers for unknown services and pools
 	}
@@ -69,7 +69,7 @@ func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service 
 		if s.Pools[pool] == nil {
 			continue // the state machine refuses unknown pools
 		}
-		ok, bad := a.n.poolFit(r.Context(), s, pool)
+		ok, bad := a.poolFit(r.Context(), s, pool)
 		if ok {
 			continue
 		}
@@ -114,29 +114,29 @@ func (a *adminServer) checkGate(w http.ResponseWriter, r *http.Request, service 
 // has applied what the leader had committed, so that a first attempt
 // committed through another node counts too (a refusal is rare enough to
 // pay for that round trip).
-func (a *adminServer) knownKey(r *http.Request, consistent bool) bool {
+func (a *Server) knownKey(r *http.Request, consistent bool) bool {
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
 		return false
 	}
-	if consistent && a.n.consistentRead(r.Context()) != nil {
+	if consistent && a.Node.ConsistentRead(r.Context()) != nil {
 		return false
 	}
-	return a.n.fsm.machine.RemembersKey(clientIdemKey(key), time.Now())
+	return a.Node.RemembersKey(clientIdemKey(key), time.Now())
 }
 
 // poolFit reports whether a pool has a backend fit for traffic (healthy or
 // degraded, not draining) and, if not, why each backend is not.
-func (n *Node) poolFit(ctx context.Context, s *state.Service, pool string) (bool, []failingBackend) {
+func (a *Server) poolFit(ctx context.Context, s *state.Service, pool string) (bool, []failingBackend) {
 	p := s.Pools[pool]
 	if s.Health != nil {
 		wctx, cancel := context.WithTimeout(ctx, time.Duration(s.Health.Interval)+time.Duration(s.Health.Timeout))
-		n.health.WaitChecked(wctx, s.Name, pool)
+		a.Health.WaitChecked(wctx, s.Name, pool)
 		cancel()
 	}
 	var bad []failingBackend
 	for _, b := range p.Backends {
-		h := n.health.Get(s.Name, pool, b.Address)
+		h := a.Health.Get(s.Name, pool, b.Address)
 		if !b.Draining && (h.Status == healthcheck.StatusHealthy || h.Status == healthcheck.StatusDegraded) {
 			return true, nil
 		}

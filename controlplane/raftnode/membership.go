@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"bytes"
@@ -83,7 +83,7 @@ func (n *Node) self() state.NodeInfo {
 // cluster address with the admin port. Peers reach the cluster address, and
 // a wildcard listener takes connections on that host too.
 func (n *Node) advertisedAdminAddr() string {
-	bound := n.AdminAddr()
+	bound := n.cfg.AdminAddr
 	host, port, err := net.SplitHostPort(bound)
 	if err != nil {
 		return bound
@@ -111,7 +111,7 @@ func (n *Node) maintainMembership() {
 			n.removedNotice.Store(nil)
 			n.registerSelf()
 			delay = 2 * time.Second
-		} else if n.cfg.multiNode() && !n.tryToJoin() {
+		} else if n.cfg.MultiNode() && !n.tryToJoin() {
 			// Removed: only an operator takes it back; ask now and then,
 			// so the refusal stays in the log and in readiness.
 			delay = 5 * time.Second
@@ -161,7 +161,7 @@ func (n *Node) registerSelf() {
 // It returns false when the cluster refused us as a removed node.
 func (n *Node) tryToJoin() bool {
 	me := n.self()
-	body, _ := json.Marshal(joinBody{NodeID: me.ID, ClusterAddr: me.ClusterAddr, AdminAddr: me.AdminAddr})
+	body, _ := json.Marshal(JoinBody{NodeID: me.ID, ClusterAddr: me.ClusterAddr, AdminAddr: me.AdminAddr})
 	for _, peer := range n.cfg.Join {
 		err := n.clusterPost(peer, "/v1/cluster/join", body)
 		if err == nil {
@@ -180,7 +180,7 @@ func (n *Node) tryToJoin() bool {
 	if n.cfg.BootstrapExpect <= 1 {
 		return true
 	}
-	n.noteNotify(me)
+	n.Notify(me)
 	for _, peer := range n.cfg.Join {
 		if err := n.clusterPost(peer, "/v1/cluster/notify", body); err != nil {
 			n.log().Debug("announcing to peer", zap.String("peer", peer), zap.Error(err))
@@ -208,13 +208,74 @@ func (n *Node) tryToJoin() bool {
 	return true
 }
 
-func (n *Node) noteNotify(ni state.NodeInfo) {
+// Notify records a node that announced itself (POST /v1/cluster/notify)
+// while a bootstrap_expect cluster forms.
+func (n *Node) Notify(ni state.NodeInfo) {
 	n.notifyMu.Lock()
 	defer n.notifyMu.Unlock()
 	if n.notified == nil {
 		n.notified = map[string]state.NodeInfo{}
 	}
 	n.notified[ni.ID] = ni
+}
+
+// JoinBody is the body of POST /v1/cluster/join and /v1/cluster/notify:
+// what a node sends its peers' admin APIs about itself.
+type JoinBody struct {
+	NodeID      string `json:"node_id"`
+	ClusterAddr string `json:"cluster_addr"`
+	AdminAddr   string `json:"admin_addr"`
+}
+
+// Join adds a node to the cluster on behalf of actor (an operator, or
+// state.ActorCluster for a node joining by itself), through the leader. An
+// operator's join waits up to 5 s for a leader (ErrNoLeader); a node's own
+// join is answered at once without one (it asks again). A refusal by the
+// cluster's state is a *ConflictError.
+func (n *Node) Join(ctx context.Context, ni state.NodeInfo, actor string) error {
+	if actor == state.ActorCluster {
+		// A peer that is still forming the cluster asks every node in turn:
+		// answer at once when there is no leader yet, it asks again.
+		err := n.join(ctx, ni, actor)
+		if errors.Is(err, raft.ErrNotLeader) {
+			err = ErrNoLeader
+		}
+		return err
+	}
+	return n.retryOnLeader(ctx, func(ctx context.Context) error { return n.join(ctx, ni, actor) })
+}
+
+// Remove takes a node out of the cluster through the leader, waiting up to
+// 5 s for one (ErrNoLeader). A node that is not a member is
+// ErrNodeNotFound; one removed already is no error (a retry).
+func (n *Node) Remove(ctx context.Context, id, actor string) error {
+	return n.retryOnLeader(ctx, func(ctx context.Context) error { return n.remove(ctx, id, actor) })
+}
+
+// retryOnLeader runs a leader-only operation, retrying while there is no
+// leader (up to 5 s, then ErrNoLeader).
+func (n *Node) retryOnLeader(ctx context.Context, op func(context.Context) error) error {
+	deadline := time.Now().Add(noLeaderHold)
+	for {
+		err := op(ctx)
+		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return ErrNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// VerifyClusterCall checks a signed admin call from a peer
+// (cluster.CallVerifier.Verify).
+func (n *Node) VerifyClusterCall(r *http.Request) (bodyDigest string, err error) {
+	return n.signedCalls.Verify(r)
 }
 
 // join adds a node as a voter. It runs on the leader (followers forward it)
@@ -234,15 +295,15 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error 
 		actor = state.ActorCluster
 	}
 	if n.raft.State() != raft.Leader {
-		return n.forward(ctx, rpcJoin, joinRequest{NodeInfo: ni, Actor: actor}, nil)
+		return n.Forward(ctx, rpcJoin, joinRequest{NodeInfo: ni, Actor: actor}, nil)
 	}
 	// A leader that has just been elected may not have applied the removal
 	// yet: read the state as committed.
-	if err := n.consistentRead(ctx); err != nil {
+	if err := n.ConsistentRead(ctx); err != nil {
 		return err
 	}
 	if at, removed := n.View().Removed[ni.ID]; removed && actor == state.ActorCluster {
-		return &membershipConflict{code: state.CodeNodeRemoved, msg: state.RemovedNodeMessage(ni.ID, at)}
+		return &ConflictError{Code: state.CodeNodeRemoved, Msg: state.RemovedNodeMessage(ni.ID, at)}
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -255,7 +316,7 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error 
 		case sameID && sameAddr:
 			present = true
 		case sameAddr:
-			return &membershipConflict{code: codeAddressTaken, msg: fmt.Sprintf(
+			return &ConflictError{Code: codeAddressTaken, Msg: fmt.Sprintf(
 				"cluster address %s is member %s's, not %s's: each node joins on an address of its own; if %s is gone for good, remove it first (cbproxy cluster remove %s)",
 				ni.ClusterAddr, s.ID, ni.ID, s.ID, s.ID)}
 		}
@@ -275,7 +336,7 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error 
 		return err
 	}
 	if a.Result.Code == state.CodeNodeRemoved {
-		return &membershipConflict{code: state.CodeNodeRemoved, msg: a.Result.Err}
+		return &ConflictError{Code: state.CodeNodeRemoved, Msg: a.Result.Err}
 	}
 	return nil
 }
@@ -285,7 +346,7 @@ func (n *Node) join(ctx context.Context, ni state.NodeInfo, actor string) error 
 // can count towards quorum, and that it is the node it says it is, with
 // Raft running.
 func (n *Node) checkJoiner(ctx context.Context, ni state.NodeInfo) error {
-	var st nodeStatus
+	var st NodeStatus
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := n.cluster.Call(cctx, ni.ClusterAddr, rpcStatus, nil, &st)
 	cancel()
@@ -310,12 +371,12 @@ type joinRequest struct {
 // codeAddressTaken refuses a join on a member's cluster address (409).
 const codeAddressTaken = "address_taken"
 
-// membershipConflict is a join the cluster's state refuses (409): the node
+// ConflictError is a join the cluster's state refuses (409): the node
 // was removed (state.CodeNodeRemoved) or its address is another member's
 // (codeAddressTaken). It crosses the forwarding RPC with its code.
-type membershipConflict struct{ code, msg string }
+type ConflictError struct{ Code, Msg string }
 
-func (e *membershipConflict) Error() string { return e.msg }
+func (e *ConflictError) Error() string { return e.Msg }
 
 // remove takes a node out of the cluster (on the leader; followers forward).
 func (n *Node) remove(ctx context.Context, id string, actor string) error {
@@ -323,7 +384,7 @@ func (n *Node) remove(ctx context.Context, id string, actor string) error {
 		return err
 	}
 	if n.raft.State() != raft.Leader {
-		return n.forward(ctx, rpcRemove, removeRequest{ID: id, Actor: actor}, nil)
+		return n.Forward(ctx, rpcRemove, removeRequest{ID: id, Actor: actor}, nil)
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -338,7 +399,7 @@ func (n *Node) remove(ctx context.Context, id string, actor string) error {
 			// Removed already: a retry gets the answer of the first call.
 			return nil
 		}
-		return errNodeNotFound
+		return ErrNodeNotFound
 	}
 	// Forget the node first, while this leader surely has quorum.
 	if _, err := n.Propose(ctx, state.NewCommand("", actor, state.NodeRemove{Node: &state.NodeInfo{ID: id}})); err != nil {
@@ -352,7 +413,8 @@ func (n *Node) remove(ctx context.Context, id string, actor string) error {
 	return nil
 }
 
-var errNodeNotFound = errors.New("no such node in the cluster")
+// ErrNodeNotFound is a removal of a node that is not a member (404).
+var ErrNodeNotFound = errors.New("no such node in the cluster")
 
 // handOverLeadership transfers leadership before a graceful stop, so the
 // cluster does not wait an election timeout for a new leader.
@@ -383,7 +445,7 @@ func (n *Node) handOverLeadership() {
 // clusterPost sends a signed POST to a peer's admin API.
 func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 	scheme := "http://"
-	if n.cfg.AdminTLSCert != "" {
+	if n.cfg.AdminTLS {
 		scheme = "https://"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -392,7 +454,7 @@ func (n *Node) clusterPost(adminAddr, path string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	signClusterCall(req, n.clusterSecret, body)
+	cluster.SignCall(req, n.clusterSecret, body)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := peerClient.Do(req)
 	if err != nil {

@@ -1,16 +1,16 @@
-package controlplane
+package adminapi
 
 import (
 	"context"
 	"fmt"
 	"net/http"
-	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/slo"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// rolloutBody is the rollout as the admin API shows it (CONTRACT §4): the
+// rolloutBody is the rollout as the admin API shows it (docs/api.md "Rollout body"): the
 // replicated rollout plus the leader's latest verdict with live figures.
 type rolloutBody struct {
 	*state.Rollout
@@ -25,11 +25,11 @@ type rolloutStartBody struct {
 	IfVersion *uint64 `json:"if_version"`
 }
 
-func (a *adminServer) renderRollout(ctx context.Context, s *state.Service) rolloutBody {
-	return rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.n.verdict(ctx, s.Name)}
+func (a *Server) renderRollout(ctx context.Context, s *state.Service) rolloutBody {
+	return rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.Verdicts.Verdict(ctx, s.Name)}
 }
 
-func (a *adminServer) startRollout(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) startRollout(w http.ResponseWriter, r *http.Request, actor string) {
 	var body rolloutStartBody
 	raw, ok := readBody(w, r, &body)
 	if !ok {
@@ -53,7 +53,7 @@ func (a *adminServer) startRollout(w http.ResponseWriter, r *http.Request, actor
 // writeRollout answers a rollout write with the rollout body of the service
 // as it is now (on a replay too), or, when a replay finds the service
 // deleted since, with the deletion.
-func (a *adminServer) writeRollout(w http.ResponseWriter, r *http.Request, cmd state.Command, applied Applied) {
+func (a *Server) writeRollout(w http.ResponseWriter, r *http.Request, cmd state.Command, applied raftnode.Applied) {
 	if applied.Result.Service == nil {
 		a.writeDeleted(w, cmd, applied)
 		return
@@ -61,7 +61,7 @@ func (a *adminServer) writeRollout(w http.ResponseWriter, r *http.Request, cmd s
 	writeJSON(w, http.StatusOK, a.renderRollout(r.Context(), applied.Result.Service))
 }
 
-func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ string) {
+func (a *Server) getRollout(w http.ResponseWriter, r *http.Request, _ string) {
 	s, ok := a.service(w, r)
 	if !ok {
 		return
@@ -75,7 +75,7 @@ func (a *adminServer) getRollout(w http.ResponseWriter, r *http.Request, _ strin
 
 // changeRollout answers POST …/rollout/{pause,resume,promote}. The body is
 // optional: {"if_version": N}.
-func (a *adminServer) changeRollout(action state.RolloutAction) func(http.ResponseWriter, *http.Request, string) {
+func (a *Server) changeRollout(action state.RolloutAction) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
 		a.writeRolloutChange(w, r, state.NewCommand(r.PathValue("svc"), actor, state.RolloutChange{Action: action}))
 	}
@@ -83,7 +83,7 @@ func (a *adminServer) changeRollout(action state.RolloutAction) func(http.Respon
 
 // abortRollout answers POST …/rollout/abort: a rollback of the running
 // rollout, which ends aborted. The body is optional: {"if_version": N}.
-func (a *adminServer) abortRollout(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) abortRollout(w http.ResponseWriter, r *http.Request, actor string) {
 	cmd := state.NewCommand(r.PathValue("svc"), actor, state.Rollback{Trigger: state.TriggerAbort})
 	cmd.Reason = "aborted by " + actor
 	a.writeRolloutChange(w, r, cmd)
@@ -91,7 +91,7 @@ func (a *adminServer) abortRollout(w http.ResponseWriter, r *http.Request, actor
 
 // writeRolloutChange commits a change of a running rollout with the
 // optional expected version of the body, and answers with the rollout.
-func (a *adminServer) writeRolloutChange(w http.ResponseWriter, r *http.Request, cmd state.Command) {
+func (a *Server) writeRolloutChange(w http.ResponseWriter, r *http.Request, cmd state.Command) {
 	raw, ifVersion, ok := readVersionBody(w, r)
 	if !ok {
 		return
@@ -104,7 +104,7 @@ func (a *adminServer) writeRolloutChange(w http.ResponseWriter, r *http.Request,
 // rollback answers POST /v1/services/{svc}/rollback: the LKG weights now; a
 // running rollout ends as rolled_back. The body is optional:
 // {"if_version": N}.
-func (a *adminServer) rollback(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) rollback(w http.ResponseWriter, r *http.Request, actor string) {
 	raw, ifVersion, ok := readVersionBody(w, r)
 	if !ok {
 		return
@@ -112,19 +112,4 @@ func (a *adminServer) rollback(w http.ResponseWriter, r *http.Request, actor str
 	cmd := state.NewCommand(r.PathValue("svc"), actor, state.Rollback{Trigger: state.TriggerManual})
 	cmd.Reason = "rolled back by " + actor
 	a.write(w, r, raw, ifVersion, cmd)
-}
-
-// verdict is the leader's latest verdict on a service's rollout or guard;
-// nil when there is none or the leader cannot be asked within a second.
-func (n *Node) verdict(ctx context.Context, service string) *slo.Verdict {
-	if n.isLeader() {
-		return n.watcher.latest(service)
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	var v *slo.Verdict
-	if err := n.forward(ctx, rpcVerdict, service, &v); err != nil {
-		return nil
-	}
-	return v
 }

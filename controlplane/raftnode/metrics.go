@@ -1,24 +1,21 @@
-package controlplane
+package raftnode
 
 import (
-	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// nodeMetrics are the cbproxy_raft_* series of CONTRACT §7. The gauges are
-// read from Raft at scrape time.
-type nodeMetrics struct {
-	n            *Node
+// metrics are the cbproxy_raft_* series (docs/api.md "Metrics"). The
+// gauges are read from Raft at scrape time.
+type metrics struct {
 	isLeader     prometheus.GaugeFunc
 	applied      prometheus.GaugeFunc
 	halted       prometheus.GaugeFunc
 	applySeconds prometheus.Histogram
 }
 
-func newNodeMetrics(n *Node) *nodeMetrics {
-	return &nodeMetrics{
-		n: n,
+func newMetrics(n *Node) *metrics {
+	return &metrics{
 		isLeader: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cbproxy_raft_is_leader",
 			Help: "1 if this node is the Raft leader, 0 otherwise.",
@@ -49,36 +46,17 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	}
 }
 
-var (
-	rolloutStepDesc = prometheus.NewDesc("cbproxy_rollout_step",
-		"The step the service's rollout is at (from 1), 0 when no rollout runs.",
-		[]string{"service"}, nil)
-	rollbacksDesc = prometheus.NewDesc("cbproxy_rollbacks_total",
-		"Rollbacks of the service to its last known good weights, by trigger (auto: the SLO watcher; manual: cbproxy rollback; abort: a rollout aborted).",
-		[]string{"service", "trigger"}, nil)
-)
+// Metrics is the collector of this node's cbproxy_raft_* series.
+func (n *Node) Metrics() prometheus.Collector { return n.metrics }
 
-func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
-	ch <- rolloutStepDesc
-	ch <- rollbacksDesc
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.isLeader.Describe(ch)
 	m.applied.Describe(ch)
 	m.halted.Describe(ch)
 	m.applySeconds.Describe(ch)
 }
 
-func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
-	// Read from the replicated state, so every node reports the same counts.
-	for name, s := range m.n.View().Services {
-		step := 0
-		if s.Rollout.Active() {
-			step = s.Rollout.Step
-		}
-		ch <- prometheus.MustNewConstMetric(rolloutStepDesc, prometheus.GaugeValue, float64(step), name)
-		for _, trigger := range []state.Trigger{state.TriggerAuto, state.TriggerManual, state.TriggerAbort} {
-			ch <- prometheus.MustNewConstMetric(rollbacksDesc, prometheus.CounterValue, float64(s.Rollbacks[trigger]), name, string(trigger))
-		}
-	}
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.isLeader.Collect(ch)
 	m.applied.Collect(ch)
 	m.halted.Collect(ch)

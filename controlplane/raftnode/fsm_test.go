@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"bytes"
@@ -90,7 +90,7 @@ func TestAppliedStateWritesCoalesce(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	writes := f.writes.Load()
+	writes := f.applied.writes.Load()
 	// The first write, one per pause, the last one after the burst, and
 	// one more for timer slack.
 	limit := uint64(elapsed/persistEvery) + 3
@@ -113,7 +113,7 @@ func TestAppliedStateWritesCoalesce(t *testing.T) {
 // the next write replaces it with small records.
 func TestAppliedStateOfOlderBuildLoads(t *testing.T) {
 	dir := t.TempDir()
-	old, err := os.ReadFile("state/testdata/snapshot-full-results.json")
+	old, err := os.ReadFile("../state/testdata/snapshot-full-results.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,5 +137,34 @@ func TestAppliedStateOfOlderBuildLoads(t *testing.T) {
 	}
 	if persistedIndex(t, path) != 8 || bytes.Contains(raw, []byte(`"result"`)) {
 		t.Fatalf("applied.json after a write: %s", raw)
+	}
+}
+
+// TestEventFanoutSlowReader: a reader whose buffer is full loses its
+// stream when several events are applied at once (one command can add a
+// few), and the other readers still get every event. The fan-out used to
+// send the next event of the same batch to the channel it had just closed,
+// which panics on Raft's FSM goroutine.
+func TestEventFanoutSlowReader(t *testing.T) {
+	e := newEventFanout()
+	slow, cancelSlow := e.subscribe()
+	defer cancelSlow()
+	for i := range cap(slow) {
+		e.publish([]state.Event{{Index: uint64(i + 1)}})
+	}
+	fast, cancelFast := e.subscribe()
+	defer cancelFast()
+	e.publish([]state.Event{{Index: 1001}, {Index: 1002}, {Index: 1003}})
+	n := 0
+	for range slow {
+		n++
+	}
+	if n != cap(slow) {
+		t.Fatalf("the slow reader got %d events before its stream closed, want the %d it had room for", n, cap(slow))
+	}
+	for _, want := range []uint64{1001, 1002, 1003} {
+		if got := <-fast; got.Index != want {
+			t.Fatalf("the other reader got event %d, want %d", got.Index, want)
+		}
 	}
 }

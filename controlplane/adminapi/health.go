@@ -1,15 +1,15 @@
-package controlplane
+package adminapi
 
 import (
 	"net/http"
 
-	"github.com/hashicorp/raft"
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 )
 
-// The /health endpoints need no token (CONTRACT §6): orchestrators and load
+// The /health endpoints need no token (docs/api.md "Health"): orchestrators and load
 // balancers probe them.
 
-func (a *adminServer) healthLive(w http.ResponseWriter, r *http.Request) {
+func (a *Server) healthLive(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
@@ -29,27 +29,26 @@ type dependency struct {
 // data plane keeps serving the last weights), unhealthy once the state
 // machine halted. Its applied index is the state machine's, which a halted
 // node never moves past the entry it cannot apply.
-func (n *Node) raftDependency() dependency {
-	_, leader := n.raft.LeaderWithID()
-	d := dependency{Status: "healthy", State: stateName(n.raft.State()), Leader: string(leader), Applied: n.View().Index}
-	if leader == "" || n.raft.State() == raft.Shutdown {
+func raftDependency(st raftnode.Status) dependency {
+	d := dependency{Status: "healthy", State: st.State, Leader: st.Leader, Applied: st.Applied}
+	if st.Leader == "" || st.State == "shutdown" {
 		d.Status = "degraded"
 	}
-	if h := n.fsm.halt(); h != nil {
+	if h := st.Halted; h != nil {
 		d.Status, d.State, d.Error = "unhealthy", "halted", h.String()
 	}
 	return d
 }
 
 // dependencies lists raft and every backend as this node sees it, keyed
-// "service/pool/address" (CONTRACT §6).
-func (n *Node) dependencies() map[string]dependency {
-	deps := map[string]dependency{"raft": n.raftDependency()}
-	dp := n.dataPlane()
-	for name, s := range n.View().Services {
+// "service/pool/address" (docs/api.md "Health").
+func (a *Server) dependencies() map[string]dependency {
+	deps := map[string]dependency{"raft": raftDependency(a.Node.Status())}
+	dp := a.loads()
+	for name, s := range a.Node.View().Services {
 		for pname, p := range s.Pools {
 			for _, be := range p.Backends {
-				h := n.health.Get(name, pname, be.Address)
+				h := a.Health.Get(name, pname, be.Address)
 				var in, long int64
 				if dp != nil {
 					in, long = dp.InFlight(name, pname, be.Address), dp.LongLived(name, pname, be.Address)
@@ -77,14 +76,14 @@ func overall(deps map[string]dependency) string {
 	return "healthy"
 }
 
-func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
-	deps := a.n.dependencies()
-	if !a.n.Ready() {
+func (a *Server) healthReady(w http.ResponseWriter, r *http.Request) {
+	deps := a.dependencies()
+	if !a.Readiness.Ready() {
 		status := "starting"
-		if a.n.fsm.halt() != nil {
+		if a.Node.Status().Halted != nil {
 			status = "halted"
 		}
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "dependencies": deps, "waiting_for": a.n.waitingFor()})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "dependencies": deps, "waiting_for": a.Readiness.WaitingFor()})
 		return
 	}
 	status := "ok"
@@ -94,8 +93,8 @@ func (a *adminServer) healthReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": status, "dependencies": deps})
 }
 
-func (a *adminServer) healthDeps(w http.ResponseWriter, r *http.Request) {
-	deps := a.n.dependencies()
+func (a *Server) healthDeps(w http.ResponseWriter, r *http.Request) {
+	deps := a.dependencies()
 	status := overall(deps)
 	if deps["raft"].State == "shutdown" || deps["raft"].Status == "unhealthy" {
 		status = "unhealthy"

@@ -1,4 +1,4 @@
-package controlplane
+package adminapi
 
 import (
 	"bytes"
@@ -12,10 +12,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
-// serviceBody is the service as the admin API shows it (CONTRACT §4): the
+// serviceBody is the service as the admin API shows it (docs/api.md "Service body"): the
 // replicated service plus, per backend, the answering node's view of its
 // health and in-flight requests.
 type serviceBody struct {
@@ -47,19 +48,19 @@ type backendBody struct {
 	LongLived int64  `json:"long_lived"`
 }
 
-func (a *adminServer) render(s *state.Service) serviceBody {
-	dp := a.n.dataPlane()
+func (a *Server) render(ctx context.Context, s *state.Service) serviceBody {
+	dp := a.loads()
 	b := serviceBody{
 		Name: s.Name, Version: s.Version, Weights: s.Weights, LKG: s.LKG,
 		Pools: make(map[string]poolBody, len(s.Pools)), Health: s.Health, SLO: s.SLO, Guard: s.Guard,
 	}
 	if s.Rollout.Active() {
-		b.Rollout = &rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.n.verdict(context.Background(), s.Name)}
+		b.Rollout = &rolloutBody{Rollout: s.Rollout, Service: s.Name, Verdict: a.Verdicts.Verdict(ctx, s.Name)}
 	}
 	for name, p := range s.Pools {
 		pb := poolBody{Version: p.Version, Backends: make([]backendBody, 0, len(p.Backends))}
 		for _, be := range p.Backends {
-			body := backendBody{Address: be.Address, Health: string(a.n.health.Get(s.Name, name, be.Address).Status), Draining: be.Draining}
+			body := backendBody{Address: be.Address, Health: string(a.Health.Get(s.Name, name, be.Address).Status), Draining: be.Draining}
 			if dp != nil {
 				body.InFlight = dp.InFlight(s.Name, name, be.Address)
 				body.LongLived = dp.LongLived(s.Name, name, be.Address)
@@ -71,8 +72,8 @@ func (a *adminServer) render(s *state.Service) serviceBody {
 	return b
 }
 
-func (a *adminServer) listServices(w http.ResponseWriter, r *http.Request, _ string) {
-	v := a.n.View()
+func (a *Server) listServices(w http.ResponseWriter, r *http.Request, _ string) {
+	v := a.Node.View()
 	names := make([]string, 0, len(v.Services))
 	for name := range v.Services {
 		names = append(names, name)
@@ -82,15 +83,15 @@ func (a *adminServer) listServices(w http.ResponseWriter, r *http.Request, _ str
 		Services []serviceBody `json:"services"`
 	}{Services: make([]serviceBody, 0, len(names))}
 	for _, name := range names {
-		out.Services = append(out.Services, a.render(v.Services[name]))
+		out.Services = append(out.Services, a.render(r.Context(), v.Services[name]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 // service looks up the {svc} of the path, answering 404 itself.
-func (a *adminServer) service(w http.ResponseWriter, r *http.Request) (*state.Service, bool) {
+func (a *Server) service(w http.ResponseWriter, r *http.Request) (*state.Service, bool) {
 	name := r.PathValue("svc")
-	s := a.n.View().Services[name]
+	s := a.Node.View().Services[name]
 	if s == nil {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("service %q does not exist; GET /v1/services lists them", name))
 		return nil, false
@@ -98,15 +99,16 @@ func (a *adminServer) service(w http.ResponseWriter, r *http.Request) (*state.Se
 	return s, true
 }
 
-func (a *adminServer) getService(w http.ResponseWriter, r *http.Request, _ string) {
+func (a *Server) getService(w http.ResponseWriter, r *http.Request, _ string) {
 	if s, ok := a.service(w, r); ok {
-		writeJSON(w, http.StatusOK, a.render(s))
+		writeJSON(w, http.StatusOK, a.render(r.Context(), s))
 	}
 }
 
 // putServiceBody accepts the service body as GET returns it, so GET, edit, PUT
 // works: read-only parts (version, lkg, rollout, per-backend health) are
-// ignored; a "version" is not a check (CONTRACT §4), "if_version" is.
+// ignored; a "version" is not a check, "if_version" is (docs/api.md "Writes:
+// versions, commit, idempotency").
 type putServiceBody struct {
 	Name      string                 `json:"name"`
 	Version   json.RawMessage        `json:"version"`
@@ -154,7 +156,7 @@ func (b *backendRef) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) putService(w http.ResponseWriter, r *http.Request, actor string) {
 	name := r.PathValue("svc")
 	var body putServiceBody
 	raw, ok := readBody(w, r, &body)
@@ -180,7 +182,7 @@ func (a *adminServer) putService(w http.ResponseWriter, r *http.Request, actor s
 // judges existence after the idempotency key, so a repeated request returns its
 // first result even when that deleted the service.
 
-func (a *adminServer) deleteService(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) deleteService(w http.ResponseWriter, r *http.Request, actor string) {
 	raw, ifVersion, ok := readVersionBody(w, r)
 	if !ok {
 		return
@@ -208,7 +210,7 @@ type weightsBody struct {
 	IfVersion *uint64       `json:"if_version"`
 }
 
-func (a *adminServer) putWeights(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) putWeights(w http.ResponseWriter, r *http.Request, actor string) {
 	var body weightsBody
 	raw, ok := readBody(w, r, &body)
 	if !ok {
@@ -218,10 +220,17 @@ func (a *adminServer) putWeights(w http.ResponseWriter, r *http.Request, actor s
 		writeError(w, http.StatusBadRequest, "invalid", `"weights" is missing or empty; send {"weights":{"blue":99,"canary":1}}`)
 		return
 	}
+	cmd := state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: body.Weights, Action: state.ChangeWeights})
+	// Bad input first: no force makes it valid, so the gate must not send
+	// the operator to fix backends for it.
+	if err := cmd.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	if !a.checkGate(w, r, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
 		return
 	}
-	a.write(w, r, raw, body.IfVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: body.Weights, Action: state.ChangeWeights}))
+	a.write(w, r, raw, body.IfVersion, cmd)
 }
 
 type switchBody struct {
@@ -230,7 +239,7 @@ type switchBody struct {
 	IfVersion *uint64 `json:"if_version"`
 }
 
-func (a *adminServer) postSwitch(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) postSwitch(w http.ResponseWriter, r *http.Request, actor string) {
 	var body switchBody
 	raw, ok := readBody(w, r, &body)
 	if !ok {
@@ -252,7 +261,7 @@ type poolPutBody struct {
 	IfVersion *uint64      `json:"if_version"`
 }
 
-func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor string) {
+func (a *Server) putPool(w http.ResponseWriter, r *http.Request, actor string) {
 	var body poolPutBody
 	raw, ok := readBody(w, r, &body)
 	if !ok {
@@ -271,7 +280,7 @@ func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor stri
 	// Without "version" the pool keeps its label.
 	if body.Version != nil {
 		p.PoolVersion = *body.Version
-	} else if s := a.n.View().Services[svc]; s != nil && s.Pools[pool] != nil {
+	} else if s := a.Node.View().Services[svc]; s != nil && s.Pools[pool] != nil {
 		p.PoolVersion = s.Pools[pool].Version
 	}
 	a.write(w, r, raw, body.IfVersion, state.NewCommand(svc, actor, p))
@@ -280,7 +289,7 @@ func (a *adminServer) putPool(w http.ResponseWriter, r *http.Request, actor stri
 // drain answers POST (drain) and DELETE (undrain) on a backend: no new
 // requests go to it; requests in flight finish. The body is optional
 // ({"if_version": N}).
-func (a *adminServer) drain(action state.DrainAction) func(http.ResponseWriter, *http.Request, string) {
+func (a *Server) drain(action state.DrainAction) func(http.ResponseWriter, *http.Request, string) {
 	return func(w http.ResponseWriter, r *http.Request, actor string) {
 		raw, ifVersion, ok := readVersionBody(w, r)
 		if !ok {
@@ -295,7 +304,7 @@ func (a *adminServer) drain(action state.DrainAction) func(http.ResponseWriter, 
 // write commits a command for one of the write endpoints and answers with the
 // service body, or the error the state machine returned. It applies the
 // expected version (If-Match or "if_version") and the idempotency key.
-func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) {
+func (a *Server) write(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) {
 	applied, ok := a.commit(w, r, raw, bodyIfVersion, cmd)
 	if !ok {
 		return
@@ -305,13 +314,13 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 		a.writeDeleted(w, cmd, applied)
 		return
 	}
-	body := a.render(res.Service)
+	body := a.render(r.Context(), res.Service)
 	// A replay answers the first result's version with the service as it
 	// is now: a client that builds an If-Match on it gets a 409 if the
 	// service moved on since, never a silent overwrite.
 	body.Version = res.Version
 	if r.URL.Query().Get("wait") == "all" {
-		on, not := a.n.waitAll(r.Context(), applied.Index)
+		on, not := a.Node.WaitAll(r.Context(), applied.Index)
 		body.AppliedOn, body.NotApplied = &on, &not
 	}
 	writeJSON(w, http.StatusOK, body)
@@ -321,7 +330,7 @@ func (a *adminServer) write(w http.ResponseWriter, r *http.Request, raw []byte, 
 // version is the index of the delete (the first one's on a replay), or the
 // replay of another write to a service deleted since, whose version is the
 // index of that deletion.
-func (a *adminServer) writeDeleted(w http.ResponseWriter, cmd state.Command, applied Applied) {
+func (a *Server) writeDeleted(w http.ResponseWriter, cmd state.Command, applied raftnode.Applied) {
 	version := applied.Index
 	_, deleted := cmd.Payload.(state.DeleteService)
 	switch res := applied.Result; {
@@ -330,7 +339,7 @@ func (a *adminServer) writeDeleted(w http.ResponseWriter, cmd state.Command, app
 			version = res.Index
 		}
 	case res.Replayed:
-		if del := a.n.View().Deleted[cmd.Service]; del != 0 {
+		if del := a.Node.View().Deleted[cmd.Service]; del != 0 {
 			version = del
 		}
 	}
@@ -340,44 +349,44 @@ func (a *adminServer) writeDeleted(w http.ResponseWriter, cmd state.Command, app
 // commit proposes a command for a write endpoint with the expected version
 // (If-Match or "if_version") and the idempotency key, and answers the errors
 // itself; on success the caller renders the answer.
-func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) (Applied, bool) {
+func (a *Server) commit(w http.ResponseWriter, r *http.Request, raw []byte, bodyIfVersion *uint64, cmd state.Command) (raftnode.Applied, bool) {
 	ifVersion, err := expectedVersion(r, bodyIfVersion)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return Applied{}, false
+		return raftnode.Applied{}, false
 	}
 	cmd.IfVersion = ifVersion
 	if data, err := state.Encode(cmd); err == nil {
 		// A command this node's build lacks: Validate would call its kind
 		// unknown, where the leader would refuse it naming this node.
-		if err := a.n.selfLacks(data); err != nil {
+		if err := a.Node.SelfLacks(data); err != nil {
 			writeProposeError(w, err)
-			return Applied{}, false
+			return raftnode.Applied{}, false
 		}
 	}
 	if err := cmd.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return Applied{}, false
+		return raftnode.Applied{}, false
 	}
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
 		if len(key) > 255 {
 			writeError(w, http.StatusBadRequest, "invalid", "Idempotency-Key is longer than 255 characters")
-			return Applied{}, false
+			return raftnode.Applied{}, false
 		}
 		cmd.IdemKey = clientIdemKey(key)
 		iv := ""
 		if ifVersion != nil {
 			iv = strconv.FormatUint(*ifVersion, 10)
 		}
-		cmd.IdemHash = digest([]byte(r.Method + " " + r.URL.Path + "\n" + iv + "\n" + canonicalJSON(raw)))
+		cmd.IdemHash = state.Digest([]byte(r.Method + " " + r.URL.Path + "\n" + iv + "\n" + canonicalJSON(raw)))
 	}
-	applied, err := a.n.Propose(r.Context(), cmd)
+	applied, err := a.Node.Propose(r.Context(), cmd)
 	if err != nil {
 		writeProposeError(w, err)
-		return Applied{}, false
+		return raftnode.Applied{}, false
 	}
 	res := applied.Result
-	w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(max(applied.Index, a.n.View().Index), 10))
+	w.Header().Set("X-Cbproxy-Index", strconv.FormatUint(max(applied.Index, a.Node.View().Index), 10))
 	if res.Replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
@@ -397,7 +406,7 @@ func (a *adminServer) commit(w http.ResponseWriter, r *http.Request, raw []byte,
 			e.Version = &res.Version
 		}
 		writeJSON(w, status, e)
-		return Applied{}, false
+		return raftnode.Applied{}, false
 	}
 	return applied, true
 }
@@ -408,16 +417,16 @@ func clientIdemKey(key string) string { return "client:" + key }
 
 // writeProposeError answers a write that Propose did not commit.
 func writeProposeError(w http.ResponseWriter, err error) {
-	var upgrade *UpgradeError
+	var upgrade *raftnode.UpgradeError
 	switch {
-	case errors.Is(err, ErrNoLeader):
+	case errors.Is(err, raftnode.ErrNoLeader):
 		w.Header().Set("Retry-After", "2")
 		writeError(w, http.StatusServiceUnavailable, "no_quorum", err.Error())
 	case errors.As(err, &upgrade):
 		// No Retry-After: the write can go through once an operator has
 		// upgraded the members named.
 		writeError(w, http.StatusServiceUnavailable, "upgrade_in_progress", err.Error())
-	case errors.Is(err, ErrHalted):
+	case errors.Is(err, raftnode.ErrHalted):
 		writeError(w, http.StatusServiceUnavailable, "node_halted", err.Error())
 	default:
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "the write did not complete: "+err.Error())

@@ -1,4 +1,4 @@
-package controlplane
+package cluster
 
 import (
 	"crypto/hmac"
@@ -14,7 +14,9 @@ import (
 	"time"
 )
 
-// Signed admin calls: nodes call each other's POST /v1/cluster/join and
+// Signed admin calls: the cluster secret also authenticates the calls
+// nodes make to each other's admin API, which is HTTP, not the cluster port.
+// nodes call each other's POST /v1/cluster/join and
 // /v1/cluster/notify with an HMAC of the request under the cluster secret
 // instead of a token; the secret never travels. The header carries the
 // body's digest, so the signature is checked before the body is read, and a
@@ -53,8 +55,8 @@ func (a clusterAuth) header() string {
 	return fmt.Sprintf("%sts=%d,nonce=%s,body=%s,mac=%s", clusterAuthScheme, a.ts, a.nonce, a.body, a.mac)
 }
 
-// signClusterCall signs a request to a peer's admin API with the secret.
-func signClusterCall(req *http.Request, secret string, body []byte) {
+// SignCall signs a request to a peer's admin API with the secret.
+func SignCall(req *http.Request, secret string, body []byte) {
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
 	sum := sha256.Sum256(body)
@@ -63,9 +65,9 @@ func signClusterCall(req *http.Request, secret string, body []byte) {
 	req.Header.Set("Authorization", a.header())
 }
 
-// isSignedCall reports whether a request claims to be a signed call; such a
+// IsSignedCall reports whether a request claims to be a signed call; such a
 // request is judged by its signature alone, never as a loopback caller.
-func isSignedCall(r *http.Request) bool {
+func IsSignedCall(r *http.Request) bool {
 	return strings.HasPrefix(r.Header.Get("Authorization"), clusterAuthScheme)
 }
 
@@ -115,18 +117,28 @@ func parseClusterAuth(h string) (clusterAuth, error) {
 	return a, nil
 }
 
-// verifyClusterCall checks a signed call from its header alone, before any
-// of its body is read: the signature, the time, and that it was not
-// accepted before. It returns the digest the body must have.
-func (n *Node) verifyClusterCall(r *http.Request) (bodyDigest string, err error) {
+// CallVerifier checks the signed calls a node receives, and remembers the
+// ones it accepted so that a replay is refused.
+type CallVerifier struct {
+	secret string
+	seen   seenCalls
+}
+
+// NewCallVerifier checks calls signed with secret.
+func NewCallVerifier(secret string) *CallVerifier { return &CallVerifier{secret: secret} }
+
+// Verify checks a signed call from its header alone, before any of its
+// body is read: the signature, the time, and that it was not accepted
+// before. It returns the digest the body must have (CheckSignedBody).
+func (v *CallVerifier) Verify(r *http.Request) (bodyDigest string, err error) {
 	a, err := parseClusterAuth(r.Header.Get("Authorization"))
 	if err != nil {
 		return "", fmt.Errorf("malformed signature: %w", err)
 	}
-	if n.clusterSecret == "" {
-		return "", errors.New("this node has no cluster secret") // never: see effectiveClusterSecret
+	if v.secret == "" {
+		return "", errors.New("this node has no cluster secret") // a node always has one
 	}
-	want := clusterMAC(n.clusterSecret, r.Method, r.URL.Path, a)
+	want := clusterMAC(v.secret, r.Method, r.URL.Path, a)
 	if !hmac.Equal([]byte(want), []byte(a.mac)) {
 		return "", errors.New("bad signature: is cluster_secret the same on every node?")
 	}
@@ -134,14 +146,14 @@ func (n *Node) verifyClusterCall(r *http.Request) (bodyDigest string, err error)
 	if d := now.Sub(time.Unix(a.ts, 0)); d > clusterAuthSkew || d < -clusterAuthSkew {
 		return "", fmt.Errorf("signed %s away from this node's clock, more than %s: are the clocks of the nodes synchronized?", d.Round(time.Second), clusterAuthSkew)
 	}
-	if err := n.seenCalls.accept(a.mac, time.Unix(a.ts, 0).Add(clusterAuthSkew), now); err != nil {
+	if err := v.seen.accept(a.mac, time.Unix(a.ts, 0).Add(clusterAuthSkew), now); err != nil {
 		return "", err
 	}
 	return a.body, nil
 }
 
-// checkSignedBody reports whether a signed call's body is the one signed.
-func checkSignedBody(body []byte, digest string) bool {
+// CheckSignedBody reports whether a signed call's body is the one signed.
+func CheckSignedBody(body []byte, digest string) bool {
 	sum := sha256.Sum256(body)
 	return hmac.Equal([]byte(hex.EncodeToString(sum[:])), []byte(digest))
 }

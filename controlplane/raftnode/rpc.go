@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"context"
@@ -22,27 +22,23 @@ const (
 	rpcReadIndex   = "read_index"   // ?consistent: the leader's confirmed commit index
 	rpcJoin        = "join"
 	rpcRemove      = "remove"
-	// rpcWindows: the leader pulls a node's SLO windows of every judged
-	// service at once. Not named "windows" like the per-service call it
-	// replaced: a node of that version would read this request as asking
-	// for nothing and answer with no service, which means "serves nothing",
-	// not "figures missing". The new name fails the call on such a node, so
-	// its figures count as missing.
-	rpcWindows = "slo_windows"
-	rpcVerdict = "verdict" // the leader's latest verdict on a service
+	// Package rollouts serves its own methods on the same port
+	// ("slo_windows", "verdict").
 )
 
 // RPC error codes a caller may retry on another attempt or leader.
 const (
-	codeNotLeader = "not_leader"
+	// CodeNotLeader answers a leader-only call on a follower; Forward
+	// turns it into raft.ErrNotLeader.
+	CodeNotLeader = "not_leader"
 	codeNotFound  = "not_found"
 	// codeUpgrade carries an UpgradeError; the follower answers it as the
 	// leader would.
 	codeUpgrade = "upgrade_in_progress"
 )
 
-// nodeStatus is what rpcStatus answers.
-type nodeStatus struct {
+// NodeStatus is one node's view of itself, as the status RPC answers it.
+type NodeStatus struct {
 	ID            string `json:"id"`
 	State         string `json:"state"`
 	AppliedIndex  uint64 `json:"applied_index"`
@@ -85,7 +81,7 @@ func (n *Node) registerRPC() {
 		// A follower of a newer build may send what this leader cannot
 		// apply; decoding it would drop the fields it does not know, or
 		// fail on its kind.
-		if err := n.selfLacks(entry); err != nil {
+		if err := n.SelfLacks(entry); err != nil {
 			return nil, rpcError(err)
 		}
 		cmd, err := state.Decode(entry)
@@ -100,23 +96,6 @@ func (n *Node) registerRPC() {
 	})
 	n.cluster.Handle(rpcStatus, func(context.Context, string, json.RawMessage) (any, error) {
 		return n.localStatus(), nil
-	})
-	n.cluster.Handle(rpcWindows, func(_ context.Context, _ string, req json.RawMessage) (any, error) {
-		var w windowsRequest
-		if err := json.Unmarshal(req, &w); err != nil {
-			return nil, err
-		}
-		return n.localWindows(w), nil
-	})
-	n.cluster.Handle(rpcVerdict, func(_ context.Context, _ string, req json.RawMessage) (any, error) {
-		var service string
-		if err := json.Unmarshal(req, &service); err != nil {
-			return nil, err
-		}
-		if !n.isLeader() {
-			return nil, cluster.CodedError(codeNotLeader, "not the leader")
-		}
-		return n.watcher.latest(service), nil
 	})
 	n.cluster.Handle(rpcWaitApplied, func(ctx context.Context, _ string, req json.RawMessage) (any, error) {
 		var w waitRequest
@@ -141,12 +120,12 @@ func (n *Node) registerRPC() {
 			return nil, err
 		}
 		if n.raft.State() != raft.Leader {
-			return nil, cluster.CodedError(codeNotLeader, "not the leader")
+			return nil, cluster.CodedError(CodeNotLeader, "not the leader")
 		}
 		err := n.join(ctx, jr.NodeInfo, jr.Actor)
-		var mc *membershipConflict
-		if errors.As(err, &mc) {
-			return nil, cluster.CodedError(mc.code, mc.msg)
+		var ce *ConflictError
+		if errors.As(err, &ce) {
+			return nil, cluster.CodedError(ce.Code, ce.Msg)
 		}
 		return nil, err
 	})
@@ -156,10 +135,10 @@ func (n *Node) registerRPC() {
 			return nil, err
 		}
 		if n.raft.State() != raft.Leader {
-			return nil, cluster.CodedError(codeNotLeader, "not the leader")
+			return nil, cluster.CodedError(CodeNotLeader, "not the leader")
 		}
 		err := n.remove(ctx, r.ID, r.Actor)
-		if errors.Is(err, errNodeNotFound) {
+		if errors.Is(err, ErrNodeNotFound) {
 			return nil, cluster.CodedError(codeNotFound, err.Error())
 		}
 		return nil, err
@@ -175,15 +154,15 @@ func rpcError(err error) error {
 	}
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout) {
-		return cluster.CodedError(codeNotLeader, err.Error())
+		return cluster.CodedError(CodeNotLeader, err.Error())
 	}
 	return err
 }
 
-// forward sends an RPC to the current leader. Without a leader, or when the
-// leader says it no longer is one, it returns raft.ErrNotLeader, which callers
-// retry.
-func (n *Node) forward(ctx context.Context, method string, req, resp any) error {
+// Forward sends an RPC to the current leader. Without a leader, or when the
+// leader says it no longer is one (CodeNotLeader), it returns
+// raft.ErrNotLeader, which callers retry.
+func (n *Node) Forward(ctx context.Context, method string, req, resp any) error {
 	addr, id := n.raft.LeaderWithID()
 	if id == "" || id == raft.ServerID(n.cfg.NodeID) {
 		return raft.ErrNotLeader
@@ -197,12 +176,12 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 		return nil
 	case errors.As(err, &re):
 		switch re.Code {
-		case codeNotLeader:
+		case CodeNotLeader:
 			return raft.ErrNotLeader
 		case codeNotFound:
-			return errNodeNotFound
+			return ErrNodeNotFound
 		case state.CodeNodeRemoved, codeAddressTaken:
-			return &membershipConflict{code: re.Code, msg: re.Message}
+			return &ConflictError{Code: re.Code, Msg: re.Message}
 		case codeUpgrade:
 			return &UpgradeError{msg: re.Message}
 		}
@@ -218,9 +197,9 @@ func (n *Node) forward(ctx context.Context, method string, req, resp any) error 
 }
 
 // localStatus is this node's own view of itself.
-func (n *Node) localStatus() nodeStatus {
+func (n *Node) localStatus() NodeStatus {
 	caps := n.fsm.machine.Capabilities()
-	st := nodeStatus{
+	st := NodeStatus{
 		ID: n.cfg.NodeID, State: stateName(n.raft.State()), AppliedIndex: n.View().Index,
 		CommitIndex: n.raft.CommitIndex(), AdminAddr: n.advertisedAdminAddr(), Capabilities: &caps,
 	}
@@ -276,9 +255,10 @@ func (n *Node) lastCommandAtOrBefore(idx uint64) (uint64, error) {
 	return min(n.View().Index, idx), nil
 }
 
-// consistentRead waits until this node has applied everything the leader had
-// committed when the read began, so the read that follows is linearizable.
-func (n *Node) consistentRead(ctx context.Context) error {
+// ConsistentRead waits until this node has applied everything the leader
+// had committed when the read began, so the read that follows is
+// linearizable. It asks a remote leader for its read index (an RPC).
+func (n *Node) ConsistentRead(ctx context.Context) error {
 	if err := n.haltedError(); err != nil {
 		return err
 	}
@@ -291,7 +271,7 @@ func (n *Node) consistentRead(ctx context.Context) error {
 		if n.raft.State() == raft.Leader {
 			idx, err = n.readIndexAsLeader()
 		} else {
-			err = n.forward(ctx, rpcReadIndex, nil, &idx)
+			err = n.Forward(ctx, rpcReadIndex, nil, &idx)
 		}
 		if err == nil {
 			// The state machine, not Raft's applied index: Raft counts an
@@ -313,9 +293,10 @@ func (n *Node) consistentRead(ctx context.Context) error {
 	}
 }
 
-// waitAll waits (up to 5 s) until every node of the configuration has applied
-// index and says which did (CONTRACT §4, ?wait=all).
-func (n *Node) waitAll(ctx context.Context, index uint64) (appliedOn, notApplied []string) {
+// WaitAll waits (up to 5 s) until every node of the configuration has
+// applied index and says which did (?wait=all, docs/api.md "Writes:
+// versions, commit, idempotency"). It calls every other node.
+func (n *Node) WaitAll(ctx context.Context, index uint64) (appliedOn, notApplied []string) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	f := n.raft.GetConfiguration()

@@ -1,31 +1,38 @@
-package controlplane
+// Package rollouts is the SLO watcher: on the leader, every second, it
+// pulls every node's SLO windows, judges them (package slo) and commits the
+// next step of a rollout, a manual gate, a promotion or a rollback. See
+// DESIGN.md in this folder.
+package rollouts
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/cluster"
+	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
+	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/slo"
 	"github.com/cbproxy/cbproxy/controlplane/state"
-	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
 
-// watcher is the SLO judge of CONTRACT §3/§4: on the leader only, every
-// second, it pulls every node's windows of the pools at stake (one call per
+// Watcher is the SLO judge (docs/api.md "How a rollout moves" and "How the
+// SLO is judged"): on the leader only, every second, it pulls every node's windows of the pools at stake (one call per
 // node for all services, all nodes at once), merges them, judges them, and
 // commits what follows — the next step of a rollout, a
 // manual gate reached, a promotion after a blue-green bake, or a rollback —
 // as commands that name the rollout, step or guard they are about, with the
 // decision as their idempotency key. A retry, or the same decision by a new
 // leader, is then a no-op, so an incident gets exactly one rollback.
-type watcher struct {
-	n *Node
+type Watcher struct {
+	n         Node
+	transport *cluster.Transport
+	dataPlane func() DataPlane
+	log       func() *zap.Logger
 
 	mu       sync.Mutex
 	verdicts map[string]*slo.Verdict // by service, the latest
@@ -37,27 +44,65 @@ type watcher struct {
 	beforeCommit atomic.Pointer[func(state.Command)]
 }
 
-// evalInterval is how often the leader judges (CONTRACT §3: every second).
+// evalInterval is how often the leader judges: every second.
 const evalInterval = time.Second
 
-func newWatcher(n *Node) *watcher {
-	return &watcher{n: n, verdicts: map[string]*slo.Verdict{}, breaches: map[string]int{}}
+// Node is what the watcher asks of the Raft node (*raftnode.Node).
+type Node interface {
+	ID() string
+	// View is the last applied state, without I/O.
+	View() *state.View
+	IsLeader() bool
+	// Members lists the Raft configuration's servers, without I/O.
+	Members() []raftnode.Member
+	// Propose commits a command through the leader (Raft I/O).
+	Propose(ctx context.Context, cmd state.Command) (raftnode.Applied, error)
+	// Forward calls the leader over the cluster port (I/O).
+	Forward(ctx context.Context, method string, req, resp any) error
 }
 
-// run judges every second while this node leads. Counters start afresh with
-// each leadership: a new leader needs its own consecutive breaches.
-func (w *watcher) run() {
-	defer w.n.wg.Done()
+// DataPlane is what the watcher asks of this node's data plane: which
+// services it serves and their pools' traffic over the last d.
+type DataPlane interface {
+	Declared() []string
+	Window(service, pool string, d time.Duration) slo.Window
+}
+
+// Config is what a watcher needs.
+type Config struct {
+	Node Node
+	// Transport is the cluster port: the watcher serves and calls its RPC
+	// methods (slo_windows, verdict) on it.
+	Transport *cluster.Transport
+	// DataPlane returns this node's data plane, nil without one (a node
+	// without one serves nothing).
+	DataPlane func() DataPlane
+	Logger    func() *zap.Logger
+}
+
+// New makes a watcher and serves its RPC methods on the cluster port; Run
+// starts judging.
+func New(cfg Config) *Watcher {
+	w := &Watcher{n: cfg.Node, transport: cfg.Transport, dataPlane: cfg.DataPlane, log: cfg.Logger,
+		verdicts: map[string]*slo.Verdict{}, breaches: map[string]int{}}
+	w.registerRPC()
+	return w
+}
+
+// Run judges every second while this node leads, until done is closed.
+// Counters start afresh with each leadership: a new leader needs its own
+// consecutive breaches.
+func (w *Watcher) Run(done <-chan struct{}) {
 	t := time.NewTicker(evalInterval)
 	defer t.Stop()
 	leading := false
 	for {
 		select {
-		case <-w.n.done:
+		case <-done:
 			return
 		case <-t.C:
 		}
-		if !w.n.isLeader() {
+		if !w.n.IsLeader() {
 			if leading {
 				w.reset()
 			}
@@ -71,15 +116,31 @@ func (w *watcher) run() {
 	}
 }
 
-func (w *watcher) reset() {
+func (w *Watcher) reset() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.verdicts, w.breaches = map[string]*slo.Verdict{}, map[string]int{}
 }
 
+// Verdict is the leader's latest verdict on a service's rollout or guard;
+// nil when there is none or the leader cannot be asked within a second (a
+// follower asks the leader over the cluster port).
+func (w *Watcher) Verdict(ctx context.Context, service string) *slo.Verdict {
+	if w.n.IsLeader() {
+		return w.latest(service)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var v *slo.Verdict
+	if err := w.n.Forward(ctx, rpcVerdict, service, &v); err != nil {
+		return nil
+	}
+	return v
+}
+
 // latest is the leader's latest verdict on what the service is judged for
 // now: a verdict about an earlier rollout or guard is not shown.
-func (w *watcher) latest(service string) *slo.Verdict {
+func (w *Watcher) latest(service string) *slo.Verdict {
 	s := w.n.View().Services[service]
 	if s == nil {
 		return nil
@@ -124,7 +185,7 @@ type judged struct {
 	window time.Duration
 }
 
-func (w *watcher) tick(ctx context.Context) {
+func (w *Watcher) tick(ctx context.Context) {
 	now := time.Now()
 	v := w.n.View()
 	names := make([]string, 0, len(v.Services))
@@ -155,7 +216,7 @@ func (w *watcher) tick(ctx context.Context) {
 	}
 	var round windowRound
 	if len(todo) > 0 {
-		round = w.n.pullWindows(ctx, req)
+		round = w.pullWindows(ctx, req)
 	}
 	for _, j := range todo {
 		s, sub := j.s, j.sub
@@ -194,7 +255,7 @@ func (w *watcher) tick(ctx context.Context) {
 }
 
 // decide commits what a verdict calls for.
-func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v slo.Verdict, breaches int, now time.Time) {
+func (w *Watcher) decide(ctx context.Context, s *state.Service, sub *subject, v slo.Verdict, breaches int, now time.Time) {
 	consecutive := max(s.SLO.Consecutive, 1)
 	switch {
 	case v.Result == slo.Breach && breaches >= consecutive:
@@ -216,7 +277,8 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 			return
 		}
 		// A canary step needs a pass; a blue-green bake only needs no breach
-		// (it is judged under the rollback SLO, CONTRACT §4), seen by every
+		// (it is judged under the rollback SLO, docs/api.md "How a rollout
+		// moves"), seen by every
 		// node: a hold for missing figures does not end a bake.
 		bakeDone := r.Strategy == state.StrategyBlueGreen && v.Result == slo.Hold && len(v.Pools[r.To].NodesMissing) == 0
 		if v.Result != slo.Pass && !bakeDone {
@@ -232,16 +294,16 @@ func (w *watcher) decide(ctx context.Context, s *state.Service, sub *subject, v 
 	}
 }
 
-func (w *watcher) commit(ctx context.Context, cmd state.Command) {
+func (w *Watcher) commit(ctx context.Context, cmd state.Command) {
 	if hook := w.beforeCommit.Load(); hook != nil {
 		(*hook)(cmd)
 	}
 	a, err := w.n.Propose(ctx, cmd)
 	switch {
 	case err != nil:
-		w.n.log().Warn("watcher decision not committed; it is decided again next second", zap.String("service", cmd.Service), zap.Error(err))
+		w.log().Warn("watcher decision not committed; it is decided again next second", zap.String("service", cmd.Service), zap.Error(err))
 	case a.Result.Changed && !a.Result.Replayed:
-		w.n.log().Info("watcher decision", zap.String("service", cmd.Service), zap.String("kind", decisionName(cmd)), zap.String("reason", cmd.Reason))
+		w.log().Info("watcher decision", zap.String("service", cmd.Service), zap.String("kind", decisionName(cmd)), zap.String("reason", cmd.Reason))
 	}
 }
 
@@ -264,139 +326,8 @@ func figures(v slo.Verdict) map[string]any {
 	return out
 }
 
-// windowsTimeout bounds each node's answer to the leader's call for
-// windows. All nodes are asked at once, for every service judged in one
-// call, so a node that accepts the call and never answers costs one timeout
-// per evaluation, not one per service, and leaves most of the second to the
-// decisions.
-const windowsTimeout = 400 * time.Millisecond
-
-// windowRound is every node's answer to one call for windows.
-type windowRound struct {
-	nodes   []string                  // every node of the configuration, by ID, sorted
-	answers map[string]*windowsAnswer // by node ID; absent: the node did not answer
-}
-
-// pullWindows asks every node of the configuration, in parallel, for its
-// windows of every service in req. A node that does not answer within
-// windowsTimeout, or answers with an error (as a node of an earlier version
-// does: it lacks the RPC), has no answer in the round.
-func (n *Node) pullWindows(ctx context.Context, req windowsRequest) windowRound {
-	round := windowRound{answers: map[string]*windowsAnswer{}}
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return round
+func init() {
+	seams.SetBeforeCommit = func(watcher any, hook func(state.Command)) {
+		watcher.(*Watcher).beforeCommit.Store(&hook)
 	}
-	servers := f.Configuration().Servers
-	ctx, cancel := context.WithTimeout(ctx, windowsTimeout)
-	defer cancel()
-	type answer struct {
-		id string
-		a  *windowsAnswer
-	}
-	ch := make(chan answer, len(servers))
-	for _, s := range servers {
-		round.nodes = append(round.nodes, string(s.ID))
-		go func(s raft.Server) {
-			if s.ID == raft.ServerID(n.cfg.NodeID) {
-				a := n.localWindows(req)
-				ch <- answer{string(s.ID), &a}
-				return
-			}
-			var a windowsAnswer
-			err := n.cluster.Call(ctx, string(s.Address), rpcWindows, req, &a)
-			if err == nil && a.Services == nil {
-				err = errors.New("answer without services")
-			}
-			if err != nil {
-				n.log().Debug("no windows from node; its figures are missing", zap.String("node", string(s.ID)), zap.Error(err))
-				ch <- answer{id: string(s.ID)}
-				return
-			}
-			ch <- answer{string(s.ID), &a}
-		}(s)
-	}
-	sort.Strings(round.nodes)
-	for range servers {
-		select {
-		case a := <-ch:
-			if a.a != nil {
-				round.answers[a.id] = a.a
-			}
-		case <-ctx.Done():
-			// Remote calls end with ctx too; this only stops waiting for
-			// the local data plane, which takes no context.
-			return round
-		}
-	}
-	return round
 }
-
-// merge adds up the windows that the nodes serving a service reported, and
-// says which nodes reported and which are missing. A node that answered
-// without the service does not serve it (it has no handler for it) and is
-// not expected; a node that did not answer may serve it, so it is missing.
-func (r windowRound) merge(service string) (map[string]slo.Window, slo.Nodes) {
-	merged := map[string]slo.Window{}
-	var nodes slo.Nodes
-	for _, id := range r.nodes {
-		a := r.answers[id]
-		if a == nil {
-			nodes.Missing = append(nodes.Missing, id)
-			continue
-		}
-		windows, serves := a.Services[service]
-		if !serves {
-			continue
-		}
-		nodes.Reporting++
-		for p, win := range windows {
-			m := merged[p]
-			m.Add(win)
-			merged[p] = m
-		}
-	}
-	return merged, nodes
-}
-
-// windowsRequest asks a node for its windows of every service the leader
-// judges (RPC "slo_windows"), each over its own window.
-type windowsRequest struct {
-	Services []serviceWindows `json:"services"`
-}
-
-// serviceWindows asks for the windows of some pools of one service.
-type serviceWindows struct {
-	Service  string   `json:"service"`
-	Pools    []string `json:"pools"`
-	WindowMs int64    `json:"window_ms"`
-}
-
-// windowsAnswer is a node's answer to a windowsRequest: by service, the
-// windows of the pools asked for, for every service the node serves. A
-// service the node does not serve is left out.
-type windowsAnswer struct {
-	Services map[string]map[string]slo.Window `json:"services"`
-}
-
-func (n *Node) localWindows(req windowsRequest) windowsAnswer {
-	out := windowsAnswer{Services: map[string]map[string]slo.Window{}}
-	dp := n.dataPlane()
-	if dp == nil {
-		return out // no data plane: this node serves nothing
-	}
-	declared := dp.Declared()
-	for _, sw := range req.Services {
-		if _, serves := slices.BinarySearch(declared, sw.Service); !serves {
-			continue
-		}
-		windows := make(map[string]slo.Window, len(sw.Pools))
-		for _, p := range sw.Pools {
-			windows[p] = dp.Window(sw.Service, p, time.Duration(sw.WindowMs)*time.Millisecond)
-		}
-		out.Services[sw.Service] = windows
-	}
-	return out
-}
-
-func (n *Node) isLeader() bool { return n.raft.State() == raft.Leader }

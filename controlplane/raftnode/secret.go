@@ -1,4 +1,4 @@
-package controlplane
+package raftnode
 
 import (
 	"crypto/hmac"
@@ -77,7 +77,7 @@ const stickyKeyLen = 16
 // of a cluster derives the same key from the cluster secret (configured or
 // generated), so a cookie one node gave is honoured by all, and a single node
 // keeps its key across restarts.
-func (n *Node) StickyKey() []byte { return n.stickyKey }
+func (n *Node) StickyKey() []byte { return stickyKeyFrom(n.clusterSecret) }
 
 // stickyKeyFrom derives the sticky cookie key from the cluster secret.
 func stickyKeyFrom(clusterSecret string) []byte {
