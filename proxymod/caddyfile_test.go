@@ -101,6 +101,7 @@ var directiveExamples = []struct {
 	{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
 		`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
 	{"upstream timeouts", "cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}", `{"service":"svc","dial_timeout":1000000000,"response_header_timeout":120000000000}`},
+	{"latency_histogram", "cbproxy svc {\nlatency_histogram\n}", `{"service":"svc","latency_histogram":true}`},
 	{"stream_close_delay", "cbproxy svc {\nstream_close_delay 30s\n}", `{"service":"svc","stream_close_delay":30000000000}`},
 	{"stream_close_delay with rollback", "cbproxy svc {\nstream_close_delay 2m rollback 0s\n}",
 		`{"service":"svc","stream_close_delay":120000000000,"stream_close_delay_rollback":0}`},
@@ -158,6 +159,8 @@ var directiveRefusals = []struct{ input, want string }{
 	{"cbproxy svc {\noverride_header\n}", "override_header <name> [secret <secret>]"},
 	{"cbproxy svc {\noverride_header X-Pool password s\n}", "expected override_header"},
 	{"cbproxy svc {\nexpose_pool yes\n}", "expose_pool (no arguments)"},
+	{"cbproxy svc {\nlatency_histogram on\n}", "latency_histogram (no arguments)"},
+	{"cbproxy svc {\nlatency_histogram\nlatency_histogram\n}", "latency_histogram is given twice"},
 	{"cbproxy svc {\nlb_policy\n}", "lb_policy needs a policy name"},
 	{"cbproxy svc {\nlb_policy fastest\n}", "lb_policy fastest"},
 	{"cbproxy svc {\nhealth /ready\n}", "health <path> <interval>"},
@@ -407,6 +410,7 @@ func FuzzCaddyfileDirective(f *testing.F) {
 		"cbproxy svc {\nsticky header X-User\noverride_header X secret s\nlb_policy header X-T\n}",
 		"cbproxy svc {\nhealth /r 2s timeout 1s fails 3 passes 4\nslo {\nadvance error_rate<1% p95<1s\n}\n}",
 		"cbproxy svc {\nsticky cookie sid 24h\n}",
+		"cbproxy svc {\npool a 10.0.0.1:80\nlatency_histogram\nexpose_pool\n}",
 	} {
 		f.Add(seed)
 	}

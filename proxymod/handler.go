@@ -77,6 +77,14 @@ type Handler struct {
 	// request, to responses. Default: off.
 	ExposePool bool `json:"expose_pool,omitempty"`
 
+	// Exports the latency histogram of each of the service's pools
+	// (`cbproxy_request_duration_seconds`) on /metrics, for a P95 per pool
+	// in Prometheus. A service any loaded cbproxy handler asks it for has
+	// them. Default: off, because the buckets of every pool of every
+	// service are most of /metrics at hundreds of services; the SLO judge
+	// needs none of them (it reads the same counters in the process).
+	LatencyHistogram bool `json:"latency_histogram,omitempty"`
+
 	// How to balance requests between the backends of a pool: any of Caddy's
 	// reverse_proxy selection policies. Default: round_robin.
 	LBPolicyRaw json.RawMessage `json:"lb_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
@@ -226,6 +234,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.route, h.held = routes.hold(h.Service), true
+	if h.LatencyHistogram {
+		h.route.histograms.Add(1)
+	}
 	h.provisionStreamDelays()
 
 	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
@@ -396,6 +407,9 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.held {
 		h.held = false
+		if h.LatencyHistogram {
+			h.route.histograms.Add(-1)
+		}
 		routes.release(h.route)
 	}
 	var errs []error

@@ -69,6 +69,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		// refused, unless a real pool has that name and absorbs the count.
 		refused := t.none.snapshot().requests[class5xx]
 		longLived, closed := r.streams.snapshot()
+		histograms := r.histograms.Load() > 0
 		for k, n := range closed {
 			ch <- prometheus.MustNewConstMetric(streamsClosedDesc, prometheus.CounterValue, float64(n), name, k.pool, k.reason)
 		}
@@ -81,17 +82,27 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				snap.requests[class5xx] += refused
 				refused = 0
 			}
+			// A counter's series appears with its first count, and the
+			// latency histogram only where a handler asks for it: at 1,000
+			// services the zeros and the buckets were most of /metrics
+			// (docs/decisions.md, "Metrics of 1,000 services").
 			for class, n := range snap.requests {
-				ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(n), name, p.name, classLabels[class])
+				if n > 0 {
+					ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(n), name, p.name, classLabels[class])
+				}
 			}
-			buckets := make(map[float64]uint64, len(latencyBucketBounds))
-			var cumulative uint64
-			for b, bound := range latencyBucketBounds {
-				cumulative += snap.buckets[b]
-				buckets[bound] = cumulative
+			if histograms {
+				buckets := make(map[float64]uint64, len(latencyBucketBounds))
+				var cumulative uint64
+				for b, bound := range latencyBucketBounds {
+					cumulative += snap.buckets[b]
+					buckets[bound] = cumulative
+				}
+				ch <- prometheus.MustNewConstHistogram(durationDesc, snap.observed(), snap.sum.Seconds(), buckets, name, p.name)
 			}
-			ch <- prometheus.MustNewConstHistogram(durationDesc, snap.observed(), snap.sum.Seconds(), buckets, name, p.name)
-			ch <- prometheus.MustNewConstMetric(displacedDesc, prometheus.CounterValue, float64(snap.displaced), name, p.name)
+			if snap.displaced > 0 {
+				ch <- prometheus.MustNewConstMetric(displacedDesc, prometheus.CounterValue, float64(snap.displaced), name, p.name)
+			}
 			ch <- prometheus.MustNewConstMetric(weightDesc, prometheus.GaugeValue, percent(p.weight), name, p.name)
 			ch <- prometheus.MustNewConstMetric(effectiveDesc, prometheus.GaugeValue, percent(p.effective), name, p.name)
 			for _, b := range p.backends {
@@ -101,7 +112,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 					healthy = 1
 				}
 				ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, name, p.name, b.address)
-				ch <- prometheus.MustNewConstMetric(longLivedDesc, prometheus.GaugeValue, float64(longLived[b.address]), name, p.name, b.address)
+				// From the backend's first long-lived connection on.
+				if n, ok := longLived[b.address]; ok {
+					ch <- prometheus.MustNewConstMetric(longLivedDesc, prometheus.GaugeValue, float64(n), name, p.name, b.address)
+				}
 			}
 		}
 		if refused > 0 {

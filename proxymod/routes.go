@@ -45,6 +45,12 @@ type route struct {
 
 	// streams are the service's open long-lived connections.
 	streams streamSet
+
+	// histograms counts the provisioned handlers of the service that ask
+	// for its latency histograms on /metrics (latency_histogram): a
+	// reload provisions the new config's handlers before it cleans up the
+	// old ones, so the series never drop out across a reload.
+	histograms atomic.Int32
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics

@@ -190,18 +190,45 @@ func (n *Node) openRaft() error {
 	if !n.cfg.MultiNode() {
 		if hasState {
 			n.noteBootstrapIgnored()
-			return nil
-		}
-		conf := raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter,
-			ID:       raft.ServerID(n.cfg.NodeID),
-			Address:  n.transport.LocalAddr(),
-		}}}
-		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+		} else {
+			conf := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter,
+				ID:       raft.ServerID(n.cfg.NodeID),
+				Address:  n.transport.LocalAddr(),
+			}}}
+			if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+			}
 		}
 	}
+	n.electIfAlone()
 	return nil
+}
+
+// electIfAlone makes a node that is the only voter of its configuration
+// elect itself now. Raft's follower waits a heartbeat timeout (1 to 2 s at
+// the defaults) for a leader before it stands, although none but itself can
+// exist; every write, the Caddyfile's seeds included, waited for it. Raft
+// re-checks for a leader at once when the heartbeat timeout is lowered, and
+// a follower that never heard from one then stands and, alone, wins; the
+// timeout is put back right away, so Raft's settings stay as they are. A
+// configuration the lowered timeout would not validate (a lease as long as
+// the heartbeat timeout) keeps Raft's usual wait.
+func (n *Node) electIfAlone() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := f.Configuration().Servers
+	if len(servers) != 1 || servers[0].ID != raft.ServerID(n.cfg.NodeID) || servers[0].Suffrage != raft.Voter {
+		return
+	}
+	settings := n.raft.ReloadableConfig()
+	lowered := settings
+	lowered.HeartbeatTimeout -= time.Millisecond
+	if n.raft.ReloadConfig(lowered) == nil {
+		_ = n.raft.ReloadConfig(settings)
+	}
 }
 
 // noteBootstrapIgnored says loudly, in the log and in readiness, that a
