@@ -161,7 +161,7 @@ func (h *Handler) fastAttempt(w http.ResponseWriter, r *http.Request, p *poolRou
 	b.inFlight.Add(1)
 	defer b.inFlight.Add(-1)
 	ctx := r.Context()
-	c, err := h.fastConn(ctx, b)
+	c, err := h.fastConn(ctx, r, b)
 	if err != nil {
 		return err
 	}
@@ -218,8 +218,8 @@ func isTimeout(err error) bool {
 }
 
 // fastConn returns a kept connection to b, or a new one.
-func (h *Handler) fastConn(ctx context.Context, b *backend) (*upstreamConn, error) {
-	if c := b.conns.get(time.Now()); c != nil {
+func (h *Handler) fastConn(ctx context.Context, r *http.Request, b *backend) (*upstreamConn, error) {
+	if c := b.conns.get(time.Now(), !replayable(r)); c != nil {
 		return c, nil
 	}
 	return h.dial(ctx, b)
@@ -410,7 +410,12 @@ func copyBody(w http.ResponseWriter, body io.Reader, flushEach bool) error {
 	buf := *bp
 	var rc *http.ResponseController
 	if flushEach {
+		// The header goes out at once, before any body: a stream's client
+		// sees the answer start even while the backend says nothing yet.
 		rc = http.NewResponseController(w)
+		if err := rc.Flush(); err != nil {
+			return err
+		}
 	}
 	for {
 		n, rerr := body.Read(buf)

@@ -19,7 +19,8 @@ const (
 	idleConnTimeout = 2 * time.Minute
 	// checkIdleAfter: a connection idle longer than this is checked before
 	// it is used (backends close idle connections on their own timers, e.g.
-	// 5 s for Node.js); one a busy proxy reuses within it is not.
+	// 5 s for Node.js); one a busy proxy reuses within it is not, for a
+	// request that can go again on a new connection if it was closed.
 	checkIdleAfter = time.Second
 	// tcpKeepAlive is the probe interval of upstream connections, Caddy's
 	// default.
@@ -50,8 +51,11 @@ type connPool struct {
 	closed bool // the backend left the service: nothing is kept any more
 }
 
-// get returns an idle connection that is still open, or nil.
-func (cp *connPool) get(now time.Time) *upstreamConn {
+// get returns an idle connection that is still open, or nil. Connections
+// idle past checkIdleAfter are checked first, all of them when always is
+// set: a request that cannot be sent twice must not go on a connection the
+// backend has closed already.
+func (cp *connPool) get(now time.Time, always bool) *upstreamConn {
 	for {
 		cp.mu.Lock()
 		n := len(cp.idle)
@@ -64,7 +68,7 @@ func (cp *connPool) get(now time.Time) *upstreamConn {
 		cp.idle = cp.idle[:n-1]
 		cp.mu.Unlock()
 		idle := now.Sub(c.idleAt)
-		if idle < checkIdleAfter || idle < idleConnTimeout && stillOpen(c.conn) {
+		if idle < checkIdleAfter && !always || idle < idleConnTimeout && stillOpen(c.conn) {
 			c.reused = true
 			return c
 		}
