@@ -360,7 +360,7 @@ func (r windowRound) merge(service string) (map[string]slo.Window, slo.Nodes) {
 }
 
 // windowsRequest asks a node for its windows of every service the leader
-// judges (RPC "slo_windows"), each over its own window.
+// judges (RPC "slo_windows_v2"), each over its own window.
 type windowsRequest struct {
 	Services []serviceWindows `json:"services"`
 }
