@@ -524,3 +524,70 @@ func TestFastPathEligible(t *testing.T) {
 		t.Error("an HTTP/2 request must take Caddy's path")
 	}
 }
+
+// FuzzFastRequestHead: whatever request a client sends, the head the fast
+// path writes for it parses back as the same request (method, target, Host)
+// carrying the client's end-to-end headers unchanged, no hop-by-hop header
+// but `Te: trailers`, and cbproxy's own X-Forwarded-* and Via.
+func FuzzFastRequestHead(f *testing.F) {
+	for _, seed := range []string{
+		"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /a?b=c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nTe: trailers\r\nUser-Agent: u\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: h:8080\r\nContent-Length: 3\r\nX-Forwarded-For: 1.2.3.4\r\nVia: 1.0 a\r\n\r\nabc",
+		"PUT /p HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: h\r\nConnection: Via, User-Agent, X-Forwarded-For\r\nVia: x\r\nUser-Agent: y\r\n\r\n",
+		"DELETE /%2F HTTP/1.1\r\nHost: [::1]:80\r\nKeep-Alive: 1\r\nProxy-Connection: x\r\nAlt-Svc: y\r\nX-Forwarded-Proto: https\r\n\r\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		in, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil || !fastEligible(in) {
+			return
+		}
+		in.RemoteAddr = "192.0.2.1:1234"
+		var out bytes.Buffer
+		c := &upstreamConn{bw: bufio.NewWriter(&out)}
+		if err := writeRequestHead(c, in); err != nil {
+			return // an invalid header field: refused, as the Transport does
+		}
+		c.bw.Flush()
+		got, err := http.ReadRequest(bufio.NewReader(&out))
+		if err != nil {
+			t.Fatalf("the head written for %q does not parse: %v\n%s", raw, err, out.String())
+		}
+		if got.Method != in.Method || got.RequestURI != in.URL.RequestURI() || got.Host != in.Host {
+			t.Fatalf("%q became %s %s Host %q", raw, got.Method, got.RequestURI, got.Host)
+		}
+		nominated := map[string]bool{}
+		for _, v := range in.Header["Connection"] {
+			for _, f := range strings.Split(v, ",") {
+				nominated[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
+			}
+		}
+		for k, vv := range got.Header {
+			switch {
+			case k == "Te":
+				if len(vv) != 1 || vv[0] != "trailers" {
+					t.Fatalf("Te %q passed on", vv)
+				}
+			case isHopHeader(k) || nominated[k] && k != "X-Forwarded-For" && k != "X-Forwarded-Proto" && k != "X-Forwarded-Host" && k != "Via":
+				t.Fatalf("hop-by-hop %s passed on for %q", k, raw)
+			}
+		}
+		for k, vv := range in.Header {
+			if isHopHeader(k) || nominated[k] || isOwnRequestHeader(k) {
+				continue
+			}
+			if !reflect.DeepEqual(got.Header[k], vv) {
+				t.Fatalf("%s: %q became %q", k, vv, got.Header[k])
+			}
+		}
+		if xff := got.Header["X-Forwarded-For"]; len(xff) != 1 || xff[0] != "192.0.2.1" {
+			t.Fatalf("X-Forwarded-For %q", xff)
+		}
+		if via := got.Header["Via"]; len(via) == 0 || !strings.HasSuffix(via[len(via)-1], " Caddy") {
+			t.Fatalf("Via %q", via)
+		}
+	})
+}
