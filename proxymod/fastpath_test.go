@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"reflect"
@@ -255,31 +256,38 @@ func TestFastPathMatchesCaddy(t *testing.T) {
 	}
 }
 
+// newConnCountingBackend starts a backend that counts the connections it
+// accepts and closes those idle past idleTimeout (0: never).
+func newConnCountingBackend(t *testing.T, conns *atomic.Int64, idleTimeout time.Duration, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.IdleTimeout = idleTimeout
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 // TestFastPathKeepAlive: requests reuse one connection; a backend that
 // closes its connection after each answer, or closes idle ones, costs no
 // failed request.
 func TestFastPathKeepAlive(t *testing.T) {
 	var idleClose, perRequestClose atomic.Int64
-	keep := newBackend(t, "keep", nil)
-	keep.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			idleClose.Add(1)
-		}
-	}
-	keep.Config.IdleTimeout = 200 * time.Millisecond
-	closing := newBackend(t, "closing", func(w http.ResponseWriter, r *http.Request) {
+	keep := newConnCountingBackend(t, &idleClose, 200*time.Millisecond, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "keep\n")
+	})
+	closing := newConnCountingBackend(t, &perRequestClose, 0, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		io.WriteString(w, "closing\n")
 	})
-	closing.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			perRequestClose.Add(1)
-		}
-	}
 	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": "keep"}, map[string]any{"service": "closing"})
 	runCaddy(t, cfg)
-	applyService(service("keep", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {keep.addr()}}))
-	applyService(service("closing", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {closing.addr()}}))
+	applyService(service("keep", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {keep.Listener.Addr().String()}}))
+	applyService(service("closing", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {closing.Listener.Addr().String()}}))
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
 
@@ -422,6 +430,7 @@ func TestFastPathClientAbort(t *testing.T) {
 	cfg, addrs := caddyConfig(t, nil, map[string]any{"service": "abort"})
 	runCaddy(t, cfg)
 	applyService(service("abort", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {slow.addr()}}))
+	aborts := abortsOf("abort", "blue")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -431,7 +440,7 @@ func TestFastPathClientAbort(t *testing.T) {
 		t.Fatalf("the request did not time out: %s", resp.Status)
 	}
 	b := backendRecord("abort", "blue")
-	waitQuiet(t, func() bool { return abortsOf("abort", "blue") == 1 && closed.Load() == 1 && b.inFlight.Load() == 0 })
+	waitQuiet(t, func() bool { return abortsOf("abort", "blue") == aborts+1 && closed.Load() == 1 && b.inFlight.Load() == 0 })
 	if n := b.conns.idleCount(); n != 0 {
 		t.Errorf("%d connections kept after an abort", n)
 	}
@@ -590,4 +599,50 @@ func FuzzFastRequestHead(f *testing.F) {
 			t.Fatalf("Via %q", via)
 		}
 	})
+}
+
+// TestFastPathPolicies: the fast path balances by round robin only; a pool
+// under another lb_policy is served by Caddy's reverse_proxy, with the
+// policy's choice (first: always the first backend).
+func TestFastPathPolicies(t *testing.T) {
+	one, two := newBackend(t, "one", nil), newBackend(t, "two", nil)
+	cfg, addrs := caddyConfig(t, nil,
+		map[string]any{"service": "rr", "lb_policy": map[string]any{"policy": "round_robin"}},
+		map[string]any{"service": "first", "lb_policy": map[string]any{"policy": "first"}},
+	)
+	runCaddy(t, cfg)
+	for _, name := range []string{"rr", "first"} {
+		applyService(service(name, map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {one.addr(), two.addr()}}))
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	seen := map[string]map[string]int{"rr": {}, "first": {}}
+	for i, name := range []string{"rr", "first"} {
+		for range 10 {
+			resp, body := get(t, client, "http://"+addrs[i]+"/", nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: %s", name, resp.Status)
+			}
+			seen[name][body]++
+		}
+	}
+	if seen["rr"]["one\n"] != 5 || seen["rr"]["two\n"] != 5 {
+		t.Errorf("round_robin on the fast path: %v, want 5 and 5", seen["rr"])
+	}
+	if seen["first"]["one\n"] != 10 {
+		t.Errorf("lb_policy first: %v, want all 10 on the first backend", seen["first"])
+	}
+	tbl := routes.lookup("rr").table.Load()
+	fastIdle := 0
+	for _, b := range tbl.pools[0].backends {
+		fastIdle += b.conns.idleCount()
+	}
+	tbl = routes.lookup("first").table.Load()
+	caddyIdle := 0
+	for _, b := range tbl.pools[0].backends {
+		caddyIdle += b.conns.idleCount()
+	}
+	if fastIdle != 2 || caddyIdle != 0 {
+		t.Errorf("idle fast-path connections: %d for round_robin (want 2), %d for first (want 0: Caddy's path)", fastIdle, caddyIdle)
+	}
 }
