@@ -646,3 +646,37 @@ func TestFastPathPolicies(t *testing.T) {
 		t.Errorf("idle fast-path connections: %d for round_robin (want 2), %d for first (want 0: Caddy's path)", fastIdle, caddyIdle)
 	}
 }
+
+// TestStillOpen: the peek before reusing a connection tells an open one
+// from one the backend closed or wrote to unasked, whatever read deadline
+// the last request left on it.
+func TestStillOpen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (client, server net.Conn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); s.Close() })
+		return c, s
+	}
+	c, _ := pair()
+	c.SetReadDeadline(time.Now().Add(-time.Second)) // a header timeout long past
+	if !stillOpen(c) {
+		t.Error("an open idle connection with a past read deadline was judged closed")
+	}
+	c, s := pair()
+	s.Close()
+	waitQuiet(t, func() bool { return !stillOpen(c) })
+	c, s = pair()
+	io.WriteString(s, "HTTP/1.1 408 Request Timeout\r\n\r\n")
+	waitQuiet(t, func() bool { return !stillOpen(c) })
+}

@@ -133,6 +133,12 @@ func stillOpen(c net.Conn) bool {
 	if err != nil {
 		return false
 	}
+	// The last request may have left its header timeout set (fastpath.go
+	// keeps it when the body was already buffered); a past one would fail
+	// the peek without looking.
+	if c.SetReadDeadline(time.Time{}) != nil {
+		return false
+	}
 	var buf [1]byte
 	open := false
 	err = rc.Read(func(fd uintptr) bool {
