@@ -440,7 +440,9 @@ func TestFastPathClientAbort(t *testing.T) {
 		t.Fatalf("the request did not time out: %s", resp.Status)
 	}
 	b := backendRecord("abort", "blue")
-	waitQuiet(t, func() bool { return abortsOf("abort", "blue") == aborts+1 && closed.Load() == 1 && b.inFlight.Load() == 0 })
+	waitQuiet(t, func() bool {
+		return abortsOf("abort", "blue") == aborts+1 && closed.Load() == 1 && b.inFlight.Load() == 0
+	})
 	if n := b.conns.idleCount(); n != 0 {
 		t.Errorf("%d connections kept after an abort", n)
 	}
