@@ -25,8 +25,9 @@ func init() {
 
 // Handler routes the requests of one service to its pools by the weights in
 // cbproxy's replicated state, and proxies them to a backend of the chosen
-// pool with Caddy's own reverse proxy (its transport, retries, streaming and
-// WebSockets).
+// pool: plain HTTP/1.x requests to plain HTTP backends on cbproxy's own
+// upstream path (`fast_path`), everything else with Caddy's own reverse
+// proxy (its transport, retries, streaming and WebSockets).
 //
 // A request goes to the pool named by the override header (if configured
 // and valid), else to the pool of the client's sticky key (if stickiness is
