@@ -55,6 +55,8 @@ cbproxy_pool_weight_percent{pool="blue",service="shop"} 99.5
 cbproxy_pool_weight_percent{pool="canary",service="shop"} 0.5
 # HELP cbproxy_request_duration_seconds Time the backend took to its response header (or the proxy's failure), from the dispatch or from the end of the request body, by pool; client aborts only when they had waited past the rollback P95.
 # TYPE cbproxy_request_duration_seconds histogram
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.001"} 0
+cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.0025"} 0
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.005"} 1
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.01"} 1
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="0.025"} 1
@@ -69,6 +71,8 @@ cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="10"} 4
 cbproxy_request_duration_seconds_bucket{pool="blue",service="shop",le="+Inf"} 5
 cbproxy_request_duration_seconds_sum{pool="blue",service="shop"} 13.643
 cbproxy_request_duration_seconds_count{pool="blue",service="shop"} 5
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.001"} 0
+cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.0025"} 0
 cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.005"} 0
 cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.01"} 0
 cbproxy_request_duration_seconds_bucket{pool="canary",service="shop",le="0.025"} 0

@@ -71,6 +71,8 @@ type poolRoute struct {
 	backends  []poolBackend
 	available []*backend
 	tls       bool
+	// robin is the fast path's round-robin cursor over available.
+	robin atomic.Uint32
 
 	// stats are the pool's figures, judged by the SLO; overridden counts
 	// the requests sent to the pool with the override header, which are
@@ -103,15 +105,20 @@ type backend struct {
 	host atomic.Pointer[reverseproxy.Host]
 	// dialing is set while a passive check dials the backend after a failure.
 	dialing atomic.Bool
+	// inFlight counts the fast path's requests open to the backend
+	// (Caddy's Host counts the others); conns are its idle connections.
+	inFlight atomic.Int64
+	conns    connPool
 }
 
 // requests returns the number of requests this node has open to b, long-lived
 // connections included.
 func (b *backend) requests() int64 {
+	n := b.inFlight.Load()
 	if h := b.host.Load(); h != nil {
-		return int64(h.NumRequests())
+		n += int64(h.NumRequests())
 	}
-	return 0
+	return n
 }
 
 // exactSplit deals the requests of the weighted split: request k goes to
@@ -253,7 +260,14 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 	// Backend records carry over to the new table; those of addresses the
 	// service no longer has are dropped.
 	kept := make(map[string]*backend)
-	defer func() { rt.backends = kept }()
+	defer func() {
+		for address, b := range rt.backends {
+			if kept[address] == nil {
+				b.conns.shut()
+			}
+		}
+		rt.backends = kept
+	}()
 	if svc == nil {
 		if deleted {
 			t.refusal = fmt.Appendf(nil, "cbproxy: service %q was deleted through the admin API\n", rt.name)
