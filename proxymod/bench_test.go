@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
@@ -79,4 +80,17 @@ func BenchmarkRebuildOneService(b *testing.B) {
 		v.Index = uint64(i + 1)
 		rr.apply(v)
 	}
+}
+
+// BenchmarkRecord is the handler's accounting of one answered request, from
+// all cores at once: a random shard of the pool's counters, no lock, no
+// allocation.
+func BenchmarkRecord(b *testing.B) {
+	s := newPoolStats()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.record(1, 3*time.Millisecond)
+		}
+	})
 }

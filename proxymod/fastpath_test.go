@@ -682,3 +682,62 @@ func TestStillOpen(t *testing.T) {
 	io.WriteString(s, "HTTP/1.1 408 Request Timeout\r\n\r\n")
 	waitQuiet(t, func() bool { return !stillOpen(c) })
 }
+
+// An idle connection gives its read and write buffers back and takes them
+// again when it is used: at 1,000 services each backend keeps its idle
+// connections, and their 8 kB of buffers each were 11 MB of the live heap.
+func TestIdleConnHoldsNoBuffers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		br := bufio.NewReader(s)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(s, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"+req.URL.Path[1:])
+		}
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func(c *upstreamConn, word string) {
+		t.Helper()
+		io.WriteString(c.bw, "GET /"+word+" HTTP/1.1\r\nHost: b\r\n\r\n")
+		if err := c.bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || string(body) != word {
+			t.Fatalf("body %q, %v; want %q", body, err, word)
+		}
+	}
+	var pool connPool
+	c := newUpstreamConn(conn)
+	roundTrip(c, "one")
+	pool.put(c, time.Now())
+	if c.br != nil || c.bw != nil {
+		t.Errorf("an idle connection holds its buffers (reader %v, writer %v)", c.br != nil, c.bw != nil)
+	}
+	got := pool.get(time.Now(), true)
+	if got != c {
+		t.Fatalf("the idle connection was not handed out again")
+	}
+	roundTrip(got, "two")
+	pool.shut()
+	got.conn.Close()
+}

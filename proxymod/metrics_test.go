@@ -1,6 +1,8 @@
 package proxymod
 
 import (
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
@@ -211,5 +214,53 @@ func TestMetricsSeriesAtScale(t *testing.T) {
 				t.Errorf("%s of %s: %d series, want %d", name, svc, families[name][svc], n)
 			}
 		}
+	}
+}
+
+// A scrape of 1,000 services of 3 pools x 2 backends (13,000 series, one
+// counter per service) allocates a few slabs, not objects per series: label
+// pairs point at names the routes already hold. Before: about 9 allocations
+// and 400 bytes per series.
+func TestScrapeAllocations(t *testing.T) {
+	rr := newRouteRegistry()
+	view := &state.View{Index: 1, Services: map[string]*state.Service{}}
+	weights := map[string]state.Weight{"blue": 5000, "canary": 2500, "green": 2500}
+	for i := range 1000 {
+		name := fmt.Sprintf("s%04d", i)
+		pools := map[string][]string{}
+		for j, pool := range []string{"blue", "canary", "green"} {
+			pools[pool] = []string{fmt.Sprintf("10.%d.%d.1:80", i/250, i%250*3+j), fmt.Sprintf("10.%d.%d.2:80", i/250, i%250*3+j)}
+		}
+		view.Services[name] = service(name, weights, pools)
+	}
+	rr.apply(view)
+	for _, r := range *rr.byName.Load() {
+		r.table.Load().pools[0].stats.record(1, 3*time.Millisecond)
+	}
+	const want = 13000
+	ch := make(chan prometheus.Metric, 2*want)
+	var series int
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	collector{rr}.Collect(ch)
+	runtime.ReadMemStats(&after)
+	close(ch)
+	for m := range ch {
+		if m.Write(&dto.Metric{}) != nil {
+			t.Fatalf("%s: Write failed", m.Desc())
+		}
+		series++
+	}
+	if series != want {
+		t.Fatalf("%d series, want %d", series, want)
+	}
+	allocs, bytes := after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc
+	t.Logf("a scrape of %d series: %d allocations, %d bytes", series, allocs, bytes)
+	// The snapshots of the streams and a slab every 256 values.
+	if perSeries := float64(allocs) / float64(series); perSeries > 0.5 {
+		t.Errorf("%.2f allocations per series (%d for %d series), want at most 0.5", perSeries, allocs, series)
+	}
+	if perSeries := float64(bytes) / float64(series); perSeries > 250 {
+		t.Errorf("%.0f bytes per series (%d for %d series), want at most 250", perSeries, bytes, series)
 	}
 }

@@ -132,7 +132,7 @@ func newRoute(service string) *route {
 		stats:      make(map[string]*poolStats),
 		overridden: make(map[string]*poolStats),
 		backends:   make(map[string]*backend),
-		none:       new(poolStats),
+		none:       newPoolStats(),
 	}
 }
 
@@ -209,7 +209,7 @@ func (rr *routeRegistry) rebuildLocked(r *route) {
 func (r *route) forgetFigures() {
 	r.stats = make(map[string]*poolStats)
 	r.overridden = make(map[string]*poolStats)
-	r.none = new(poolStats)
+	r.none = newPoolStats()
 	r.streams.forgetClosed()
 }
 
@@ -218,7 +218,7 @@ func (r *route) forgetFigures() {
 // that counts never reset.
 func (r *route) poolStats(pool string) (judged, overridden *poolStats) {
 	if r.stats[pool] == nil {
-		r.stats[pool], r.overridden[pool] = new(poolStats), new(poolStats)
+		r.stats[pool], r.overridden[pool] = newPoolStats(), newPoolStats()
 	}
 	return r.stats[pool], r.overridden[pool]
 }

@@ -32,7 +32,8 @@ const (
 
 // upstreamConn is one HTTP/1.1 connection to a backend.
 type upstreamConn struct {
-	conn   net.Conn
+	conn net.Conn
+	// br and bw are nil while the connection is idle (connPool.put).
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time // when it went back to the idle list
@@ -40,7 +41,46 @@ type upstreamConn struct {
 }
 
 func newUpstreamConn(c net.Conn) *upstreamConn {
-	return &upstreamConn{conn: c, br: bufio.NewReaderSize(c, connBufferSize), bw: bufio.NewWriterSize(c, connBufferSize)}
+	uc := &upstreamConn{conn: c}
+	uc.takeBuffers()
+	return uc
+}
+
+// Buffers of connections in use. An idle connection gives its own back: at
+// 1,000 services every backend keeps its idle connections, and their 8 kB
+// of buffers each were 11 MB of the live heap (docs/decisions.md, "Idle
+// upstream connections without buffers").
+var (
+	connReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, connBufferSize) }}
+	connWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, connBufferSize) }}
+)
+
+// takeBuffers gives a connection about to be used its buffers.
+func (c *upstreamConn) takeBuffers() {
+	if c.br == nil {
+		c.br = connReaders.Get().(*bufio.Reader)
+		c.br.Reset(c.conn)
+	}
+	if c.bw == nil {
+		c.bw = connWriters.Get().(*bufio.Writer)
+		c.bw.Reset(c.conn)
+	}
+}
+
+// releaseBuffers gives an idle connection's buffers back, when they hold
+// nothing (a response read to its end and a flushed request leave them
+// empty; anything else stays with the connection).
+func (c *upstreamConn) releaseBuffers() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		c.br.Reset(nil)
+		connReaders.Put(c.br)
+		c.br = nil
+	}
+	if c.bw != nil && c.bw.Buffered() == 0 {
+		c.bw.Reset(nil)
+		connWriters.Put(c.bw)
+		c.bw = nil
+	}
 }
 
 // connPool holds a backend's idle connections, the most recently used on
@@ -70,6 +110,7 @@ func (cp *connPool) get(now time.Time, always bool) *upstreamConn {
 		idle := now.Sub(c.idleAt)
 		if idle < checkIdleAfter && !always || idle < idleConnTimeout && stillOpen(c.conn) {
 			c.reused = true
+			c.takeBuffers()
 			return c
 		}
 		c.conn.Close()
@@ -81,6 +122,8 @@ func (cp *connPool) get(now time.Time, always bool) *upstreamConn {
 // idle past idleConnTimeout.
 func (cp *connPool) put(c *upstreamConn, now time.Time) {
 	c.idleAt = now
+	// Before it is in the list: from then on another request may take it.
+	c.releaseBuffers()
 	var expired *upstreamConn
 	cp.mu.Lock()
 	if cp.closed || len(cp.idle) >= maxIdleConnsPerHost {
