@@ -101,6 +101,9 @@ type Checker struct {
 	mu       sync.RWMutex
 	closed   bool
 	services map[string]*state.Service // as last reconciled
+	// last is the view last reconciled (nil before the first): a view
+	// whose Changes are relative to it only needs those services visited.
+	last     *state.View
 	backends map[key]*backend
 	// changed is closed and replaced whenever a status changes or Update
 	// changes the set of backends, to wake WaitChecked.
@@ -146,8 +149,10 @@ func New(cfg Config) *Checker {
 // Update reconciles the checks with a new replicated view: it starts probing
 // new backends, stops probing removed ones and restarts the probes of
 // services whose health check changed. Services are immutable in the state,
-// so a service whose pointer did not change is skipped: Update is cheap on
-// every applied command.
+// so a service whose pointer did not change is skipped, and when the view
+// lists what it changed from the view reconciled last (state.View.Changes)
+// only those services are looked at: Update costs what the change costs,
+// not a walk over every service.
 //
 // A new backend is unknown when its service has an active check, else
 // healthy. A backend that stays keeps its status across a change of its
@@ -161,19 +166,34 @@ func (c *Checker) Update(v *state.View) {
 	if c.closed {
 		return
 	}
+	last := c.last
+	c.last = v
 	touched := false
-	for name, old := range c.services {
-		if _, ok := v.Services[name]; !ok {
-			c.reconcileLocked(name, old, nil)
-			delete(c.services, name)
-			touched = true
+	reconcile := func(name string) {
+		old, cur := c.services[name], v.Services[name]
+		if old == cur {
+			return
 		}
+		c.reconcileLocked(name, old, cur)
+		if cur == nil {
+			delete(c.services, name)
+		} else {
+			c.services[name] = cur
+		}
+		touched = true
 	}
-	for name, svc := range v.Services {
-		if old := c.services[name]; old != svc {
-			c.reconcileLocked(name, old, svc)
-			c.services[name] = svc
-			touched = true
+	if ch := v.Changes; ch != nil && last != nil && last.Index == ch.Since {
+		for _, name := range ch.Services {
+			reconcile(name)
+		}
+	} else {
+		for name := range c.services {
+			if v.Services[name] == nil {
+				reconcile(name)
+			}
+		}
+		for name := range v.Services {
+			reconcile(name)
 		}
 	}
 	if touched {

@@ -1,7 +1,9 @@
 package proxymod
 
 import (
+	"iter"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,17 +143,69 @@ func newRoute(service string) *route {
 // the admin API and metrics see all of them); a table is rebuilt only when
 // its service changed. The routes of deleted services that no handler holds
 // leave the registry, so that /metrics and the SLO windows forget them.
+//
+// When the view lists what it changed from the view this registry applied
+// last (state.View.Changes), only those services are visited: the work is
+// in proportion to the change, not to the number of services (a walk over
+// 1,000 routes cost twenty times the rebuild of the changed table).
+// Otherwise (the first view, a restored one, views missed across a reload)
+// every service of the view and every route is.
 func (rr *routeRegistry) apply(v *state.View) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
+	last := rr.view
 	rr.view = v
-	for name := range v.Services {
-		rr.getLocked(name)
+	old := *rr.byName.Load()
+	if ch := v.Changes; ch != nil && last != nil && last.Index == ch.Since {
+		rr.updateLocked(old, slices.Values(ch.Services))
+		return
 	}
-	for _, r := range *rr.byName.Load() {
-		rr.rebuildLocked(r)
+	rr.updateLocked(old, func(yield func(string) bool) {
+		for name := range v.Services {
+			if !yield(name) {
+				return
+			}
+		}
+		for name := range old {
+			if v.Services[name] == nil && !yield(name) {
+				return
+			}
+		}
+	})
+}
+
+// updateLocked brings the routes of names (each once) up to date with
+// rr.view: a service without a route gets one, a changed one its table,
+// and the route of a deleted service that nobody holds leaves the
+// registry. The route map is copied at most once.
+func (rr *routeRegistry) updateLocked(old map[string]*route, names iter.Seq[string]) {
+	var next map[string]*route
+	for name := range names {
+		r := old[name]
+		switch {
+		case r == nil && rr.view.Services[name] == nil:
+		case r == nil:
+			r = newRoute(name)
+			// Publish the route only with a table: readers never see a nil one.
+			rr.rebuildLocked(r)
+			if next == nil {
+				next = maps.Clone(old)
+			}
+			next[name] = r
+		default:
+			rr.rebuildLocked(r)
+			if r.holders == 0 && rr.view.Deleted[name] != 0 {
+				if next == nil {
+					next = maps.Clone(old)
+				}
+				delete(next, name)
+				delete(rr.healthGen, name)
+			}
+		}
 	}
-	rr.dropDeletedLocked()
+	if next != nil {
+		rr.byName.Store(&next)
+	}
 }
 
 // dropDeletedLocked takes the routes of deleted services that nobody holds

@@ -15,7 +15,7 @@ func batchEntries(t *testing.T) []Entry {
 	cmds := []Command{
 		put("a", testSpec()),
 		put("b", testSpec()),
-		setWeights("a", Weights{"blue": Total}),
+		setWeights("a", Weights{"green": Total}),
 		setWeights("nope", Weights{"blue": Total}), // refused: not found
 		cmd("", NodeJoin{Node: &n2}),
 		cmd("b", DeleteService{}),
@@ -65,6 +65,14 @@ func TestApplyBatchLikeOneByOne(t *testing.T) {
 	}
 	if len(before.Services) != beforeServices || before.Services["b"] != nil || before.Index != 1 || len(before.Nodes) != 0 {
 		t.Fatalf("the view published before the batch changed: index %d, services %v, nodes %v", before.Index, before.Services, before.Nodes)
+	}
+	// What the batch changed: each service once, in the order of their
+	// first change; the node join and the refusal change no service.
+	if ch := batch.View().Changes; ch == nil || ch.Since != 1 || !reflect.DeepEqual(ch.Services, []string{"b", "a", "c"}) {
+		t.Errorf("changes of the batch's view = %+v, want since 1, services [b a c]", ch)
+	}
+	if ch := before.Changes; ch == nil || ch.Since != 0 || !reflect.DeepEqual(ch.Services, []string{"a"}) {
+		t.Errorf("changes of the first view = %+v, want since 0, services [a]", ch)
 	}
 	if got := batch.View().Index; got != uint64(len(entries)) {
 		t.Fatalf("index after the batch = %d, want %d", got, len(entries))

@@ -28,6 +28,22 @@ type View struct {
 	// index of their removal: such a node may not join again by itself,
 	// only by an operator's join. A node is never both in Nodes and here.
 	Removed map[string]uint64
+	// Changes is what differs from the view published just before this
+	// one, for readers that see every view and want to work in proportion
+	// to a change (the data plane, the health checker); nil when unknown
+	// (the first view, a restored one): compare everything.
+	Changes *ViewChanges
+}
+
+// ViewChanges is what a view changed from the one published before it.
+type ViewChanges struct {
+	// Since is the Index of the view before: the list holds only for a
+	// reader whose last view had this Index (another one missed views
+	// and compares everything).
+	Since uint64
+	// Services names, once each, the services whose entry in Services or
+	// Deleted differs from the view before.
+	Services []string
 }
 
 // Options tune a Machine; zero values take the defaults.
@@ -279,6 +295,8 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 	// in place by the batch's later commands.
 	next := &View{Index: cur.Index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
 	var owned struct{ services, nodes bool }
+	next.Changes = &ViewChanges{Since: cur.Index}
+	changed := map[string]bool{}
 	var added []Event
 	for _, e := range entries {
 		if res, ok := m.unsupported(e.Data); !ok {
@@ -306,6 +324,10 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 			if !owned.services {
 				next.Services, next.Deleted = maps.Clone(next.Services), maps.Clone(next.Deleted)
 				owned.services = true
+			}
+			if !changed[c.Service] {
+				changed[c.Service] = true
+				next.Changes.Services = append(next.Changes.Services, c.Service)
 			}
 			if eff.service == nil {
 				delete(next.Services, c.Service)

@@ -1,0 +1,98 @@
+package proxymod
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
+)
+
+// TestRouteRegistryFollowsViewChanges: a registry that sees every view
+// visits only the services a view says it changed, and one that missed
+// views (as across a reload) compares everything; either way every route's
+// table is built from its service in the last view, deleted services'
+// routes leave, and new services get one. Views come from a real state
+// machine applying batches, as Raft hands them over.
+func TestRouteRegistryFollowsViewChanges(t *testing.T) {
+	every := newRouteRegistry()
+	missing := newRouteRegistry() // sees every other view only
+	views := 0
+	m := state.NewMachine(state.Options{OnApply: func(v *state.View, _ []state.Event) {
+		every.apply(v)
+		if views++; views%2 == 1 {
+			missing.apply(v)
+		}
+	}})
+	index := uint64(0)
+	entry := func(name string, p state.Payload) state.Entry {
+		index++
+		c := state.NewCommand(name, "ops", p)
+		c.Time = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC).Add(time.Duration(index) * time.Second)
+		data, err := state.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return state.Entry{Index: index, Data: data}
+	}
+	spec := func(i int) state.ServiceSpec {
+		return state.ServiceSpec{Pools: map[string]state.PoolSpec{
+			"blue":  {Backends: []string{fmt.Sprintf("10.0.%d.1:80", i)}},
+			"green": {Backends: []string{fmt.Sprintf("10.0.%d.2:80", i)}},
+		}}
+	}
+	put := func(i int) state.Entry {
+		s := spec(i)
+		return entry(fmt.Sprintf("s%d", i), state.PutService{Spec: &s})
+	}
+	weights := func(i int, green state.Weight) state.Entry {
+		return entry(fmt.Sprintf("s%d", i), state.SetWeights{Weights: state.Weights{"blue": state.Total - green, "green": green}})
+	}
+	held := every.hold("s9") // a handler of a service not created yet
+	defer every.release(held)
+	batches := [][]state.Entry{
+		{put(0), put(1), put(2)},
+		{weights(1, 5000)},
+		{put(3), weights(0, 100), entry("s2", state.DeleteService{})},
+		{weights(1, 2500), put(9)},
+		{entry("s9", state.DeleteService{}), put(2)},
+		{weights(3, 7000)},
+	}
+	for b, batch := range batches {
+		for _, r := range m.ApplyBatch(batch) {
+			if !r.OK() {
+				t.Fatalf("batch %d: %+v", b, r)
+			}
+		}
+		if b%2 == 1 {
+			// The registry that misses views catches up at the next one.
+			continue
+		}
+		v := m.View()
+		for _, rr := range []*routeRegistry{every, missing} {
+			which := "the registry that sees every view"
+			if rr == missing {
+				which = "the registry that missed views"
+			}
+			for name, svc := range v.Services {
+				r := rr.lookup(name)
+				if r == nil {
+					t.Fatalf("batch %d, %s: no route for %s", b, which, name)
+				}
+				if got := r.table.Load().service; got != svc {
+					t.Errorf("batch %d, %s: table of %s built from %p, the view has %p", b, which, name, got, svc)
+				}
+			}
+			for name := range v.Deleted {
+				if r := rr.lookup(name); r != nil && r.holders == 0 {
+					t.Errorf("batch %d, %s: the route of deleted %s is still there", b, which, name)
+				} else if r != nil && r.table.Load().service != nil {
+					t.Errorf("batch %d, %s: the held route of deleted %s still routes", b, which, name)
+				}
+			}
+		}
+	}
+	if every.lookup("s9") != held {
+		t.Error("a held route must stay the service's route")
+	}
+}
