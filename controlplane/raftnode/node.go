@@ -478,6 +478,13 @@ func (n *Node) OnChange(fn func(*state.View)) (cancel func()) {
 	return n.fsm.views.subscribe(fn, n.View)
 }
 
+// NextPublished returns a channel closed once the next view has been
+// handed to every OnChange subscriber (or the state machine halted), for
+// waiters that look at the data plane after each change.
+func (n *Node) NextPublished() <-chan struct{} {
+	return n.fsm.views.nextWake()
+}
+
 // Events returns a channel of events as they are applied; it is closed when
 // the reader falls behind or cancel is called.
 func (n *Node) Events() (<-chan state.Event, func()) { return n.fsm.events.subscribe() }
