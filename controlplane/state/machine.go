@@ -299,11 +299,12 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 	changed := map[string]bool{}
 	var added []Event
 	for _, e := range entries {
-		if res, ok := m.unsupported(e.Data); !ok {
+		c, res, ok := m.decodeSupported(e.Data)
+		if !ok {
 			results = append(results, res)
 			break
 		}
-		c, res, eff := m.apply(next, e.Index, e.Data)
+		res, eff := m.apply(next, e.Index, &c)
 		results = append(results, res)
 		next.Index = e.Index
 		switch {
@@ -364,54 +365,54 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 	return results
 }
 
-// unsupported checks that this build can apply the entry: its kind and every
-// field are among the machine's capabilities, and it decodes.
-func (m *Machine) unsupported(data []byte) (Result, bool) {
+// decodeSupported checks that this build can apply the entry (its kind
+// and every field are among the machine's capabilities) and decodes it,
+// once: apply takes the command decoded here. On false, the result is the
+// entry's CodeUnsupported refusal.
+func (m *Machine) decodeSupported(data []byte) (Command, Result, bool) {
+	var c Command
 	lacks := m.caps.Lacks(data)
 	if len(lacks) == 0 {
-		if _, err := Decode(data); err != nil {
+		var err error
+		if c, err = Decode(data); err != nil {
 			lacks = []string{"a command it cannot decode (" + err.Error() + ")"}
 		}
 	}
 	if len(lacks) == 0 {
-		return Result{}, true
+		return c, Result{}, true
 	}
-	return Result{Code: CodeUnsupported, Err: "this cbproxy build cannot apply the log entry: it lacks " + strings.Join(lacks, ", ") +
+	return c, Result{Code: CodeUnsupported, Err: "this cbproxy build cannot apply the log entry: it lacks " + strings.Join(lacks, ", ") +
 		" (a newer build wrote it)"}, false
 }
 
-// apply runs one command against the view v: decoding, the common checks, the
-// idempotency table, the version check and the kind's handler, in that order.
-// It returns the decoded command, its result and, when the command changes the
+// apply runs one decoded command against the view v: the common checks,
+// the idempotency table, the version check and the kind's handler, in that
+// order. It returns the command's result and, when the command changes the
 // state, its effect.
-func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *effect) {
-	c, err := Decode(data)
-	if err != nil {
-		return c, Result{Code: CodeInvalid, Err: err.Error()}, nil
-	}
+func (m *Machine) apply(v *View, index uint64, c *Command) (Result, *effect) {
 	reg, err := c.registration()
 	if err == nil {
 		err = c.validateCommon()
 	}
 	cur := v.Services[c.Service]
 	if err != nil {
-		return c, refuse(CodeInvalid, cur, "%v", err), nil
+		return refuse(CodeInvalid, cur, "%v", err), nil
 	}
 	m.evictIdem(c.Time)
 	if c.IdemKey != "" {
 		if e, ok := m.idem[c.IdemKey]; ok {
 			if e.Hash != c.IdemHash {
-				return c, refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
+				return refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
 			}
-			return c, e.result(cur), nil
+			return e.result(cur), nil
 		}
 	}
-	res, eff := m.run(v, cur, index, &c, reg)
+	res, eff := m.run(v, cur, index, c, reg)
 	res.Index = index
 	if c.IdemKey != "" {
-		m.rememberIdem(newIdemEntry(&c, index, res))
+		m.rememberIdem(newIdemEntry(c, index, res))
 	}
-	return c, res, eff
+	return res, eff
 }
 
 func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, reg *registration) (Result, *effect) {
