@@ -56,11 +56,19 @@ type route struct {
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics
-// collector) take the map without a lock; writers copy it under mu.
+// collector) take the map without a lock; writers change all under mu and
+// publish a copy of it.
 type routeRegistry struct {
 	mu     sync.Mutex
 	byName atomic.Pointer[map[string]*route]
-	view   *state.View // the last view applied
+	// all is every route, what byName shows once published. Before the
+	// first view, routes that handlers hold are published only with that
+	// view: the 1,000 handlers of a config each copied the map to add
+	// their route (a quarter of a million entries copied), and before a
+	// view no route serves or counts anything a reader would show.
+	all         map[string]*route
+	unpublished bool
+	view        *state.View // the last view applied
 	// health is the node's view of backend health (nil before a node runs:
 	// backends then count as the contract's defaults say). healthGen counts
 	// health changes per service, so a change rebuilds only that table.
@@ -82,7 +90,7 @@ func (rr *routeRegistry) useStickyKey(key []byte) error {
 }
 
 func newRouteRegistry() *routeRegistry {
-	rr := &routeRegistry{healthGen: map[string]uint64{}}
+	rr := &routeRegistry{healthGen: map[string]uint64{}, all: map[string]*route{}}
 	rr.byName.Store(&map[string]*route{})
 	return rr
 }
@@ -114,17 +122,25 @@ func (rr *routeRegistry) release(r *route) {
 }
 
 func (rr *routeRegistry) getLocked(service string) *route {
-	old := *rr.byName.Load()
-	if r := old[service]; r != nil {
+	if r := rr.all[service]; r != nil {
 		return r
 	}
 	r := newRoute(service)
 	// Publish the route only with a table: readers never see a nil one.
 	rr.rebuildLocked(r)
-	next := maps.Clone(old)
-	next[service] = r
-	rr.byName.Store(&next)
+	rr.all[service] = r
+	rr.unpublished = true
+	if rr.view != nil {
+		rr.publishLocked()
+	}
 	return r
+}
+
+// publishLocked shows readers the routes as they are now.
+func (rr *routeRegistry) publishLocked() {
+	next := maps.Clone(rr.all)
+	rr.byName.Store(&next)
+	rr.unpublished = false
 }
 
 // newRoute returns a route with no table yet.
@@ -155,18 +171,17 @@ func (rr *routeRegistry) apply(v *state.View) {
 	defer rr.mu.Unlock()
 	last := rr.view
 	rr.view = v
-	old := *rr.byName.Load()
 	if ch := v.Changes; ch != nil && last != nil && last.Index == ch.Since {
-		rr.updateLocked(old, slices.Values(ch.Services))
+		rr.updateLocked(slices.Values(ch.Services))
 		return
 	}
-	rr.updateLocked(old, func(yield func(string) bool) {
+	rr.updateLocked(func(yield func(string) bool) {
 		for name := range v.Services {
 			if !yield(name) {
 				return
 			}
 		}
-		for name := range old {
+		for name := range rr.all {
 			if v.Services[name] == nil && !yield(name) {
 				return
 			}
@@ -177,34 +192,29 @@ func (rr *routeRegistry) apply(v *state.View) {
 // updateLocked brings the routes of names (each once) up to date with
 // rr.view: a service without a route gets one, a changed one its table,
 // and the route of a deleted service that nobody holds leaves the
-// registry. The route map is copied at most once.
-func (rr *routeRegistry) updateLocked(old map[string]*route, names iter.Seq[string]) {
-	var next map[string]*route
+// registry. The routes are published once, if any came or went.
+func (rr *routeRegistry) updateLocked(names iter.Seq[string]) {
 	for name := range names {
-		r := old[name]
+		r := rr.all[name]
 		switch {
 		case r == nil && rr.view.Services[name] == nil:
 		case r == nil:
 			r = newRoute(name)
 			// Publish the route only with a table: readers never see a nil one.
 			rr.rebuildLocked(r)
-			if next == nil {
-				next = maps.Clone(old)
-			}
-			next[name] = r
+			rr.all[name] = r
+			rr.unpublished = true
 		default:
 			rr.rebuildLocked(r)
 			if r.holders == 0 && rr.view.Deleted[name] != 0 {
-				if next == nil {
-					next = maps.Clone(old)
-				}
-				delete(next, name)
+				delete(rr.all, name)
 				delete(rr.healthGen, name)
+				rr.unpublished = true
 			}
 		}
 	}
-	if next != nil {
-		rr.byName.Store(&next)
+	if rr.unpublished {
+		rr.publishLocked()
 	}
 }
 
@@ -214,20 +224,16 @@ func (rr *routeRegistry) dropDeletedLocked() {
 	if rr.view == nil {
 		return
 	}
-	old := *rr.byName.Load()
-	var next map[string]*route
-	for name, r := range old {
+	for name, r := range rr.all {
 		if r.holders > 0 || rr.view.Deleted[name] == 0 {
 			continue
 		}
-		if next == nil {
-			next = maps.Clone(old)
-		}
-		delete(next, name)
+		delete(rr.all, name)
 		delete(rr.healthGen, name)
+		rr.unpublished = true
 	}
-	if next != nil {
-		rr.byName.Store(&next)
+	if rr.unpublished {
+		rr.publishLocked()
 	}
 }
 
@@ -292,7 +298,7 @@ func (rr *routeRegistry) useHealth(h *healthcheck.Checker) (cancel func()) {
 func (rr *routeRegistry) healthChanged(service string) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	for name, r := range *rr.byName.Load() {
+	for name, r := range rr.all {
 		if service == "" || name == service {
 			rr.healthGen[name]++
 			rr.rebuildLocked(r)

@@ -96,3 +96,29 @@ func TestRouteRegistryFollowsViewChanges(t *testing.T) {
 		t.Error("a held route must stay the service's route")
 	}
 }
+
+// TestHeldRoutesPublishedWithTheFirstView: the routes handlers hold before
+// the node's first view (a config's provisioning) are published together
+// with that view, the same route objects the handlers hold; after it, a
+// newly held route is visible at once.
+func TestHeldRoutesPublishedWithTheFirstView(t *testing.T) {
+	rr := newRouteRegistry()
+	held := map[string]*route{}
+	for i := range 5 {
+		name := fmt.Sprintf("s%d", i)
+		held[name] = rr.hold(name)
+	}
+	svc := service("s0", map[string]state.Weight{"blue": state.Total}, map[string][]string{"blue": {"10.0.0.1:80"}})
+	rr.apply(&state.View{Index: 1, Services: map[string]*state.Service{"s0": svc}})
+	for name, r := range held {
+		if rr.lookup(name) != r {
+			t.Errorf("after the first view, lookup(%s) is not the route its handler holds", name)
+		}
+	}
+	if r := rr.hold("late"); rr.lookup("late") != r {
+		t.Error("a route held after the first view must be visible at once")
+	}
+	if rr.lookup("s0").table.Load().service != svc {
+		t.Error("the held route of s0 must route by the view")
+	}
+}
