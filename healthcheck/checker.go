@@ -101,6 +101,10 @@ type Checker struct {
 	mu       sync.RWMutex
 	closed   bool
 	services map[string]*state.Service // as last reconciled
+	// ordered holds each service's backends in the order of the
+	// replicated service (pools by name, then each pool's backends), for
+	// ServiceHealth.
+	ordered map[string][]*backend
 	// last is the view last reconciled (nil before the first): a view
 	// whose Changes are relative to it only needs those services visited.
 	last     *state.View
@@ -122,6 +126,7 @@ func New(cfg Config) *Checker {
 		cooldown: cfg.PassiveCooldown,
 		services: map[string]*state.Service{},
 		backends: map[key]*backend{},
+		ordered:  map[string][]*backend{},
 		changed:  make(chan struct{}),
 	}
 	if c.log == nil {
@@ -177,8 +182,10 @@ func (c *Checker) Update(v *state.View) {
 		c.reconcileLocked(name, old, cur)
 		if cur == nil {
 			delete(c.services, name)
+			delete(c.ordered, name)
 		} else {
 			c.services[name] = cur
+			c.ordered[name] = c.orderedLocked(name, cur)
 		}
 		touched = true
 	}
@@ -229,6 +236,38 @@ func (c *Checker) reconcileLocked(name string, old, cur *state.Service) {
 			c.configureLocked(e, check)
 		}
 	}
+}
+
+// orderedLocked lists the backends of svc, reconciled, in its order.
+func (c *Checker) orderedLocked(name string, svc *state.Service) []*backend {
+	var list []*backend
+	for _, pool := range svc.PoolNames() {
+		for _, b := range svc.Pools[pool].Backends {
+			list = append(list, c.backends[key{name, pool, b.Address}])
+		}
+	}
+	return list
+}
+
+// BackendStatus is one backend's status in ServiceHealth's list.
+type BackendStatus struct {
+	Pool, Address string
+	Status        Status
+}
+
+// ServiceHealth appends to dst the status of every backend of a service,
+// in the order of the replicated service (pools by name, then each pool's
+// backends), under one read lock and without a look-up per backend: GET
+// /v1/services asks for 6,000 backends at 1,000 services, and one Get
+// each was a third of its time. Nothing is appended for a service the
+// checker does not follow; Get answers for each backend alike.
+func (c *Checker) ServiceHealth(service string, dst []BackendStatus) []BackendStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, e := range c.ordered[service] {
+		dst = append(dst, BackendStatus{Pool: e.key.pool, Address: e.key.address, Status: e.Status})
+	}
+	return dst
 }
 
 // backendKeys returns the set of backends of svc (empty for nil).

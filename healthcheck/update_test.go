@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -71,5 +72,44 @@ func TestUpdateFollowsViewChanges(t *testing.T) {
 				t.Errorf("batch %d (missing views: %v): backends %v, want %v", b, c == missing, got, want)
 			}
 		}
+	}
+}
+
+// TestServiceHealthMatchesGet: ServiceHealth lists every backend of a
+// service, in the order of the replicated service (pools by name, then
+// each pool's backends), with the status Get answers for it, also after
+// the service changed and once a backend's status moved.
+func TestServiceHealthMatchesGet(t *testing.T) {
+	c := New(Config{})
+	defer c.Close()
+	svc := service("shop", nil, map[string][]string{
+		"green": {"10.0.0.3:80", "10.0.0.1:80"},
+		"blue":  {"10.0.0.2:80", "10.0.0.9:80"},
+	})
+	check := func(step string, svc *state.Service) {
+		t.Helper()
+		var want []BackendStatus
+		for _, pool := range svc.PoolNames() {
+			for _, b := range svc.Pools[pool].Backends {
+				want = append(want, BackendStatus{Pool: pool, Address: b.Address, Status: c.Get("shop", pool, b.Address).Status})
+			}
+		}
+		if got := c.ServiceHealth("shop", nil); !slices.Equal(got, want) {
+			t.Errorf("%s: ServiceHealth = %v, want %v", step, got, want)
+		}
+	}
+	c.Update(view(svc))
+	check("created", svc)
+	c.ConnectionRefused("shop", "green", "10.0.0.1:80")
+	if c.Get("shop", "green", "10.0.0.1:80").Status != StatusUnhealthy {
+		t.Fatal("a refused connection must make the backend unhealthy")
+	}
+	check("a backend unhealthy", svc)
+	svc2 := service("shop", nil, map[string][]string{"green": {"10.0.0.1:80", "10.0.0.4:80"}})
+	c.Update(view(svc2))
+	check("changed", svc2)
+	c.Update(view())
+	if got := c.ServiceHealth("shop", nil); len(got) != 0 {
+		t.Errorf("deleted service: ServiceHealth = %v, want nothing", got)
 	}
 }

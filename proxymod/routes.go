@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cbproxy/cbproxy/controlplane"
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/cbproxy/cbproxy/healthcheck"
 )
@@ -383,5 +384,30 @@ func (dp dataPlane) LongLived(service, pool, address string) int64 {
 	return r.streams.longLived(address)
 }
 
+// ServiceLoads implements adminapi.ServiceLoads: InFlight and LongLived of
+// every backend of the service's table, pools by name and backends in the
+// service's order, with one look-up of the route and one lock of its
+// streams.
+func (dataPlane) ServiceLoads(service string, dst []adminapi.BackendLoad) []adminapi.BackendLoad {
+	r := routes.lookup(service)
+	if r == nil {
+		return dst
+	}
+	t := r.table.Load()
+	r.streams.mu.Lock()
+	defer r.streams.mu.Unlock()
+	for i := range t.pools {
+		p := &t.pools[i]
+		for _, b := range p.backends {
+			long := r.streams.byAddress[b.address]
+			dst = append(dst, adminapi.BackendLoad{Pool: p.name, Address: b.address, InFlight: max(0, b.requests()-long), LongLived: long})
+		}
+	}
+	return dst
+}
+
 // Interface guards
-var _ controlplane.DataPlane = dataPlane{}
+var (
+	_ controlplane.DataPlane = dataPlane{}
+	_ adminapi.ServiceLoads  = dataPlane{}
+)

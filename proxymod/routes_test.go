@@ -2,9 +2,11 @@ package proxymod
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
@@ -120,5 +122,50 @@ func TestHeldRoutesPublishedWithTheFirstView(t *testing.T) {
 	}
 	if rr.lookup("s0").table.Load().service != svc {
 		t.Error("the held route of s0 must route by the view")
+	}
+}
+
+// TestServiceLoadsMatchesPerBackend: ServiceLoads lists every backend of
+// the service's table, pools by name and backends in the service's order,
+// with the counts InFlight and LongLived answer for each.
+func TestServiceLoadsMatchesPerBackend(t *testing.T) {
+	svc := service("loads-probe", map[string]state.Weight{"green": state.Total}, map[string][]string{
+		"green": {"10.9.0.3:80", "10.9.0.1:80"},
+		"blue":  {"10.9.0.2:80", "~10.9.0.4:80"},
+	})
+	applyService(svc)
+	r := routes.lookup("loads-probe")
+	t.Cleanup(func() {
+		r.table.Load().pools[0].backends[0].inFlight.Add(-3)
+		r.streams.mu.Lock()
+		delete(r.streams.byAddress, "10.9.0.1:80")
+		r.streams.mu.Unlock()
+	})
+	// Three requests open to blue's first backend, and a long-lived
+	// connection to green's second.
+	r.table.Load().pools[0].backends[0].inFlight.Add(3)
+	r.streams.mu.Lock()
+	if r.streams.byAddress == nil {
+		r.streams.byAddress = make(map[string]int64)
+	}
+	r.streams.byAddress["10.9.0.1:80"]++
+	r.streams.mu.Unlock()
+
+	dp := dataPlane{}
+	var want []adminapi.BackendLoad
+	for _, pool := range svc.PoolNames() {
+		for _, b := range svc.Pools[pool].Backends {
+			want = append(want, adminapi.BackendLoad{Pool: pool, Address: b.Address,
+				InFlight: dp.InFlight("loads-probe", pool, b.Address), LongLived: dp.LongLived("loads-probe", pool, b.Address)})
+		}
+	}
+	if want[0].InFlight != 3 || want[3].LongLived != 1 {
+		t.Fatalf("per backend: %v; want 3 in flight on blue's first backend, 1 long-lived on green's second", want)
+	}
+	if got := dp.ServiceLoads("loads-probe", nil); !slices.Equal(got, want) {
+		t.Errorf("ServiceLoads = %v, want %v", got, want)
+	}
+	if got := dp.ServiceLoads("no-such-service", nil); len(got) != 0 {
+		t.Errorf("unknown service: %v", got)
 	}
 }
