@@ -179,6 +179,21 @@ func (h *fakeHealth) Get(service, pool, address string) healthcheck.Backend {
 
 func (h *fakeHealth) WaitChecked(context.Context, string, string) {}
 
+// fakeServiceHealth answers ServiceHealth from fakeHealth's Get over the
+// backends that order lists (the replicated service's order, as the
+// checker does, or another one to make the admin API ask per backend).
+type fakeServiceHealth struct {
+	*fakeHealth
+	order func(service string) [][2]string
+}
+
+func (h fakeServiceHealth) ServiceHealth(service string, dst []healthcheck.BackendStatus) []healthcheck.BackendStatus {
+	for _, pb := range h.order(service) {
+		dst = append(dst, healthcheck.BackendStatus{Pool: pb[0], Address: pb[1], Status: h.Get(service, pb[0], pb[1]).Status})
+	}
+	return dst
+}
+
 // noVerdicts is a watcher that has judged nothing yet.
 type noVerdicts struct{}
 
@@ -227,6 +242,41 @@ func (l *fakeLoads) LongLived(service, pool, address string) int64 {
 	return l.longLived[service+"/"+pool+"/"+address]
 }
 
+// fakeServiceLoads answers ServiceLoads like fakeServiceHealth.
+type fakeServiceLoads struct {
+	*fakeLoads
+	order func(service string) [][2]string
+}
+
+func (l fakeServiceLoads) ServiceLoads(service string, dst []BackendLoad) []BackendLoad {
+	for _, pb := range l.order(service) {
+		dst = append(dst, BackendLoad{Pool: pb[0], Address: pb[1], InFlight: l.InFlight(service, pb[0], pb[1]), LongLived: l.LongLived(service, pb[0], pb[1])})
+	}
+	return dst
+}
+
+// backendOrder lists the backends of a service as the health checker and
+// the data plane answer a service at once: in the replicated service's
+// order (pools by name, then each pool's backends), except for a service
+// named "odd", in reverse, which GET /v1/services must not trust (it then
+// asks per backend; TestServiceJSONMatchesRender covers both).
+func (api *testAPI) backendOrder(service string) [][2]string {
+	s := api.node.View().Services[service]
+	var out [][2]string
+	if s == nil {
+		return out
+	}
+	for _, pool := range s.PoolNames() {
+		for _, b := range s.Pools[pool].Backends {
+			out = append(out, [2]string{pool, b.Address})
+		}
+	}
+	if service == "odd" {
+		slices.Reverse(out)
+	}
+	return out
+}
+
 // testAPI is an admin API served on loopback over the fakes.
 type testAPI struct {
 	server    *Server
@@ -251,9 +301,9 @@ func serveTestAPI(t *testing.T, tokens ...Token) *testAPI {
 	api.server = Serve(ln, Deps{
 		Node:      api.node,
 		Verdicts:  noVerdicts{},
-		Health:    api.health,
+		Health:    fakeServiceHealth{api.health, api.backendOrder},
 		Readiness: api.readiness,
-		Loads:     func() Loads { return api.loads },
+		Loads:     func() Loads { return fakeServiceLoads{api.loads, api.backendOrder} },
 		Metrics:   prometheus.NewRegistry(),
 	}, Config{Tokens: tokens, Logger: zap.NewNop})
 	t.Cleanup(api.server.Close)

@@ -116,9 +116,30 @@ func (c *serviceJSONCache) get(v *state.View, names []string) ([]*serviceJSON, e
 	return out, nil
 }
 
+// serviceFigures are the per-backend figures of the moment of one
+// service, asked for in one call each where the health checker and the
+// data plane answer so (ServiceHealth, ServiceLoads), kept for the next
+// service of a list.
+type serviceFigures struct {
+	health []healthcheck.BackendStatus
+	loads  []BackendLoad
+}
+
 // appendService appends the JSON of render(ctx, s) to dst, from the
-// service's encoded parts and this node's figures of the moment.
-func (a *Server) appendService(ctx context.Context, dst []byte, s *state.Service, sj *serviceJSON, dp Loads) ([]byte, error) {
+// service's encoded parts and this node's figures of the moment; figs, if
+// not nil, is reused from service to service.
+func (a *Server) appendService(ctx context.Context, dst []byte, s *state.Service, sj *serviceJSON, dp Loads, figs *serviceFigures) ([]byte, error) {
+	if figs == nil {
+		figs = &serviceFigures{}
+	}
+	figs.health, figs.loads = figs.health[:0], figs.loads[:0]
+	if h, ok := a.Health.(ServiceHealth); ok {
+		figs.health = h.ServiceHealth(s.Name, figs.health)
+	}
+	if l, ok := dp.(ServiceLoads); ok {
+		figs.loads = l.ServiceLoads(s.Name, figs.loads)
+	}
+	k := 0 // the backend's place in the service's order
 	dst = append(dst, sj.head...)
 	for i, p := range sj.pools {
 		if i > 0 {
@@ -132,13 +153,23 @@ func (a *Server) appendService(ctx context.Context, dst []byte, s *state.Service
 			dst = append(dst, `{"address":`...)
 			dst = append(dst, be.quoted...)
 			dst = append(dst, `,"health":`...)
-			dst = appendStatus(dst, a.Health.Get(s.Name, p.name, be.address).Status)
+			var health healthcheck.Status
+			if k < len(figs.health) && figs.health[k].Pool == p.name && figs.health[k].Address == be.address {
+				health = figs.health[k].Status
+			} else {
+				health = a.Health.Get(s.Name, p.name, be.address).Status
+			}
+			dst = appendStatus(dst, health)
 			dst = append(dst, `,"draining":`...)
 			dst = strconv.AppendBool(dst, be.draining)
 			var inFlight, longLived int64
-			if dp != nil {
+			switch {
+			case k < len(figs.loads) && figs.loads[k].Pool == p.name && figs.loads[k].Address == be.address:
+				inFlight, longLived = figs.loads[k].InFlight, figs.loads[k].LongLived
+			case dp != nil:
 				inFlight, longLived = dp.InFlight(s.Name, p.name, be.address), dp.LongLived(s.Name, p.name, be.address)
 			}
+			k++
 			dst = append(dst, `,"in_flight":`...)
 			dst = strconv.AppendInt(dst, inFlight, 10)
 			dst = append(dst, `,"long_lived":`...)

@@ -87,13 +87,14 @@ func (a *Server) listServices(w http.ResponseWriter, r *http.Request, _ string) 
 		return
 	}
 	dp := a.loads()
+	var figs serviceFigures
 	body := make([]byte, 0, a.listSize.Load()+4096)
 	body = append(body, `{"services":[`...)
 	for i, name := range names {
 		if i > 0 {
 			body = append(body, ',')
 		}
-		if body, err = a.appendService(r.Context(), body, v.Services[name], parts[i], dp); err != nil {
+		if body, err = a.appendService(r.Context(), body, v.Services[name], parts[i], dp, &figs); err != nil {
 			writeError(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}

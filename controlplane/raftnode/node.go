@@ -110,6 +110,8 @@ type Node struct {
 	// committed wakes announceCommits after a write committed on this
 	// leader; one pending wake-up is enough.
 	committed chan struct{}
+	// leaders wakes writes waiting for a leader (watchLeader).
+	leaders *leaderWatch
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -130,7 +132,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, done: make(chan struct{}), committed: make(chan struct{}, 1), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret)}
+	n := &Node{cfg: cfg, done: make(chan struct{}), committed: make(chan struct{}, 1), leaders: newLeaderWatch(), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret)}
 	n.logger.Store(cfg.Logger)
 	defer func() {
 		if err != nil {
@@ -145,9 +147,10 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.registerRPC()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.maintainMembership()
 	go n.announceCommits()
+	go n.watchLeader()
 	return n, nil
 }
 
@@ -473,6 +476,13 @@ func (n *Node) View() *state.View { return n.fsm.machine.View() }
 // every fn has returned.
 func (n *Node) OnChange(fn func(*state.View)) (cancel func()) {
 	return n.fsm.views.subscribe(fn, n.View)
+}
+
+// NextPublished returns a channel closed once the next view has been
+// handed to every OnChange subscriber (or the state machine halted), for
+// waiters that look at the data plane after each change.
+func (n *Node) NextPublished() <-chan struct{} {
+	return n.fsm.views.nextWake()
 }
 
 // Events returns a channel of events as they are applied; it is closed when

@@ -43,6 +43,9 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 	deadline := time.Now().Add(noLeaderHold)
 	backoff := 20 * time.Millisecond
 	for {
+		// Taken before the attempt, so that a leader elected during it
+		// wakes the wait below at once.
+		leaderChanged := n.leaders.next()
 		a, err := n.proposeOnce(ctx, cmd)
 		if err == nil {
 			// Answer only once this node applied the change too, so a client
@@ -65,6 +68,7 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 			return Applied{}, ctx.Err()
 		case <-n.done:
 			return Applied{}, errors.New("node is shutting down")
+		case <-leaderChanged:
 		case <-time.After(backoff):
 		}
 		if backoff < 200*time.Millisecond {
