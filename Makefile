@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-rollback soak fuzz clean
+.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale soak fuzz clean
 
 all: build
 
@@ -58,13 +58,25 @@ e2e:
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
-bench: build bench-go bench-propagation bench-rollback
+bench: build bench-go bench-propagation bench-apply bench-rollback bench-scale
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
 
 # How fast a weight change reaches every node of a local three-node cluster,
 # and failed requests per switch (bench/README.md).
 bench-propagation: build
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/propagation.sh
+
+# How fast a single node applies a weight change sent to its API: 200
+# sequential PUTs, p50/p99 (bench/README.md).
+bench-apply: build
+	NODES=1 CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/propagation.sh
+
+# One node with 1,000 services (3 pools x 2 backends, one site with path
+# matchers, seeded from the Caddyfile): time until every service serves, RSS
+# over /metrics scrapes, /metrics size, GET /v1/services, and the routing-table
+# rebuild of one change (bench/README.md).
+bench-scale: build
+	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/scale.sh
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/

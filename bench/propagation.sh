@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # propagation.sh: how fast a weight change reaches every node of a cluster.
 # Starts a local three-node cbproxy cluster on loopback with demo backends,
-# sends CHANGES weight changes to a follower with ?wait=all under a background
-# load of RATE req/s, prints the call times (p50/p90/p99/max), the failed
-# requests per switch, and writes bench/results/propagation-<date>.md. Every
-# process it starts is stopped on exit. See bench/README.md.
+# measures the CPU the idle nodes use for IDLE, sends CHANGES weight changes
+# to a follower with ?wait=all under a background load of RATE req/s, prints
+# the call times (p50/p90/p99/max), the failed requests per switch, and
+# writes bench/results/propagation-<date>.md. NODES=1 does the same with a
+# single node and plain PUTs (bench/results/apply-<date>.md). Every process
+# it starts is stopped on exit. See bench/README.md.
 #
 # Environment (defaults in brackets):
-#   CHANGES [200]  WARMUP [4]  GAP [50ms]  RATE [1000]  PORT_BASE [7400]
-#   TIMEOUT [170s]  CBPROXY_BIN [bin/cbproxy]  BACKEND_BIN [bin/cbproxy-backend]
+#   NODES [3]  CHANGES [200]  WARMUP [4]  GAP [50ms]  RATE [1000]  IDLE [5s]
+#   PORT_BASE [7400]  TIMEOUT [170s]  CBPROXY_BIN [bin/cbproxy]
+#   BACKEND_BIN [bin/cbproxy-backend]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+NODES=${NODES:-3}
 CHANGES=${CHANGES:-200}
 WARMUP=${WARMUP:-4}
 GAP=${GAP:-50ms}
 RATE=${RATE:-1000}
+IDLE=${IDLE:-5s}
 PORT_BASE=${PORT_BASE:-7400}
 TIMEOUT=${TIMEOUT:-170s}
 CBPROXY_BIN=${CBPROXY_BIN:-bin/cbproxy}
@@ -42,9 +47,9 @@ trap 'exit 143' TERM
 go build -o "$tmp/propagation" ./bench/propagation
 
 "$tmp/propagation" -cbproxy "$CBPROXY_BIN" -backend "$BACKEND_BIN" \
-	-changes "$CHANGES" -warmup "$WARMUP" -gap "$GAP" -rate "$RATE" \
+	-nodes "$NODES" -idle "$IDLE" -changes "$CHANGES" -warmup "$WARMUP" -gap "$GAP" -rate "$RATE" \
 	-port-base "$PORT_BASE" -timeout "$TIMEOUT" -results bench/results \
-	-command "CHANGES=$CHANGES WARMUP=$WARMUP GAP=$GAP RATE=$RATE PORT_BASE=$PORT_BASE CBPROXY_BIN=$CBPROXY_BIN bench/propagation.sh" &
+	-command "NODES=$NODES CHANGES=$CHANGES WARMUP=$WARMUP GAP=$GAP RATE=$RATE IDLE=$IDLE PORT_BASE=$PORT_BASE CBPROXY_BIN=$CBPROXY_BIN bench/propagation.sh" &
 pid=$!
 rc=0
 wait "$pid" || rc=$?

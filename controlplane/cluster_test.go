@@ -42,13 +42,20 @@ func freeAddr(t *testing.T) string {
 
 func newCluster(t *testing.T, size int, tune func(*Config)) *testCluster {
 	t.Helper()
+	c := startCluster(t, size, tune)
+	c.waitReady(60 * time.Second)
+	return c
+}
+
+// startCluster starts the nodes without waiting for them to be ready.
+func startCluster(t *testing.T, size int, tune func(*Config)) *testCluster {
+	t.Helper()
 	// The addresses are chosen before the nodes start (each joins the
 	// others'), and a test of another package may take one in between:
 	// then the cluster is set up again on new ones.
 	for attempt := 1; ; attempt++ {
 		c, err := tryCluster(t, size, tune)
 		if err == nil {
-			c.waitReady(60 * time.Second)
 			return c
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 3 {
@@ -242,6 +249,41 @@ func TestClusterFormsAndForwards(t *testing.T) {
 	}
 	if idx, _ := strconv.ParseUint(hdr.Get("X-Cbproxy-Index"), 10, 64); idx < uint64(again["version"].(float64)) {
 		t.Fatalf("consistent read index %d", idx)
+	}
+}
+
+// TestClusterFollowersApplyWithoutTick: followers apply a committed write at
+// once, not when the leader's next CommitTimeout tick tells them of the
+// commit. The tick is an hour here, so a ?wait=all write can only find every
+// node applied within its 5 s if the write itself made the leader announce
+// the commit (raftnode's announceCommits).
+func TestClusterFollowersApplyWithoutTick(t *testing.T) {
+	c := startCluster(t, 3, func(cfg *Config) { cfg.raft.CommitTimeout = time.Hour })
+	// Readiness compares a follower's applied index with the leader's commit
+	// index, which a follower learns late with such a tick: wait instead
+	// for every node to see the three registrations, after which no node
+	// writes by itself (a registration not yet seen is proposed again, and
+	// its entry would tell the followers of the commits before it).
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; i < len(c.nodes); {
+		if len(c.nodes[i].View().Nodes) == 3 {
+			i++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node%d's view lists %d nodes after 60 s, want 3", i+1, len(c.nodes[i].View().Nodes))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, i := range []int{c.leader(30 * time.Second), c.follower()} {
+		code, _, body := c.client(i).do("PUT", fmt.Sprintf("/v1/services/svc%d?wait=all", i), demoService)
+		if code != 200 {
+			t.Fatalf("put via node%d: %d %v", i+1, code, body)
+		}
+		if on, _ := body["applied_on"].([]any); len(on) != 3 {
+			t.Fatalf("put via node%d: applied_on %v, not_applied %v: followers did not learn of the commit without the leader's tick",
+				i+1, body["applied_on"], body["not_applied"])
+		}
 	}
 }
 

@@ -12,26 +12,36 @@ import (
 // leader and has applied everything the leader had committed; then until
 // every service the data plane declares exists and is routed
 // (pendingServices). Ready stays ready.
+//
+// It looks at the services again after every view the data plane has
+// taken (the seeds of a start arrive in a few batches, and the last one
+// makes the node ready at once), and at both every 50 ms (Raft's own
+// entries publish no view, the data plane may be set after the node
+// starts, and on a follower the catch-up check asks the leader).
 func (n *Node) watchReadiness() {
 	defer n.wg.Done()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	tick := true
 	for {
-		select {
-		case <-n.done:
-			return
-		case <-t.C:
-		}
-		if !n.caughtUp.Load() {
-			if !n.raft.CaughtUp() {
-				continue
-			}
+		// Taken before looking, so that a view published meanwhile wakes
+		// the wait below.
+		published := n.raft.NextPublished()
+		if !n.caughtUp.Load() && tick && n.raft.CaughtUp() {
 			n.caughtUp.Store(true)
 		}
-		if pending := n.pendingServices(); len(pending) == 0 {
+		if n.caughtUp.Load() && len(n.pending(true)) == 0 {
 			n.ready.Store(true)
 			n.log().Info("node ready: caught up, and every declared service is routed", zap.Uint64("applied_index", n.View().Index))
 			return
+		}
+		select {
+		case <-n.done:
+			return
+		case <-published:
+			tick = false
+		case <-t.C:
+			tick = true
 		}
 	}
 }
@@ -41,7 +51,11 @@ func (n *Node) watchReadiness() {
 // plane has no routing table for it yet. A declared service deleted through
 // the API does not count: seeds never re-create it, so waiting would be
 // forever, and the proxy answers for it as the operator decided.
-func (n *Node) pendingServices() []string {
+func (n *Node) pendingServices() []string { return n.pending(false) }
+
+// pending is pendingServices, or only its first entry when first is set
+// (to know whether any is pending, without a reason for each of 1,000).
+func (n *Node) pending(first bool) []string {
 	dp := n.dataPlane()
 	if dp == nil {
 		return nil
@@ -49,6 +63,9 @@ func (n *Node) pendingServices() []string {
 	v := n.View()
 	var pending []string
 	for _, name := range dp.Declared() {
+		if first && len(pending) > 0 {
+			break
+		}
 		switch {
 		case v.Deleted[name] != 0:
 		case v.Services[name] == nil:

@@ -42,7 +42,7 @@ func (p *nodePlane) Window(service, pool string, _ time.Duration) slo.Window {
 		errors = followerCanary[service]
 	}
 	w := slo.Window{Requests: 1000, Errors: errors, Buckets: make([]uint64, len(slo.Bounds)+1)}
-	w.Buckets[1] = 1000 // 5-10 ms
+	w.Buckets[3] = 1000 // 5-10 ms
 	return w
 }
 

@@ -53,6 +53,7 @@ http://127.0.0.1:%d {
 		pool canary %s
 		weights %s
 		lb_policy round_robin
+		latency_histogram
 		guard 10m
 		slo {
 			advance  error_rate<0.1%% p95<500ms

@@ -101,6 +101,13 @@ type Checker struct {
 	mu       sync.RWMutex
 	closed   bool
 	services map[string]*state.Service // as last reconciled
+	// ordered holds each service's backends in the order of the
+	// replicated service (pools by name, then each pool's backends), for
+	// ServiceHealth.
+	ordered map[string][]*backend
+	// last is the view last reconciled (nil before the first): a view
+	// whose Changes are relative to it only needs those services visited.
+	last     *state.View
 	backends map[key]*backend
 	// changed is closed and replaced whenever a status changes or Update
 	// changes the set of backends, to wake WaitChecked.
@@ -119,6 +126,7 @@ func New(cfg Config) *Checker {
 		cooldown: cfg.PassiveCooldown,
 		services: map[string]*state.Service{},
 		backends: map[key]*backend{},
+		ordered:  map[string][]*backend{},
 		changed:  make(chan struct{}),
 	}
 	if c.log == nil {
@@ -146,8 +154,10 @@ func New(cfg Config) *Checker {
 // Update reconciles the checks with a new replicated view: it starts probing
 // new backends, stops probing removed ones and restarts the probes of
 // services whose health check changed. Services are immutable in the state,
-// so a service whose pointer did not change is skipped: Update is cheap on
-// every applied command.
+// so a service whose pointer did not change is skipped, and when the view
+// lists what it changed from the view reconciled last (state.View.Changes)
+// only those services are looked at: Update costs what the change costs,
+// not a walk over every service.
 //
 // A new backend is unknown when its service has an active check, else
 // healthy. A backend that stays keeps its status across a change of its
@@ -161,19 +171,36 @@ func (c *Checker) Update(v *state.View) {
 	if c.closed {
 		return
 	}
+	last := c.last
+	c.last = v
 	touched := false
-	for name, old := range c.services {
-		if _, ok := v.Services[name]; !ok {
-			c.reconcileLocked(name, old, nil)
-			delete(c.services, name)
-			touched = true
+	reconcile := func(name string) {
+		old, cur := c.services[name], v.Services[name]
+		if old == cur {
+			return
 		}
+		c.reconcileLocked(name, old, cur)
+		if cur == nil {
+			delete(c.services, name)
+			delete(c.ordered, name)
+		} else {
+			c.services[name] = cur
+			c.ordered[name] = c.orderedLocked(name, cur)
+		}
+		touched = true
 	}
-	for name, svc := range v.Services {
-		if old := c.services[name]; old != svc {
-			c.reconcileLocked(name, old, svc)
-			c.services[name] = svc
-			touched = true
+	if ch := v.Changes; ch != nil && last != nil && last.Index == ch.Since {
+		for _, name := range ch.Services {
+			reconcile(name)
+		}
+	} else {
+		for name := range c.services {
+			if v.Services[name] == nil {
+				reconcile(name)
+			}
+		}
+		for name := range v.Services {
+			reconcile(name)
 		}
 	}
 	if touched {
@@ -209,6 +236,38 @@ func (c *Checker) reconcileLocked(name string, old, cur *state.Service) {
 			c.configureLocked(e, check)
 		}
 	}
+}
+
+// orderedLocked lists the backends of svc, reconciled, in its order.
+func (c *Checker) orderedLocked(name string, svc *state.Service) []*backend {
+	var list []*backend
+	for _, pool := range svc.PoolNames() {
+		for _, b := range svc.Pools[pool].Backends {
+			list = append(list, c.backends[key{name, pool, b.Address}])
+		}
+	}
+	return list
+}
+
+// BackendStatus is one backend's status in ServiceHealth's list.
+type BackendStatus struct {
+	Pool, Address string
+	Status        Status
+}
+
+// ServiceHealth appends to dst the status of every backend of a service,
+// in the order of the replicated service (pools by name, then each pool's
+// backends), under one read lock and without a look-up per backend: GET
+// /v1/services asks for 6,000 backends at 1,000 services, and one Get
+// each was a third of its time. Nothing is appended for a service the
+// checker does not follow; Get answers for each backend alike.
+func (c *Checker) ServiceHealth(service string, dst []BackendStatus) []BackendStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, e := range c.ordered[service] {
+		dst = append(dst, BackendStatus{Pool: e.key.pool, Address: e.key.address, Status: e.Status})
+	}
+	return dst
 }
 
 // backendKeys returns the set of backends of svc (empty for nil).

@@ -163,6 +163,8 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		sticky          cookie [<name> [<max_age>]] | header <name>
 //		override_header <name> [secret <secret>]
 //		expose_pool
+//		latency_histogram
+//		fast_path       on|off
 //		lb_policy       <name> [<options...>]
 //		dial_timeout            <duration>
 //		response_header_timeout <duration>
@@ -216,6 +218,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "expose_pool":
 			_, err = lineArgs(d, where, "expose_pool (no arguments)", 0, 0)
 			h.ExposePool = true
+		case "latency_histogram":
+			_, err = lineArgs(d, where, "latency_histogram (no arguments)", 0, 0)
+			h.LatencyHistogram = true
+		case "fast_path":
+			var args []string
+			if args, err = lineArgs(d, where, "fast_path on|off", 1, 1); err == nil {
+				switch args[0] {
+				case "on", "off":
+					on := args[0] == "on"
+					h.FastPath = &on
+				default:
+					err = d.Errf("%s: fast_path takes on or off, not %q", where, args[0])
+				}
+			}
 		case "lb_policy":
 			err = h.unmarshalLBPolicy(d, where)
 		case "stream_close_delay":
@@ -245,7 +261,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
+			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, latency_histogram, fast_path, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
 		}
 		if err != nil {
 			return err

@@ -101,7 +101,10 @@ var directiveExamples = []struct {
 	{"health options", "cbproxy svc {\npool a 10.0.0.1:80\nhealth /ready 5s timeout 1s fails 3 passes 4\n}",
 		`{"service":"svc","pools":{"a":{"backends":["10.0.0.1:80"]}},"health":{"path":"/ready","interval":"5s","timeout":"1s","fails":3,"passes":4}}`},
 	{"upstream timeouts", "cbproxy svc {\ndial_timeout 1s\nresponse_header_timeout 2m\n}", `{"service":"svc","dial_timeout":1000000000,"response_header_timeout":120000000000}`},
+	{"latency_histogram", "cbproxy svc {\nlatency_histogram\n}", `{"service":"svc","latency_histogram":true}`},
 	{"stream_close_delay", "cbproxy svc {\nstream_close_delay 30s\n}", `{"service":"svc","stream_close_delay":30000000000}`},
+	{"fast_path off", "cbproxy svc {\nfast_path off\n}", `{"service":"svc","fast_path":false}`},
+	{"fast_path on", "cbproxy svc {\nfast_path on\n}", `{"service":"svc","fast_path":true}`},
 	{"stream_close_delay with rollback", "cbproxy svc {\nstream_close_delay 2m rollback 0s\n}",
 		`{"service":"svc","stream_close_delay":120000000000,"stream_close_delay_rollback":0}`},
 	{"partial slo keeps defaults", "cbproxy svc {\npool a 10.0.0.1:80\nslo {\nrollback p95>3s\nconsecutive 5\n}\n}",
@@ -135,6 +138,8 @@ var directiveRefusals = []struct{ input, want string }{
 	{"cbproxy svc {\nresponse_header_timeout 0s\n}", "response_header_timeout must be above 0"},
 	{"cbproxy svc {\ndial_timeout soon\n}", `dial_timeout: "soon" is not a duration`},
 	{"cbproxy svc {\ndial_timeout 1s 2s\n}", "dial_timeout <duration> is expected"},
+	{"cbproxy svc {\nfast_path maybe\n}", `fast_path takes on or off, not "maybe"`},
+	{"cbproxy svc {\nfast_path\n}", "fast_path on|off is expected"},
 	{"cbproxy svc {\npool\n}", "pool <name> <backend...>"},
 	{"cbproxy svc {\npool Blue 10.0.0.1:80\n}", `pool name "Blue" is not valid`},
 	{"cbproxy svc {\npool blue 10.0.0.1\n}", "is not host:port"},
@@ -158,6 +163,8 @@ var directiveRefusals = []struct{ input, want string }{
 	{"cbproxy svc {\noverride_header\n}", "override_header <name> [secret <secret>]"},
 	{"cbproxy svc {\noverride_header X-Pool password s\n}", "expected override_header"},
 	{"cbproxy svc {\nexpose_pool yes\n}", "expose_pool (no arguments)"},
+	{"cbproxy svc {\nlatency_histogram on\n}", "latency_histogram (no arguments)"},
+	{"cbproxy svc {\nlatency_histogram\nlatency_histogram\n}", "latency_histogram is given twice"},
 	{"cbproxy svc {\nlb_policy\n}", "lb_policy needs a policy name"},
 	{"cbproxy svc {\nlb_policy fastest\n}", "lb_policy fastest"},
 	{"cbproxy svc {\nhealth /ready\n}", "health <path> <interval>"},
@@ -407,6 +414,9 @@ func FuzzCaddyfileDirective(f *testing.F) {
 		"cbproxy svc {\nsticky header X-User\noverride_header X secret s\nlb_policy header X-T\n}",
 		"cbproxy svc {\nhealth /r 2s timeout 1s fails 3 passes 4\nslo {\nadvance error_rate<1% p95<1s\n}\n}",
 		"cbproxy svc {\nsticky cookie sid 24h\n}",
+		"cbproxy svc {\npool a 10.0.0.1:80\nlatency_histogram\nexpose_pool\n}",
+		"cbproxy svc {\nfast_path off\n}",
+		"cbproxy svc {\nfast_path on\nexpose_pool\n}",
 	} {
 		f.Add(seed)
 	}

@@ -25,8 +25,9 @@ func init() {
 
 // Handler routes the requests of one service to its pools by the weights in
 // cbproxy's replicated state, and proxies them to a backend of the chosen
-// pool with Caddy's own reverse proxy (its transport, retries, streaming and
-// WebSockets).
+// pool: plain HTTP/1.x requests to plain HTTP backends on cbproxy's own
+// upstream path (`fast_path`), everything else with Caddy's own reverse
+// proxy (its transport, retries, streaming and WebSockets).
 //
 // A request goes to the pool named by the override header (if configured
 // and valid), else to the pool of the client's sticky key (if stickiness is
@@ -77,6 +78,14 @@ type Handler struct {
 	// request, to responses. Default: off.
 	ExposePool bool `json:"expose_pool,omitempty"`
 
+	// Exports the latency histogram of each of the service's pools
+	// (`cbproxy_request_duration_seconds`) on /metrics, for a P95 per pool
+	// in Prometheus. A service any loaded cbproxy handler asks it for has
+	// them. Default: off, because the buckets of every pool of every
+	// service are most of /metrics at hundreds of services; the SLO judge
+	// needs none of them (it reads the same counters in the process).
+	LatencyHistogram bool `json:"latency_histogram,omitempty"`
+
 	// How to balance requests between the backends of a pool: any of Caddy's
 	// reverse_proxy selection policies. Default: round_robin.
 	LBPolicyRaw json.RawMessage `json:"lb_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
@@ -85,6 +94,16 @@ type Handler struct {
 	// (Caddy's reverse_proxy transport TLS settings). Default: verify the
 	// backend's certificate against the system roots.
 	BackendTLS *reverseproxy.TLSConfig `json:"backend_tls,omitempty"`
+
+	// Proxies plain HTTP/1.x requests to pools of plain HTTP backends on
+	// cbproxy's own upstream path: pooled keep-alive connections, the request
+	// written and the answer read on the request's goroutine, with the same
+	// headers, retries, timeouts and figures as Caddy's reverse_proxy, at
+	// about half its cost. Upgrades (WebSocket), HTTP/2 and HTTP/3 clients,
+	// `Expect: 100-continue`, request trailers, `https://` backends and any
+	// `lb_policy` but round_robin take Caddy's reverse_proxy. `false` sends
+	// every request through Caddy's reverse_proxy. Default: true.
+	FastPath *bool `json:"fast_path,omitempty"`
 
 	// How long to wait for a connection to a backend. Default: 3s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
@@ -122,6 +141,8 @@ type Handler struct {
 	// proxy serves pools of plain HTTP backends, tlsProxy pools of https://
 	// backends (a pool has one scheme).
 	proxy, tlsProxy *reverseproxy.Handler
+	// fast is set when plain HTTP pools may take the fast path (fastpath.go).
+	fast bool
 
 	overrideKey    string // canonical header key, "" when off
 	overrideSecret []byte
@@ -226,6 +247,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.route, h.held = routes.hold(h.Service), true
+	if h.LatencyHistogram {
+		h.route.histograms.Add(1)
+	}
 	h.provisionStreamDelays()
 
 	var proto reverseproxy.Selector = new(reverseproxy.RoundRobinSelection)
@@ -236,6 +260,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		proto = mod.(reverseproxy.Selector)
 	}
+	// The fast path balances by round robin only; other policies need
+	// Caddy's upstream records.
+	_, roundRobin := proto.(*reverseproxy.RoundRobinSelection)
+	h.fast = roundRobin && (h.FastPath == nil || *h.FastPath)
 	if err := h.setTimeoutDefaults(); err != nil {
 		return err
 	}
@@ -321,7 +349,11 @@ func (h *Handler) setTimeoutDefaults() error {
 // upgraded connection at each reload. cbproxy closes streams itself, when
 // their backend stops taking requests or no config serves the service.
 func (h *Handler) newInnerProxy(ctx caddy.Context, sel reverseproxy.Selector, tls *reverseproxy.TLSConfig) (*reverseproxy.Handler, error) {
+	// No compression asked of backends on the client's behalf: the fast
+	// path does not, and both paths send backends the same request.
+	compression := false
 	transport := &reverseproxy.HTTPTransport{
+		Compression:           &compression,
 		TLS:                   tls,
 		KeepAlive:             &reverseproxy.KeepAlive{MaxIdleConnsPerHost: maxIdleConnsPerHost},
 		DialTimeout:           h.DialTimeout,
@@ -396,6 +428,9 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.held {
 		h.held = false
+		if h.LatencyHistogram {
+			h.route.histograms.Add(-1)
+		}
 		routes.release(h.route)
 	}
 	var errs []error
@@ -446,6 +481,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		stats = p.overridden
 	}
 	rec := newRecorder(w, r, stats, p.slowAbort)
+	if h.fast && !p.tls && fastEligible(r) {
+		err := h.serveFast(rec, r, p)
+		rec.finish(err, r.Context().Err() != nil)
+		return err
+	}
 	err := proxy.ServeHTTP(rec, r, next)
 	rec.finish(err, r.Context().Err() != nil)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -39,9 +40,25 @@ func statusClass(status int) int {
 // slo's, because the SLO judge reads the windows these counters feed.
 var latencyBounds = slo.Bounds
 
-// statShards spreads the counters of a pool so that cores recording at once
-// rarely write the same cache line.
-const statShards = 8
+// statShards is how many shards spread the counters of a pool, so that
+// cores recording at once rarely write the same cache line: GOMAXPROCS at
+// start rounded up to a power of two, at most 8. Not 8 everywhere: at 1,000
+// services (3,000 pools, two sets of counters each) 8 shards were 12 MB of
+// the live heap, a quarter of it, on a 2-CPU node that records on 2 cores at
+// most (docs/decisions.md, "Fewer counter shards on small machines").
+var statShards = shardsFor(runtime.GOMAXPROCS(0))
+
+// statShardMask picks a shard from a random number.
+var statShardMask = uint32(statShards - 1)
+
+// shardsFor is the shard count for procs cores.
+func shardsFor(procs int) int {
+	n := 1
+	for n < procs && n < 8 {
+		n *= 2
+	}
+	return n
+}
 
 // cacheLine is what each shard is padded to: two 64-byte lines, because
 // x86 prefetches lines in pairs.
@@ -70,13 +87,23 @@ type shard struct {
 // poolStats holds the request counts and latency histogram of one pool of
 // one service: plain atomics, written on the hot path, read at scrape time.
 type poolStats struct {
-	shards [statShards]shard
+	shards []shard // statShards of them
+}
+
+func newPoolStats() *poolStats {
+	return &poolStats{shards: make([]shard, statShards)}
+}
+
+// shard picks the shard this record goes to: at random, no lock, no
+// allocation.
+func (s *poolStats) shard() *counters {
+	return &s.shards[rand.Uint32()&statShardMask].counters
 }
 
 // record counts one request of the given class that took d until its
 // response header (or its failure).
 func (s *poolStats) record(class int, d time.Duration) {
-	c := &s.shards[rand.Uint32()%statShards].counters
+	c := s.shard()
 	c.requests[class].Add(1)
 	c.observe(d)
 }
@@ -95,7 +122,7 @@ func (c *counters) observe(d time.Duration) {
 // P95: its wait is a latency (at least that long) of the backend; a quick
 // one says nothing about the backend and has no latency.
 func (s *poolStats) recordAbort(d time.Duration, slow bool) {
-	c := &s.shards[rand.Uint32()%statShards].counters
+	c := s.shard()
 	c.requests[classClientAbort].Add(1)
 	if slow {
 		c.slowAborts.Add(1)
@@ -105,7 +132,7 @@ func (s *poolStats) recordAbort(d time.Duration, slow bool) {
 
 // displace counts one request the pool owed but could not take.
 func (s *poolStats) displace() {
-	s.shards[rand.Uint32()%statShards].displaced.Add(1)
+	s.shard().displaced.Add(1)
 }
 
 // statSnapshot is the sum of a pool's shards at one moment.

@@ -60,9 +60,12 @@ func (d streamDelays) after(reason string) time.Duration {
 // streamSet tracks the open streams of one service on this node. It lives in
 // the service's route, so streams outlive config reloads like the route does.
 type streamSet struct {
-	mu        sync.Mutex
-	open      map[*stream]struct{}
-	byAddress map[string]int64    // open streams per backend address
+	mu   sync.Mutex
+	open map[*stream]struct{}
+	// byAddress counts the open streams per backend address; an address
+	// stays at 0 once its streams ended, so that its long_lived series,
+	// which appears with its first stream, does not vanish at 0.
+	byAddress map[string]int64
 	closed    map[closeKey]uint64 // streams closed by cbproxy, kept for good
 	current   *state.Service      // the service last applied (nil: none)
 	handlers  int                 // cbproxy handlers of loaded configs serving the service
@@ -179,9 +182,7 @@ func (ss *streamSet) forget(s *stream) {
 	s.ended = true
 	ss.cancel(s)
 	delete(ss.open, s)
-	if ss.byAddress[s.address]--; ss.byAddress[s.address] <= 0 {
-		delete(ss.byAddress, s.address)
-	}
+	ss.byAddress[s.address]--
 }
 
 // serviceChanged closes, after their delay, the streams of every backend

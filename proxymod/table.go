@@ -1,12 +1,16 @@
 package proxymod
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cbproxy/cbproxy/controlplane/state"
@@ -67,6 +71,8 @@ type poolRoute struct {
 	backends  []poolBackend
 	available []*backend
 	tls       bool
+	// robin is the fast path's round-robin cursor over available.
+	robin atomic.Uint32
 
 	// stats are the pool's figures, judged by the SLO; overridden counts
 	// the requests sent to the pool with the override header, which are
@@ -99,25 +105,35 @@ type backend struct {
 	host atomic.Pointer[reverseproxy.Host]
 	// dialing is set while a passive check dials the backend after a failure.
 	dialing atomic.Bool
+	// inFlight counts the fast path's requests open to the backend
+	// (Caddy's Host counts the others); conns are its idle connections.
+	inFlight atomic.Int64
+	conns    connPool
 }
 
 // requests returns the number of requests this node has open to b, long-lived
 // connections included.
 func (b *backend) requests() int64 {
+	n := b.inFlight.Load()
 	if h := b.host.Load(); h != nil {
-		return int64(h.NumRequests())
+		n += int64(h.NumRequests())
 	}
-	return 0
+	return n
 }
 
 // exactSplit deals the requests of the weighted split: request k goes to
 // slots[k % slotCount]. The slots hold each pool exactly its effective weight
-// times, spread by smooth weighted round robin.
+// times, spread by smooth weighted round robin. They depend on the weights
+// alone and never change, so every split of the same weights shares one
+// copy (splitCycles); the cursor is the split's own.
 type exactSplit struct {
 	weights []state.Weight // effective weights per pool it was built for
-	slots   [slotCount]uint16
+	slots   *splitCycle
 	cursor  atomic.Uint64
 }
+
+// splitCycle is one laid-out cycle of an exact split: the pool of each slot.
+type splitCycle [slotCount]uint16
 
 // next returns the pool of the next request of the split.
 func (s *exactSplit) next() int {
@@ -129,14 +145,54 @@ func (s *exactSplit) take() int {
 	return int((s.cursor.Add(1) - 1) % uint64(slotCount))
 }
 
-// newExactSplit lays out the slots with smooth weighted round robin (as
+// newExactSplit returns a split of the given weights with its cursor at 0.
+func newExactSplit(weights []state.Weight) *exactSplit {
+	return &exactSplit{weights: weights, slots: splitCycles.get(weights)}
+}
+
+// splitCycles holds the cycle of every weight vector some split uses, so
+// that 1,000 services with the same weights hold one 20 kB cycle and lay it
+// out once. Entries are weak: a cycle no split uses any more is collected,
+// and its entry goes with it.
+var splitCycles = &cycleCache{byWeights: make(map[string]weak.Pointer[splitCycle])}
+
+type cycleCache struct {
+	mu        sync.Mutex
+	byWeights map[string]weak.Pointer[splitCycle]
+}
+
+// get returns the cycle of weights, laying it out if no split holds one.
+func (c *cycleCache) get(weights []state.Weight) *splitCycle {
+	key := make([]byte, 0, 2*len(weights))
+	for _, w := range weights {
+		key = binary.LittleEndian.AppendUint16(key, uint16(w))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cycle := c.byWeights[string(key)].Value(); cycle != nil {
+		return cycle
+	}
+	cycle := layOutCycle(weights)
+	wp := weak.Make(cycle)
+	c.byWeights[string(key)] = wp
+	runtime.AddCleanup(cycle, func(key string) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.byWeights[key] == wp {
+			delete(c.byWeights, key)
+		}
+	}, string(key))
+	return cycle
+}
+
+// layOutCycle lays out the slots with smooth weighted round robin (as
 // nginx does): each step, every pool gains its weight and the pool with the
 // most credit (the first on ties) takes the slot and pays the total. Over
 // any prefix a pool's count stays within a request or two of its share.
-func newExactSplit(weights []state.Weight) *exactSplit {
-	s := &exactSplit{weights: weights}
+func layOutCycle(weights []state.Weight) *splitCycle {
+	cycle := new(splitCycle)
 	credit := make([]int, len(weights))
-	for k := range s.slots {
+	for k := range cycle {
 		best := -1
 		for i, w := range weights {
 			if w == 0 {
@@ -148,9 +204,9 @@ func newExactSplit(weights []state.Weight) *exactSplit {
 			}
 		}
 		credit[best] -= slotCount
-		s.slots[k] = uint16(best)
+		cycle[k] = uint16(best)
 	}
-	return s
+	return cycle
 }
 
 // effectiveWeights returns the shares this node routes: pools that cannot
@@ -204,7 +260,14 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 	// Backend records carry over to the new table; those of addresses the
 	// service no longer has are dropped.
 	kept := make(map[string]*backend)
-	defer func() { rt.backends = kept }()
+	defer func() {
+		for address, b := range rt.backends {
+			if kept[address] == nil {
+				b.conns.shut()
+			}
+		}
+		rt.backends = kept
+	}()
 	if svc == nil {
 		if deleted {
 			t.refusal = fmt.Appendf(nil, "cbproxy: service %q was deleted through the admin API\n", rt.name)

@@ -252,3 +252,29 @@ func TestRouteRegistryApply(t *testing.T) {
 		t.Errorf("deleted service: refusal %q", tbl.refusal)
 	}
 }
+
+// TestSplitSlotsShared: services with the same effective weights share one
+// laid-out cycle of slots (20 kB each; 1,000 services held 26 MB of them,
+// nearly half the live heap), each with its own cursor, and the cycle is
+// laid out once, not per service.
+func TestSplitSlotsShared(t *testing.T) {
+	w := map[string]state.Weight{"blue": 5000, "canary": 2500, "green": 2500}
+	pools := map[string][]string{"blue": {"10.0.0.1:80"}, "canary": {"10.0.0.2:80"}, "green": {"10.0.0.3:80"}}
+	health := newRouteRegistry().backendHealth
+	a := newRoute("a").buildTable(service("a", w, pools), false, nil, health)
+	b := newRoute("b").buildTable(service("b", w, pools), false, nil, health)
+	if a.split == b.split {
+		t.Fatal("two services must not share a cursor")
+	}
+	if &a.split.slots[0] != &b.split.slots[0] {
+		t.Error("two services with the same effective weights hold two copies of the same slots")
+	}
+	a.split.next()
+	if b.split.cursor.Load() != 0 {
+		t.Error("a request of one service moved the other's cursor")
+	}
+	other := newRoute("c").buildTable(service("c", map[string]state.Weight{"blue": 10000}, pools), false, nil, health)
+	if &other.split.slots[0] == &a.split.slots[0] {
+		t.Error("different weights must not share slots")
+	}
+}

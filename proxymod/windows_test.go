@@ -47,21 +47,22 @@ type traffic struct {
 	buckets          [len(latencyBounds) + 1]uint64
 }
 
-// kinds of request, with the bucket their latency falls in (bounds 5 ms,
-// 10, 25, 50, 100, 250, 500 ms, 1 s, 2, 5, 10 s, +Inf) and whether they are
-// errors; status 0 is a proxy error.
+// kinds of request, with the bucket their latency falls in (bounds 1 ms,
+// 2.5, 5, 10, 25, 50, 100, 250, 500 ms, 1 s, 2, 5, 10 s, +Inf) and whether
+// they are errors; status 0 is a proxy error.
 var kinds = []struct {
 	status  int
 	latency time.Duration
 	bucket  int
 	err     bool
 }{
-	{200, 3 * time.Millisecond, 0, false},
-	{404, 30 * time.Millisecond, 3, false},
-	{503, 600 * time.Millisecond, 7, true},
-	{0, 3 * time.Second, 9, true},
-	{101, 20 * time.Second, 11, false},
-	{500, 2 * time.Second, 8, true},
+	{200, 3 * time.Millisecond, 2, false},
+	{404, 30 * time.Millisecond, 5, false},
+	{503, 600 * time.Millisecond, 9, true},
+	{0, 3 * time.Second, 11, true},
+	{101, 20 * time.Second, 13, false},
+	{500, 2 * time.Second, 10, true},
+	{200, 1500 * time.Microsecond, 1, false},
 }
 
 // record counts n requests of kind k in st and in tr.

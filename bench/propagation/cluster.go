@@ -87,8 +87,9 @@ func caddyPort(base, i int) int   { return base + 31 + i }
 func bluePort(base int) int       { return base + 41 }
 func canaryPort(base int) int     { return base + 42 }
 
-// nodeCaddyfile is one node's config: the cluster global option and the demo
-// service with both pools, 100 % blue, answering with X-Cbproxy-Pool.
+// nodeCaddyfile is one node's config: the cluster global option (its %s is
+// how the node forms its cluster) and the demo service with both pools,
+// 100 % blue, answering with X-Cbproxy-Pool.
 const nodeCaddyfile = `{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -97,8 +98,7 @@ const nodeCaddyfile = `{
 		data_dir         %s
 		cluster_listen   127.0.0.1:%d
 		admin_listen     127.0.0.1:%d
-		bootstrap_expect 3
-		join             %s
+		%s
 		cluster_secret   {env.CBPROXY_CLUSTER_SECRET}
 	}
 }
@@ -114,13 +114,13 @@ http://:%d {
 }
 `
 
-// startCluster checks the ports, then starts the backends and three nodes in
-// a new temporary directory. The cluster it returns, also with an error,
+// startCluster checks the ports, then starts the backends and s.nodes nodes
+// in a new temporary directory. The cluster it returns, also with an error,
 // must be stopped.
 func startCluster(s settings) (*cluster, error) {
 	base := s.portBase
 	var ports []int
-	for i := range 3 {
+	for i := range s.nodes {
 		ports = append(ports, clusterPort(base, i), adminPort(base, i), proxyPort(base, i), caddyPort(base, i))
 	}
 	ports = append(ports, bluePort(base), canaryPort(base))
@@ -157,16 +157,20 @@ func startCluster(s settings) (*cluster, error) {
 	if err != nil {
 		return c, err
 	}
-	for i := range 3 {
+	for i := range s.nodes {
 		id := fmt.Sprintf("node%d", i+1)
-		var join []string
-		for j := range 3 {
-			if j != i {
-				join = append(join, fmt.Sprintf("127.0.0.1:%d", adminPort(base, j)))
+		forming := "bootstrap"
+		if s.nodes > 1 {
+			var join []string
+			for j := range s.nodes {
+				if j != i {
+					join = append(join, fmt.Sprintf("127.0.0.1:%d", adminPort(base, j)))
+				}
 			}
+			forming = fmt.Sprintf("bootstrap_expect %d\n\t\tjoin %s", s.nodes, strings.Join(join, " "))
 		}
 		conf := fmt.Sprintf(nodeCaddyfile, caddyPort(base, i), id, filepath.Join(dir, id),
-			clusterPort(base, i), adminPort(base, i), strings.Join(join, " "),
+			clusterPort(base, i), adminPort(base, i), forming,
 			proxyPort(base, i), bluePort(base), canaryPort(base))
 		file := filepath.Join(dir, id+".Caddyfile")
 		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
@@ -243,7 +247,8 @@ func (c *cluster) alive() error {
 }
 
 // waitReady waits until every node is ready (GET /health/ready is 200), its
-// proxy answers 200 from blue, and the cluster has a leader and three nodes.
+// proxy answers 200 from blue, and the cluster has a leader and all its
+// nodes.
 func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -282,8 +287,8 @@ func (c *cluster) notReady(ctx context.Context) string {
 	if err != nil {
 		return err.Error()
 	}
-	if cl.Leader == "" || len(cl.Nodes) != 3 {
-		return fmt.Sprintf("GET /v1/cluster: leader %q and %d nodes, want a leader and 3", cl.Leader, len(cl.Nodes))
+	if cl.Leader == "" || len(cl.Nodes) != len(c.nodes) {
+		return fmt.Sprintf("GET /v1/cluster: leader %q and %d nodes, want a leader and %d", cl.Leader, len(cl.Nodes), len(c.nodes))
 	}
 	return ""
 }
@@ -339,13 +344,17 @@ func (c *cluster) clusterBody(ctx context.Context) (clusterBody, error) {
 	return cl, nil
 }
 
-// follower picks a node the cluster lists as a follower.
+// follower picks a node the cluster lists as a follower; a single node is
+// its own leader, and the one the changes go to.
 func (c *cluster) follower(ctx context.Context) (*node, error) {
 	cl, err := c.clusterBody(ctx)
 	if err != nil {
 		return nil, err
 	}
 	c.leader = cl.Leader
+	if len(c.nodes) == 1 {
+		return c.nodes[0], nil
+	}
 	for _, m := range cl.Nodes {
 		if m.State != "follower" {
 			continue
@@ -388,11 +397,15 @@ func (ch change) problem() string {
 
 // change sets the weights of target through n with ?wait=all, checks that
 // the answer names every node in applied_on, then asks each node's proxy once
-// which pool it serves.
+// which pool it serves. A single node gets a plain PUT, which answers once
+// its data plane switched.
 func (c *cluster) change(ctx context.Context, n *node, t target) change {
 	ch := change{target: t.pool}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut,
-		"http://"+n.admin+"/v1/services/"+service+"/weights?wait=all", strings.NewReader(t.body))
+	url, ids := "http://"+n.admin+"/v1/services/"+service+"/weights?wait=all", c.ids()
+	if len(c.nodes) == 1 {
+		url, ids = strings.TrimSuffix(url, "?wait=all"), nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, strings.NewReader(t.body))
 	if err != nil {
 		ch.err = err.Error()
 		return ch
@@ -410,7 +423,7 @@ func (c *cluster) change(ctx context.Context, n *node, t target) change {
 		ch.err = err.Error()
 		return ch
 	}
-	ch.err = checkAnswer(resp.StatusCode, raw, t.pool, c.ids())
+	ch.err = checkAnswer(resp.StatusCode, raw, t.pool, ids)
 	if ch.err != "" {
 		return ch
 	}
@@ -432,7 +445,8 @@ func (c *cluster) ids() []string {
 }
 
 // checkAnswer says what is wrong with the answer to a weight change with
-// ?wait=all that gave pool all traffic, or "".
+// ?wait=all that gave pool all traffic, or "". With no ids (a plain PUT)
+// there is no applied_on to check.
 func checkAnswer(status int, raw []byte, pool string, ids []string) string {
 	var body struct {
 		Weights    map[string]float64 `json:"weights"`
@@ -451,9 +465,86 @@ func checkAnswer(status int, raw []byte, pool string, ids []string) string {
 	case body.Weights[pool] != 100:
 		return fmt.Sprintf("the answer's weights are %v, want %s at 100", body.Weights, pool)
 	}
+	if ids == nil {
+		return ""
+	}
 	on := slices.Sorted(slices.Values(body.AppliedOn))
 	if !slices.Equal(on, ids) || len(body.NotApplied) > 0 {
 		return fmt.Sprintf("applied_on %v, not_applied %v: want every node of %v applied", body.AppliedOn, body.NotApplied, ids)
 	}
 	return ""
+}
+
+// idleCPU is the CPU time the nodes used while nothing was asked of them.
+type idleCPU struct {
+	cpu, wall time.Duration
+}
+
+func (ic *idleCPU) perSecond() time.Duration {
+	return time.Duration(float64(ic.cpu) / ic.wall.Seconds())
+}
+
+func (ic *idleCPU) percent() float64 { return 100 * ic.cpu.Seconds() / ic.wall.Seconds() }
+
+// measureIdle sums the CPU time (user and system) the node processes use
+// over d with no load and no change: what keeping the cluster alive costs
+// (heartbeats, Raft's commit ticks, health checks, readiness polls).
+func (c *cluster) measureIdle(ctx context.Context, d time.Duration) (*idleCPU, error) {
+	before, err := c.nodesCPU()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	sleep(ctx, d)
+	after, err := c.nodesCPU()
+	if err != nil {
+		return nil, err
+	}
+	return &idleCPU{cpu: after - before, wall: time.Since(start)}, ctx.Err()
+}
+
+// nodesCPU is the CPU time the node processes have used so far, from
+// /proc/<pid>/stat.
+func (c *cluster) nodesCPU() (time.Duration, error) {
+	var total time.Duration
+	for _, n := range c.nodes {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+		if err != nil {
+			return 0, fmt.Errorf("reading %s's CPU time (-idle 0 skips it): %w", n.id, err)
+		}
+		cpu, err := procCPU(string(b))
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", n.id, err)
+		}
+		total += cpu
+	}
+	return total, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux architecture Go runs on.
+const clockTicks = 100
+
+// procCPU reads utime+stime from the content of /proc/<pid>/stat. The
+// command name (field 2) may hold spaces and parentheses, so the fields are
+// counted after its last ')'.
+func procCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("/proc stat without a command name")
+	}
+	fields := strings.Fields(stat[i+1:])
+	// After the name: state(3) ... utime(14) stime(15), so indexes 11, 12.
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc stat with %d fields after the name, want at least 13", len(fields))
+	}
+	var ticks uint64
+	for _, f := range fields[11:13] {
+		var v uint64
+		if _, err := fmt.Sscan(f, &v); err != nil {
+			return 0, fmt.Errorf("/proc stat time %q: %w", f, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }

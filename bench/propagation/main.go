@@ -5,8 +5,11 @@
 // ?wait=all, and measures each call: it returns only after every node applied
 // the change. Meanwhile a fixed-rate load of keep-alive GETs over the three
 // nodes' proxy ports counts failed requests, and answers from the old pool
-// after a call had returned. bench/propagation.sh builds and runs it;
-// bench/README.md explains the figures.
+// after a call had returned. With -nodes 1 it does the same with a single
+// node and a plain PUT (answered once that node's data plane switched).
+// Before the changes it measures the CPU the idle nodes use.
+// bench/propagation.sh builds and runs it; bench/README.md explains the
+// figures.
 package main
 
 import (
@@ -25,6 +28,8 @@ import (
 type settings struct {
 	cbproxy    string        // the cbproxy binary under test
 	backend    string        // the cbproxy-backend binary
+	nodes      int           // 3: a cluster, changes to a follower with ?wait=all; 1: one node, plain PUTs
+	idle       time.Duration // how long the idle nodes' CPU is measured (0: not)
 	changes    int           // measured weight changes
 	warmup     int           // unmeasured changes before them
 	gap        time.Duration // pause after each change
@@ -59,10 +64,12 @@ func parseFlags(args []string) (settings, error) {
 	fs := flag.NewFlagSet("propagation", flag.ContinueOnError)
 	fs.StringVar(&s.cbproxy, "cbproxy", "bin/cbproxy", "the cbproxy binary under test")
 	fs.StringVar(&s.backend, "backend", "bin/cbproxy-backend", "the cbproxy-backend binary")
+	fs.IntVar(&s.nodes, "nodes", 3, "3: a cluster, changes sent to a follower with ?wait=all; 1: a single node, plain PUTs")
+	fs.DurationVar(&s.idle, "idle", 5*time.Second, "how long to measure the CPU of the idle nodes before the changes (0: not)")
 	fs.IntVar(&s.changes, "changes", 200, "measured weight changes")
 	fs.IntVar(&s.warmup, "warmup", 4, "unmeasured weight changes before the measured ones")
 	fs.DurationVar(&s.gap, "gap", 50*time.Millisecond, "pause after each change")
-	fs.IntVar(&s.rate, "rate", 1000, "background load in requests per second over the three nodes (0: none)")
+	fs.IntVar(&s.rate, "rate", 1000, "background load in requests per second over the nodes (0: none)")
 	fs.IntVar(&s.portBase, "port-base", 7400, "loopback ports used: base+1..3 cluster, +11..13 admin API, +21..23 proxy, +31..33 Caddy admin, +41..42 backends")
 	fs.StringVar(&s.resultsDir, "results", "bench/results", "directory of the result file")
 	fs.StringVar(&s.command, "command", "", "the command line to record in the result file")
@@ -73,6 +80,10 @@ func parseFlags(args []string) (settings, error) {
 	switch {
 	case fs.NArg() > 0:
 		return s, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))
+	case s.nodes != 1 && s.nodes != 3:
+		return s, fmt.Errorf("-nodes %d: want 3 (a cluster) or 1 (a single node)", s.nodes)
+	case s.idle < 0:
+		return s, fmt.Errorf("-idle %s: want a duration of 0 or more, e.g. 5s", s.idle)
 	case s.changes < 1:
 		return s, fmt.Errorf("-changes %d: want at least 1 change", s.changes)
 	case s.warmup < 0 || s.warmup%2 != 0:
@@ -116,8 +127,19 @@ func run(ctx context.Context, s settings) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("cluster ready: leader %s; sending %d changes (after %d warm-up changes) to follower %s at %s with ?wait=all, %s apart; load %d req/s\n",
-		c.leader, s.changes, s.warmup, follower.id, follower.admin, s.gap, s.rate)
+	var idle *idleCPU
+	if s.idle > 0 {
+		if idle, err = c.measureIdle(ctx, s.idle); err != nil {
+			return err
+		}
+	}
+	if s.nodes == 1 {
+		fmt.Printf("node ready; sending %d changes (after %d warm-up changes) to %s, %s apart; load %d req/s\n",
+			s.changes, s.warmup, follower.admin, s.gap, s.rate)
+	} else {
+		fmt.Printf("cluster ready: leader %s; sending %d changes (after %d warm-up changes) to follower %s at %s with ?wait=all, %s apart; load %d req/s\n",
+			c.leader, s.changes, s.warmup, follower.id, follower.admin, s.gap, s.rate)
+	}
 
 	for i := range s.warmup {
 		if ch := c.change(ctx, follower, targets[i%2]); ch.problem() != "" {
@@ -151,6 +173,7 @@ func run(ctx context.Context, s settings) error {
 	}
 
 	rep := analyze(s, machine, follower.id, changes, lr)
+	rep.idle = idle
 	rep.print(os.Stdout)
 	path, err := rep.write(s.resultsDir)
 	if err != nil {

@@ -67,6 +67,28 @@ func TestCheckAnswer(t *testing.T) {
 			}
 		})
 	}
+	// A single node's plain PUT answers no applied_on.
+	if got := checkAnswer(200, []byte(`{"weights":{"blue":0,"canary":100}}`), "canary", nil); got != "" {
+		t.Errorf("checkAnswer of a plain PUT = %q, want none", got)
+	}
+	if got := checkAnswer(200, []byte(`{"weights":{"blue":100,"canary":0}}`), "canary", nil); !strings.Contains(got, "want canary at 100") {
+		t.Errorf("checkAnswer of a plain PUT with the old weights = %q", got)
+	}
+}
+
+func TestProcCPU(t *testing.T) {
+	// A command name with a space and a ')' must not shift the fields;
+	// utime 250 and stime 50 ticks are 3 s.
+	stat := "4242 (cb proxy) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 123 456 789"
+	got, err := procCPU(stat)
+	if err != nil || got != 3*time.Second {
+		t.Errorf("procCPU = %v, %v; want 3s", got, err)
+	}
+	for _, bad := range []string{"4242 no name", "4242 (x) S 1 2", "4242 (x) S 1 2 3 4 5 6 7 8 9 10 ten 12"} {
+		if _, err := procCPU(bad); err == nil {
+			t.Errorf("procCPU(%q) = no error", bad)
+		}
+	}
 }
 
 func TestSummarizeLoad(t *testing.T) {
@@ -115,6 +137,9 @@ func TestParseFlags(t *testing.T) {
 		{nil, ""},
 		{[]string{"-changes", "10", "-gap", "0s", "-rate", "0"}, ""},
 		{[]string{"-changes", "0"}, "at least 1"},
+		{[]string{"-nodes", "1", "-idle", "0s"}, ""},
+		{[]string{"-nodes", "2"}, "-nodes 2"},
+		{[]string{"-idle", "-1s"}, "-idle"},
 		{[]string{"-warmup", "3"}, "even number"},
 		{[]string{"-rate", "-1"}, "-rate -1"},
 		{[]string{"-port-base", "80"}, "-port-base 80"},

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -178,6 +179,21 @@ func (h *fakeHealth) Get(service, pool, address string) healthcheck.Backend {
 
 func (h *fakeHealth) WaitChecked(context.Context, string, string) {}
 
+// fakeServiceHealth answers ServiceHealth from fakeHealth's Get over the
+// backends that order lists (the replicated service's order, as the
+// checker does, or another one to make the admin API ask per backend).
+type fakeServiceHealth struct {
+	*fakeHealth
+	order func(service string) [][2]string
+}
+
+func (h fakeServiceHealth) ServiceHealth(service string, dst []healthcheck.BackendStatus) []healthcheck.BackendStatus {
+	for _, pb := range h.order(service) {
+		dst = append(dst, healthcheck.BackendStatus{Pool: pb[0], Address: pb[1], Status: h.Get(service, pb[0], pb[1]).Status})
+	}
+	return dst
+}
+
 // noVerdicts is a watcher that has judged nothing yet.
 type noVerdicts struct{}
 
@@ -226,6 +242,41 @@ func (l *fakeLoads) LongLived(service, pool, address string) int64 {
 	return l.longLived[service+"/"+pool+"/"+address]
 }
 
+// fakeServiceLoads answers ServiceLoads like fakeServiceHealth.
+type fakeServiceLoads struct {
+	*fakeLoads
+	order func(service string) [][2]string
+}
+
+func (l fakeServiceLoads) ServiceLoads(service string, dst []BackendLoad) []BackendLoad {
+	for _, pb := range l.order(service) {
+		dst = append(dst, BackendLoad{Pool: pb[0], Address: pb[1], InFlight: l.InFlight(service, pb[0], pb[1]), LongLived: l.LongLived(service, pb[0], pb[1])})
+	}
+	return dst
+}
+
+// backendOrder lists the backends of a service as the health checker and
+// the data plane answer a service at once: in the replicated service's
+// order (pools by name, then each pool's backends), except for a service
+// named "odd", in reverse, which GET /v1/services must not trust (it then
+// asks per backend; TestServiceJSONMatchesRender covers both).
+func (api *testAPI) backendOrder(service string) [][2]string {
+	s := api.node.View().Services[service]
+	var out [][2]string
+	if s == nil {
+		return out
+	}
+	for _, pool := range s.PoolNames() {
+		for _, b := range s.Pools[pool].Backends {
+			out = append(out, [2]string{pool, b.Address})
+		}
+	}
+	if service == "odd" {
+		slices.Reverse(out)
+	}
+	return out
+}
+
 // testAPI is an admin API served on loopback over the fakes.
 type testAPI struct {
 	server    *Server
@@ -250,9 +301,9 @@ func serveTestAPI(t *testing.T, tokens ...Token) *testAPI {
 	api.server = Serve(ln, Deps{
 		Node:      api.node,
 		Verdicts:  noVerdicts{},
-		Health:    api.health,
+		Health:    fakeServiceHealth{api.health, api.backendOrder},
 		Readiness: api.readiness,
-		Loads:     func() Loads { return api.loads },
+		Loads:     func() Loads { return fakeServiceLoads{api.loads, api.backendOrder} },
 		Metrics:   prometheus.NewRegistry(),
 	}, Config{Tokens: tokens, Logger: zap.NewNop})
 	t.Cleanup(api.server.Close)
@@ -692,4 +743,59 @@ func TestEventStreamDeliversWeightsChange(t *testing.T) {
 	if e.Service != "shop" || e.Actor != "local" || e.Before["canary"] != 0 || e.After["canary"] != 1000 || e.After["blue"] != 9000 {
 		t.Fatalf("streamed event = %+v", e)
 	}
+}
+
+// TestServiceJSONMatchesRender: GET /v1/services writes, from the encoded
+// replicated parts it keeps per service, exactly the bytes json.Marshal
+// writes of the rendered bodies: pools in name order, a draining backend,
+// per-backend health and loads of the moment, a health check, characters
+// JSON escapes, an active rollout; and follows a change of the service.
+func TestServiceJSONMatchesRender(t *testing.T) {
+	api := serveTestAPI(t)
+	api.putShop(t, "")
+	if a := api.call(t, "", "PUT", "/v1/services/odd", `{"pools":{"zeta":{"version":"v<1>&\"2\"","backends":["127.0.0.1:9101","127.0.0.1:9102"]},"alpha":{"backends":[]}},`+
+		`"weights":{"zeta":100},"health":{"path":"/ready","interval":"2s"}}`); a.status != 200 {
+		t.Fatalf("PUT odd: %d %v", a.status, a.body)
+	}
+	if a := api.call(t, "", "POST", "/v1/services/odd/pools/zeta/backends/127.0.0.1:9101/drain", ""); a.status != 200 && a.status != 202 {
+		t.Logf("drain: %d %v (the list is compared whatever the drain answered)", a.status, a.body)
+	}
+	api.health.set("odd", "zeta", "127.0.0.1:9102", healthcheck.Backend{Status: healthcheck.StatusDegraded})
+	api.loads.mu.Lock()
+	api.loads.inFlight["shop/blue/127.0.0.1:9001"], api.loads.longLived["odd/zeta/127.0.0.1:9101"] = 7, 2
+	api.loads.mu.Unlock()
+
+	compare := func(step string) {
+		t.Helper()
+		resp, err := http.Get("http://" + api.server.Addr() + "/v1/services")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		v := api.node.View()
+		want := struct {
+			Services []serviceBody `json:"services"`
+		}{}
+		for _, name := range slices.Sorted(maps.Keys(v.Services)) {
+			want.Services = append(want.Services, api.server.render(context.Background(), v.Services[name]))
+		}
+		raw, err := json.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(raw)+"\n" {
+			t.Fatalf("%s: GET /v1/services\n got %s\nwant %s", step, got, raw)
+		}
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s: Content-Type %q", step, ct)
+		}
+	}
+	compare("two services")
+	if a := api.call(t, "", "POST", "/v1/services/shop/rollout", `{"to":"canary","steps":[{"weight":10}]}`); a.status != 200 && a.status != 201 && a.status != 202 {
+		t.Fatalf("rollout: %d %v", a.status, a.body)
+	}
+	compare("a rollout running")
+	api.health.set("shop", "canary", "127.0.0.1:9003", healthcheck.Backend{Status: healthcheck.StatusUnhealthy})
+	compare("health changed")
 }

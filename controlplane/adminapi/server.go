@@ -60,6 +60,12 @@ type Server struct {
 	// done is closed when the server stops: event streams end.
 	done      chan struct{}
 	closeOnce sync.Once
+
+	// serviceJSON and listSize make GET /v1/services cheap at 1,000
+	// services (servicejson.go): the encoded replicated parts, and the
+	// size of the last answer.
+	serviceJSON serviceJSONCache
+	listSize    atomic.Int64
 }
 
 // Listen opens the admin listener: TLS with the certificate and key when

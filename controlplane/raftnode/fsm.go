@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// fsm adapts state.Machine to raft.FSM, and nothing more: after every
+// fsm adapts state.Machine to raft.FSM (batching: raft.BatchingFSM), and nothing more: after every
 // applied command it hands the new state to the applied-state file
 // (applied.go), the view subscribers (views.go) and the event fan-out
 // (events.go). At start the machine restores from whichever is newer, the
@@ -105,38 +105,75 @@ func (f *fsm) restoreAtStart(snaps raft.SnapshotStore) error {
 	return nil
 }
 
+var _ raft.BatchingFSM = (*fsm)(nil)
+
 // Apply implements raft.FSM.
 func (f *fsm) Apply(l *raft.Log) any {
-	if l.Type != raft.LogCommand {
-		return nil
-	}
-	if h := f.halted.Load(); h != nil {
-		// Raft may hand over entries queued behind the one that halted us
-		// before it stops; none is applied.
-		return state.Result{Code: state.CodeUnsupported, Err: "this node " + h.String()}
-	}
-	if l.Index <= f.machine.View().Index {
-		// Already part of the state this node restored at start.
-		return state.Result{Code: state.CodeInvalid, Err: "entry already applied"}
-	}
-	res := f.machine.Apply(l.Index, l.Data)
-	if res.Code == state.CodeUnsupported {
-		// A newer node wrote a command this build cannot apply. Skipping it
-		// would let this node's state diverge and lose the entry for good;
-		// stop before it instead, loudly. The machine changed nothing.
-		h := &Halt{Index: l.Index, Applied: f.machine.View().Index, Reason: res.Err}
-		f.halted.Store(h)
-		f.log().Error("STOPPED: this node cannot apply the replicated log; upgrade cbproxy on it and restart it, it then applies the entry from its log",
-			zap.Uint64("index", h.Index), zap.Uint64("applied_index", h.Applied), zap.String("reason", h.Reason))
-		f.views.wake() // waiters of later indexes give up now
-		f.haltMu.Lock()
-		fn := f.onHalt
-		f.haltMu.Unlock()
-		if fn != nil {
-			fn(*h)
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch implements raft.BatchingFSM: Raft hands over the entries
+// committed together, and the machine applies their commands as one batch
+// (state.Machine.ApplyBatch: one view published, one rebuild of the data
+// plane, for up to MaxAppendEntries commands).
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	var entries []state.Entry
+	var at []int // at[i] is the position in logs of entries[i]
+	applied := f.machine.View().Index
+	for i, l := range logs {
+		switch {
+		case l.Type != raft.LogCommand:
+		case f.halted.Load() != nil:
+			// Raft may hand over entries queued behind the one that halted
+			// us before it stops; none is applied.
+			out[i] = f.haltedResult()
+		case l.Index <= applied:
+			// Already part of the state this node restored at start.
+			out[i] = state.Result{Code: state.CodeInvalid, Err: "entry already applied"}
+		default:
+			entries = append(entries, state.Entry{Index: l.Index, Data: l.Data})
+			at = append(at, i)
 		}
 	}
-	return res
+	if len(entries) == 0 {
+		return out
+	}
+	results := f.machine.ApplyBatch(entries)
+	for k, res := range results {
+		out[at[k]] = res
+	}
+	if last := results[len(results)-1]; last.Code == state.CodeUnsupported {
+		// A newer node wrote a command this build cannot apply. Skipping it
+		// would let this node's state diverge and lose the entry for good;
+		// stop before it instead, loudly. The machine changed nothing for
+		// it, nor for the entries after it.
+		f.stopAt(entries[len(results)-1].Index, last.Err)
+		for _, i := range at[len(results):] {
+			out[i] = f.haltedResult()
+		}
+	}
+	return out
+}
+
+// haltedResult answers an entry after the one that halted the fsm.
+func (f *fsm) haltedResult() state.Result {
+	return state.Result{Code: state.CodeUnsupported, Err: "this node " + f.halted.Load().String()}
+}
+
+// stopAt halts the fsm before the entry at index.
+func (f *fsm) stopAt(index uint64, reason string) {
+	h := &Halt{Index: index, Applied: f.machine.View().Index, Reason: reason}
+	f.halted.Store(h)
+	f.log().Error("STOPPED: this node cannot apply the replicated log; upgrade cbproxy on it and restart it, it then applies the entry from its log",
+		zap.Uint64("index", h.Index), zap.Uint64("applied_index", h.Applied), zap.String("reason", h.Reason))
+	f.views.wake() // waiters of later indexes give up now
+	f.haltMu.Lock()
+	fn := f.onHalt
+	f.haltMu.Unlock()
+	if fn != nil {
+		fn(*h)
+	}
 }
 
 // onApply runs on Raft's FSM goroutine after every command and restore.

@@ -242,14 +242,46 @@ func (n *Node) Join(ctx context.Context, ni state.NodeInfo, actor string) error 
 		}
 		return err
 	}
-	return n.retryOnLeader(ctx, func(ctx context.Context) error { return n.join(ctx, ni, actor) })
+	if err := n.retryOnLeader(ctx, func(ctx context.Context) error { return n.join(ctx, ni, actor) }); err != nil {
+		return err
+	}
+	n.waitMembers(ctx, func(m Member) bool { return m.ID == ni.ID && m.ClusterAddr == ni.ClusterAddr }, true)
+	return nil
 }
 
 // Remove takes a node out of the cluster through the leader, waiting up to
 // 5 s for one (ErrNoLeader). A node that is not a member is
 // ErrNodeNotFound; one removed already is no error (a retry).
 func (n *Node) Remove(ctx context.Context, id, actor string) error {
-	return n.retryOnLeader(ctx, func(ctx context.Context) error { return n.remove(ctx, id, actor) })
+	if err := n.retryOnLeader(ctx, func(ctx context.Context) error { return n.remove(ctx, id, actor) }); err != nil {
+		return err
+	}
+	n.waitMembers(ctx, func(m Member) bool { return m.ID == id }, false)
+	return nil
+}
+
+// waitMembers waits (up to noLeaderHold) until this node's Raft
+// configuration holds a member that matches (present) or none (not
+// present). A follower that forwarded a membership change learns the
+// configuration entry from the leader a moment after the leader answered;
+// its answer, the cluster as it sees it, must already show the change.
+func (n *Node) waitMembers(ctx context.Context, match func(Member) bool, present bool) {
+	ctx, cancel := context.WithTimeout(ctx, noLeaderHold)
+	defer cancel()
+	for {
+		found := false
+		for _, m := range n.Members() {
+			found = found || match(m)
+		}
+		if found == present {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // retryOnLeader runs a leader-only operation, retrying while there is no

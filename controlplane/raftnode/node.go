@@ -107,6 +107,11 @@ type Node struct {
 	// state machine halts.
 	raftStopOnce sync.Once
 	raftStop     raft.Future
+	// committed wakes announceCommits after a write committed on this
+	// leader; one pending wake-up is enough.
+	committed chan struct{}
+	// leaders wakes writes waiting for a leader (watchLeader).
+	leaders *leaderWatch
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -127,7 +132,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, done: make(chan struct{}), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret)}
+	n := &Node{cfg: cfg, done: make(chan struct{}), committed: make(chan struct{}, 1), leaders: newLeaderWatch(), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret)}
 	n.logger.Store(cfg.Logger)
 	defer func() {
 		if err != nil {
@@ -142,8 +147,10 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.registerRPC()
-	n.wg.Add(1)
+	n.wg.Add(3)
 	go n.maintainMembership()
+	go n.announceCommits()
+	go n.watchLeader()
 	return n, nil
 }
 
@@ -186,18 +193,45 @@ func (n *Node) openRaft() error {
 	if !n.cfg.MultiNode() {
 		if hasState {
 			n.noteBootstrapIgnored()
-			return nil
-		}
-		conf := raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter,
-			ID:       raft.ServerID(n.cfg.NodeID),
-			Address:  n.transport.LocalAddr(),
-		}}}
-		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+		} else {
+			conf := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter,
+				ID:       raft.ServerID(n.cfg.NodeID),
+				Address:  n.transport.LocalAddr(),
+			}}}
+			if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				return fmt.Errorf("bootstrapping single-node cluster: %w", err)
+			}
 		}
 	}
+	n.electIfAlone()
 	return nil
+}
+
+// electIfAlone makes a node that is the only voter of its configuration
+// elect itself now. Raft's follower waits a heartbeat timeout (1 to 2 s at
+// the defaults) for a leader before it stands, although none but itself can
+// exist; every write, the Caddyfile's seeds included, waited for it. Raft
+// re-checks for a leader at once when the heartbeat timeout is lowered, and
+// a follower that never heard from one then stands and, alone, wins; the
+// timeout is put back right away, so Raft's settings stay as they are. A
+// configuration the lowered timeout would not validate (a lease as long as
+// the heartbeat timeout) keeps Raft's usual wait.
+func (n *Node) electIfAlone() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := f.Configuration().Servers
+	if len(servers) != 1 || servers[0].ID != raft.ServerID(n.cfg.NodeID) || servers[0].Suffrage != raft.Voter {
+		return
+	}
+	settings := n.raft.ReloadableConfig()
+	lowered := settings
+	lowered.HeartbeatTimeout -= time.Millisecond
+	if n.raft.ReloadConfig(lowered) == nil {
+		_ = n.raft.ReloadConfig(settings)
+	}
 }
 
 // noteBootstrapIgnored says loudly, in the log and in readiness, that a
@@ -263,10 +297,12 @@ func (n *Node) raftConfig() *raft.Config {
 	rc.SnapshotInterval = 30 * time.Second
 	rc.TrailingLogs = 4096
 	// Followers learn that an entry is committed from the leader's next
-	// AppendEntries, which an idle leader sends after CommitTimeout (jittered
-	// up to twice that). Raft's 50 ms default would make ?wait=all and
-	// read-your-writes on followers take up to 100 ms; 10 ms costs ~100
-	// small messages per second per follower.
+	// AppendEntries. After a write, announceCommits sends one at once (a
+	// barrier); otherwise an idle leader sends one after CommitTimeout
+	// (jittered up to twice that), which still tells followers of commits
+	// no write announces (a new leader's no-op, a configuration change, the
+	// barrier itself). Raft's 50 ms default would make those take up to
+	// 100 ms; 10 ms costs ~100 small messages per second per follower.
 	rc.CommitTimeout = 10 * time.Millisecond
 	tune := n.cfg.seams()
 	if tune.SnapshotThreshold > 0 {
@@ -284,6 +320,9 @@ func (n *Node) raftConfig() *raft.Config {
 	}
 	if tune.LeaderLease > 0 {
 		rc.LeaderLeaseTimeout = tune.LeaderLease
+	}
+	if tune.CommitTimeout > 0 {
+		rc.CommitTimeout = tune.CommitTimeout
 	}
 	return rc
 }
@@ -437,6 +476,13 @@ func (n *Node) View() *state.View { return n.fsm.machine.View() }
 // every fn has returned.
 func (n *Node) OnChange(fn func(*state.View)) (cancel func()) {
 	return n.fsm.views.subscribe(fn, n.View)
+}
+
+// NextPublished returns a channel closed once the next view has been
+// handed to every OnChange subscriber (or the state machine halted), for
+// waiters that look at the data plane after each change.
+func (n *Node) NextPublished() <-chan struct{} {
+	return n.fsm.views.nextWake()
 }
 
 // Events returns a channel of events as they are applied; it is closed when

@@ -43,6 +43,9 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 	deadline := time.Now().Add(noLeaderHold)
 	backoff := 20 * time.Millisecond
 	for {
+		// Taken before the attempt, so that a leader elected during it
+		// wakes the wait below at once.
+		leaderChanged := n.leaders.next()
 		a, err := n.proposeOnce(ctx, cmd)
 		if err == nil {
 			// Answer only once this node applied the change too, so a client
@@ -65,6 +68,7 @@ func (n *Node) Propose(ctx context.Context, cmd state.Command) (Applied, error) 
 			return Applied{}, ctx.Err()
 		case <-n.done:
 			return Applied{}, errors.New("node is shutting down")
+		case <-leaderChanged:
 		case <-time.After(backoff):
 		}
 		if backoff < 200*time.Millisecond {
@@ -102,11 +106,48 @@ func (n *Node) applyAsLeader(ctx context.Context, cmd state.Command) (Applied, e
 		return Applied{}, err
 	}
 	n.metrics.applySeconds.Observe(time.Since(start).Seconds())
+	n.announceCommit()
 	res, ok := f.Response().(state.Result)
 	if !ok {
 		return Applied{}, fmt.Errorf("unexpected apply response %T", f.Response())
 	}
 	return Applied{Result: res, Index: f.Index()}, nil
+}
+
+// announceCommit wakes announceCommits: a write just committed here. It
+// never blocks.
+func (n *Node) announceCommit() {
+	select {
+	case n.committed <- struct{}{}:
+	default: // a wake-up is pending; it announces this commit too
+	}
+}
+
+// announceCommits tells followers at once that a write committed, so they
+// apply it now rather than at the leader's next CommitTimeout tick (10 to
+// 20 ms later): that wait was most of a ?wait=all write's time. Raft puts
+// its commit index in every AppendEntries that replicates entries, but
+// sends one only when the log grows or the tick fires (heartbeats carry
+// no commit index). So after each write it appends a barrier, a no-op
+// entry the state machine never sees, and Raft's replication of it
+// carries the new commit index to every follower at once. The barrier is
+// not waited for: the write has committed already, and a lost leadership
+// only loses the announcement. Followers learn the barrier's own commit
+// at the next tick, which no reader waits for (ConsistentRead waits for
+// the last command, never a barrier). A cluster of one has no one to tell.
+func (n *Node) announceCommits() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-n.committed:
+		}
+		if f := n.raft.GetConfiguration(); f.Error() != nil || len(f.Configuration().Servers) < 2 {
+			continue
+		}
+		n.raft.Barrier(noLeaderHold)
+	}
 }
 
 func randomID() string {

@@ -23,7 +23,7 @@ const (
 	rpcJoin        = "join"
 	rpcRemove      = "remove"
 	// Package rollouts serves its own methods on the same port
-	// ("slo_windows", "verdict").
+	// ("slo_windows_v2", "verdict").
 )
 
 // RPC error codes a caller may retry on another attempt or leader.

@@ -39,10 +39,12 @@ func (n *Node) haltedError() error {
 	return nil
 }
 
-// How the leader keeps what the members can apply: it asks a member again
-// before a write when its last answer is older than capabilitiesTTL, and
-// whenever the member lacks what the write needs (so a refusal is never
-// about a member upgraded since; refusals are rare, one call each). A member
+// How the leader keeps what the members can apply: it asks a member before
+// a write when it never asked it, and whenever the member lacks what the
+// write needs (so a refusal is never about a member upgraded since;
+// refusals are rare, one call each). An answer older than capabilitiesTTL
+// that allows the write is used, and renewed in the background beside it
+// (a write never waits for that round trip). A member
 // that does not answer keeps its last answer; one that never answered, or
 // answers without capabilities (a build from before them), is taken to apply
 // the baseline.
@@ -55,6 +57,29 @@ const (
 type memberCapabilities struct {
 	mu    sync.Mutex
 	nodes map[string]*memberSeen
+	// refreshing holds the members asked in the background right now.
+	refreshing map[string]bool
+}
+
+// startRefresh reports whether a background ask of the member may start
+// (none is under way), and marks it under way.
+func (m *memberCapabilities) startRefresh(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.refreshing[id] {
+		return false
+	}
+	if m.refreshing == nil {
+		m.refreshing = map[string]bool{}
+	}
+	m.refreshing[id] = true
+	return true
+}
+
+func (m *memberCapabilities) endRefresh(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.refreshing, id)
 }
 
 type memberSeen struct {
@@ -148,8 +173,14 @@ func (n *Node) checkMembersApply(ctx context.Context, entry []byte) error {
 	var ask []raft.Server
 	for _, s := range others {
 		seen := n.members.get(string(s.ID))
-		if now.Sub(seen.asked) > capabilitiesTTL || len(seen.lacks(entry)) > 0 {
+		switch {
+		case seen.asked.IsZero() || len(seen.lacks(entry)) > 0:
 			ask = append(ask, s)
+		case now.Sub(seen.asked) > capabilitiesTTL:
+			// Its last answer allows the write: the write goes on with it
+			// and the answer is renewed beside it, so no write waits for a
+			// round trip every capabilitiesTTL.
+			n.refreshCapabilities(s)
 		}
 	}
 	n.askCapabilities(ctx, ask)
@@ -169,6 +200,17 @@ func (n *Node) checkMembersApply(ctx context.Context, entry []byte) error {
 
 // askCapabilities asks the members for their status, all at once, each
 // bounded by capabilitiesTimeout, and records the answers.
+// refreshCapabilities asks a member in the background, once at a time.
+func (n *Node) refreshCapabilities(s raft.Server) {
+	if !n.members.startRefresh(string(s.ID)) {
+		return
+	}
+	go func() {
+		defer n.members.endRefresh(string(s.ID))
+		n.askCapabilities(context.Background(), []raft.Server{s})
+	}()
+}
+
 func (n *Node) askCapabilities(ctx context.Context, members []raft.Server) {
 	var wg sync.WaitGroup
 	for _, s := range members {

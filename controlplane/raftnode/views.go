@@ -53,6 +53,13 @@ func (vs *views) wake() {
 	vs.mu.Unlock()
 }
 
+// nextWake returns a channel closed at the next wake.
+func (vs *views) nextWake() <-chan struct{} {
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	return vs.applied
+}
+
 // waitIndex waits until index is published; false if ctx ended first or
 // stopped says the machine will never get there.
 func (vs *views) waitIndex(ctx context.Context, index uint64, stopped func() bool) bool {

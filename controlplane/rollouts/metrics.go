@@ -25,15 +25,22 @@ func (viewMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- rollbacksDesc
 }
 
+// Collect sends a service's step from its first rollout on and a rollback
+// counter from its first rollback on: at 1,000 services, zeros for services
+// that never had either were most of these series.
 func (m viewMetrics) Collect(ch chan<- prometheus.Metric) {
 	for name, s := range m().Services {
-		step := 0
-		if s.Rollout.Active() {
-			step = s.Rollout.Step
+		if s.Rollout != nil {
+			step := 0
+			if s.Rollout.Active() {
+				step = s.Rollout.Step
+			}
+			ch <- prometheus.MustNewConstMetric(rolloutStepDesc, prometheus.GaugeValue, float64(step), name)
 		}
-		ch <- prometheus.MustNewConstMetric(rolloutStepDesc, prometheus.GaugeValue, float64(step), name)
 		for _, trigger := range []state.Trigger{state.TriggerAuto, state.TriggerManual, state.TriggerAbort} {
-			ch <- prometheus.MustNewConstMetric(rollbacksDesc, prometheus.CounterValue, float64(s.Rollbacks[trigger]), name, string(trigger))
+			if n := s.Rollbacks[trigger]; n > 0 {
+				ch <- prometheus.MustNewConstMetric(rollbacksDesc, prometheus.CounterValue, float64(n), name, string(trigger))
+			}
 		}
 	}
 }

@@ -72,7 +72,7 @@ type DataPlane interface {
 type Config struct {
 	Node Node
 	// Transport is the cluster port: the watcher serves and calls its RPC
-	// methods (slo_windows, verdict) on it.
+	// methods (slo_windows_v2, verdict) on it.
 	Transport *cluster.Transport
 	// DataPlane returns this node's data plane, nil without one (a node
 	// without one serves nothing).

@@ -21,8 +21,11 @@ const (
 	// replaced: a node of that version would read this request as asking
 	// for nothing and answer with no service, which means "serves nothing",
 	// not "figures missing". The new name fails the call on such a node, so
-	// its figures count as missing.
-	rpcWindows = "slo_windows"
+	// its figures count as missing. "_v2": the windows gained the 1 ms and
+	// 2.5 ms buckets, and a leader must not merge bucket counts of another
+	// layout (a node of the previous layout counts as missing figures for
+	// the length of a rolling upgrade).
+	rpcWindows = "slo_windows_v2"
 	rpcVerdict = "verdict" // the leader's latest verdict on a service
 )
 
@@ -138,7 +141,7 @@ func (r windowRound) merge(service string) (map[string]slo.Window, slo.Nodes) {
 }
 
 // windowsRequest asks a node for its windows of every service the leader
-// judges (RPC "slo_windows"), each over its own window.
+// judges (RPC "slo_windows_v2"), each over its own window.
 type windowsRequest struct {
 	Services []serviceWindows `json:"services"`
 }

@@ -11,11 +11,14 @@ import (
 )
 
 // Bounds are the latency histogram's upper bounds (the +Inf bucket is extra);
-// proxymod's counters use the same ones. They include the default SLO's
-// thresholds (500 ms, 2 s) so that a P95 is judged against them exactly. An
+// proxymod's counters use the same ones. They include the default SLO's thresholds
+// (500 ms, 2 s) so that a P95 is judged against them exactly, and 1 ms and
+// 2.5 ms so that a backend answering in 1–5 ms is told from one at 5 ms. An
 // array, not a slice, so that counters can be fixed-size arrays of
-// len(Bounds)+1.
+// len(Bounds)+1. Nodes exchange windows as bucket counts, so a change here
+// renames the windows RPC (rpcWindows in controlplane/rollouts).
 var Bounds = [...]time.Duration{
+	time.Millisecond, 2500 * time.Microsecond,
 	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
 	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
 	time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second,

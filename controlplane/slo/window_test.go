@@ -110,18 +110,20 @@ func TestP95(t *testing.T) {
 	}{
 		{"no buckets", nil, 0, false},
 		{"empty buckets", buckets(nil), 0, false},
-		// Interpolation from 0 to 5 ms: the 95th of 100 is at 95 %.
-		{"first bucket", buckets(map[int]uint64{0: 100}), 4.75, true},
+		// Interpolation from 0 to 1 ms: the 95th of 100 is at 95 %.
+		{"first bucket", buckets(map[int]uint64{0: 100}), 0.95, true},
+		// 90 up to 1 ms, 10 in (1, 2.5]: the 95th is the 5th of those 10.
+		{"second bucket", buckets(map[int]uint64{0: 90, 1: 10}), 1.75, true},
 		// 90 up to 5 ms, 10 in (5, 10]: the 95th is the 5th of those 10.
-		{"second bucket", buckets(map[int]uint64{0: 90, 1: 10}), 7.5, true},
+		{"5 to 10 ms", buckets(map[int]uint64{2: 90, 3: 10}), 7.5, true},
 		// 95 up to 2 s exactly: the 95th sits on the bound.
-		{"on a bound", buckets(map[int]uint64{8: 95, 9: 5}), 2000, true},
+		{"on a bound", buckets(map[int]uint64{10: 95, 11: 5}), 2000, true},
 		// All in (2 s, 5 s]: 2000 + 3000·0.95.
-		{"slow", buckets(map[int]uint64{9: 150}), 4850, true},
+		{"slow", buckets(map[int]uint64{11: 150}), 4850, true},
 		{"+Inf reports its lower bound", buckets(map[int]uint64{0: 1, last: 99}), float64(Bounds[last-1].Milliseconds()), true},
 		{"buckets past +Inf count as +Inf", append(buckets(map[int]uint64{0: 10}), 90), float64(Bounds[last-1].Milliseconds()), true},
-		{"fewer buckets than bounds", []uint64{0, 20}, 9.75, true},
-		{"huge counts", buckets(map[int]uint64{0: math.MaxUint64, 1: math.MaxUint64}), 5 + 5*0.9, true},
+		{"fewer buckets than bounds", []uint64{0, 20}, 1 + 1.5*0.95, true},
+		{"huge counts", buckets(map[int]uint64{0: math.MaxUint64, 1: math.MaxUint64}), 1 + 1.5*0.9, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

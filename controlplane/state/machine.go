@@ -28,6 +28,22 @@ type View struct {
 	// index of their removal: such a node may not join again by itself,
 	// only by an operator's join. A node is never both in Nodes and here.
 	Removed map[string]uint64
+	// Changes is what differs from the view published just before this
+	// one, for readers that see every view and want to work in proportion
+	// to a change (the data plane, the health checker); nil when unknown
+	// (the first view, a restored one): compare everything.
+	Changes *ViewChanges
+}
+
+// ViewChanges is what a view changed from the one published before it.
+type ViewChanges struct {
+	// Since is the Index of the view before: the list holds only for a
+	// reader whose last view had this Index (another one missed views
+	// and compares everything).
+	Since uint64
+	// Services names, once each, the services whose entry in Services or
+	// Deleted differs from the view before.
+	Services []string
 }
 
 // Options tune a Machine; zero values take the defaults.
@@ -37,9 +53,9 @@ type Options struct {
 	// IdemTTL is how long an idempotency key is remembered, measured on the
 	// leader-stamped command times (default 24 h).
 	IdemTTL time.Duration
-	// OnApply, if set, runs after every applied command (and after Restore) on
-	// the applying goroutine with the new view and the events the command added.
-	// It must not block.
+	// OnApply, if set, runs after every applied command or batch of
+	// commands (ApplyBatch), and after Restore, on the applying goroutine
+	// with the new view and the events the commands added. It must not block.
 	OnApply func(v *View, added []Event)
 	// WithoutKinds and WithoutFields (paths as in Capabilities.Fields) make
 	// the machine apply like an older build that lacks them: it does not
@@ -248,106 +264,155 @@ func (m *Machine) QueryEvents(q EventQuery) ([]Event, *EventGap) {
 // nothing at all and publishes nothing, so the node can stop before it and
 // apply it once it runs a build that can.
 func (m *Machine) Apply(index uint64, data []byte) Result {
-	if res, ok := m.unsupported(data); !ok {
-		return res
-	}
+	return m.ApplyBatch([]Entry{{Index: index, Data: data}})[0]
+}
+
+// Entry is one encoded command of a batch and its Raft index.
+type Entry struct {
+	Index uint64
+	Data  []byte
+}
+
+// ApplyBatch applies entries in order, each exactly as Apply would, and
+// publishes one view, the state after the last of them, with OnApply
+// running once with every event they added. Raft hands over the entries
+// committed together in one batch (the 1,000 seeds of a Caddyfile arrive
+// in batches of up to MaxAppendEntries), so a batch copies the service
+// map once, not once per command, and the data plane rebuilds once.
+// Nobody sees the views in between: a reader waiting for an index of the
+// batch wakes at its end.
+//
+// It stops at an entry this build cannot apply: that entry's result
+// (CodeUnsupported) is the last of the results, the entries after it get
+// none, and the view published is that of the entries before it (none at
+// all when it is the first).
+func (m *Machine) ApplyBatch(entries []Entry) []Result {
+	results := make([]Result, 0, len(entries))
 	m.mu.Lock()
 	cur := m.view.Load()
-	next := &View{Index: index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
+	// next is private until it is stored: the maps it shares with cur are
+	// copied before their first write in this batch (owned), then written
+	// in place by the batch's later commands.
+	next := &View{Index: cur.Index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
+	var owned struct{ services, nodes bool }
+	next.Changes = &ViewChanges{Since: cur.Index}
+	changed := map[string]bool{}
 	var added []Event
-	c, res, eff := m.apply(cur, index, data)
-	switch {
-	case eff == nil:
-	case eff.node != nil:
-		next.Nodes = maps.Clone(cur.Nodes)
-		next.Removed = maps.Clone(cur.Removed)
-		if eff.node.ClusterAddr == "" {
-			delete(next.Nodes, eff.node.ID)
-			next.Removed[eff.node.ID] = index
-		} else {
-			next.Nodes[eff.node.ID] = *eff.node
-			delete(next.Removed, eff.node.ID)
+	for _, e := range entries {
+		c, res, ok := m.decodeSupported(e.Data)
+		if !ok {
+			results = append(results, res)
+			break
 		}
-	default:
-		next.Services = maps.Clone(cur.Services)
-		next.Deleted = maps.Clone(cur.Deleted)
-		if eff.service == nil {
-			delete(next.Services, c.Service)
-			next.Deleted[c.Service] = index
-		} else {
-			next.Services[c.Service] = eff.service
-			delete(next.Deleted, c.Service)
+		res, eff := m.apply(next, e.Index, &c)
+		results = append(results, res)
+		next.Index = e.Index
+		switch {
+		case eff == nil:
+		case eff.node != nil:
+			if !owned.nodes {
+				next.Nodes, next.Removed = maps.Clone(next.Nodes), maps.Clone(next.Removed)
+				owned.nodes = true
+			}
+			if eff.node.ClusterAddr == "" {
+				delete(next.Nodes, eff.node.ID)
+				next.Removed[eff.node.ID] = e.Index
+			} else {
+				next.Nodes[eff.node.ID] = *eff.node
+				delete(next.Removed, eff.node.ID)
+			}
+		default:
+			if !owned.services {
+				next.Services, next.Deleted = maps.Clone(next.Services), maps.Clone(next.Deleted)
+				owned.services = true
+			}
+			if !changed[c.Service] {
+				changed[c.Service] = true
+				next.Changes.Services = append(next.Changes.Services, c.Service)
+			}
+			if eff.service == nil {
+				delete(next.Services, c.Service)
+				next.Deleted[c.Service] = e.Index
+			} else {
+				next.Services[c.Service] = eff.service
+				delete(next.Deleted, c.Service)
+			}
+		}
+		if eff != nil {
+			ev := eff.event
+			ev.Index, ev.Time, ev.Actor, ev.Service = e.Index, c.Time, c.Actor, c.Service
+			if c.Reason != "" {
+				ev.Reason = c.Reason
+			}
+			m.events = append(m.events, ev)
+			if over := len(m.events) - m.opts.MaxEvents; over > 0 {
+				m.droppedThrough = m.events[over-1].Index
+				m.events = m.events[over:]
+			}
+			added = append(added, ev)
 		}
 	}
-	if eff != nil {
-		ev := eff.event
-		ev.Index, ev.Time, ev.Actor, ev.Service = index, c.Time, c.Actor, c.Service
-		if c.Reason != "" {
-			ev.Reason = c.Reason
-		}
-		m.events = append(m.events, ev)
-		if over := len(m.events) - m.opts.MaxEvents; over > 0 {
-			m.droppedThrough = m.events[over-1].Index
-			m.events = m.events[over:]
-		}
-		added = []Event{ev}
+	if next.Index == cur.Index {
+		// The first entry was one this build cannot apply.
+		m.mu.Unlock()
+		return results
 	}
 	m.view.Store(next)
 	m.mu.Unlock()
 	if m.opts.OnApply != nil {
 		m.opts.OnApply(next, added)
 	}
-	return res
+	return results
 }
 
-// unsupported checks that this build can apply the entry: its kind and every
-// field are among the machine's capabilities, and it decodes.
-func (m *Machine) unsupported(data []byte) (Result, bool) {
+// decodeSupported checks that this build can apply the entry (its kind
+// and every field are among the machine's capabilities) and decodes it,
+// once: apply takes the command decoded here. On false, the result is the
+// entry's CodeUnsupported refusal.
+func (m *Machine) decodeSupported(data []byte) (Command, Result, bool) {
+	var c Command
 	lacks := m.caps.Lacks(data)
 	if len(lacks) == 0 {
-		if _, err := Decode(data); err != nil {
+		var err error
+		if c, err = Decode(data); err != nil {
 			lacks = []string{"a command it cannot decode (" + err.Error() + ")"}
 		}
 	}
 	if len(lacks) == 0 {
-		return Result{}, true
+		return c, Result{}, true
 	}
-	return Result{Code: CodeUnsupported, Err: "this cbproxy build cannot apply the log entry: it lacks " + strings.Join(lacks, ", ") +
+	return c, Result{Code: CodeUnsupported, Err: "this cbproxy build cannot apply the log entry: it lacks " + strings.Join(lacks, ", ") +
 		" (a newer build wrote it)"}, false
 }
 
-// apply runs one command against the view v: decoding, the common checks, the
-// idempotency table, the version check and the kind's handler, in that order.
-// It returns the decoded command, its result and, when the command changes the
+// apply runs one decoded command against the view v: the common checks,
+// the idempotency table, the version check and the kind's handler, in that
+// order. It returns the command's result and, when the command changes the
 // state, its effect.
-func (m *Machine) apply(v *View, index uint64, data []byte) (Command, Result, *effect) {
-	c, err := Decode(data)
-	if err != nil {
-		return c, Result{Code: CodeInvalid, Err: err.Error()}, nil
-	}
+func (m *Machine) apply(v *View, index uint64, c *Command) (Result, *effect) {
 	reg, err := c.registration()
 	if err == nil {
 		err = c.validateCommon()
 	}
 	cur := v.Services[c.Service]
 	if err != nil {
-		return c, refuse(CodeInvalid, cur, "%v", err), nil
+		return refuse(CodeInvalid, cur, "%v", err), nil
 	}
 	m.evictIdem(c.Time)
 	if c.IdemKey != "" {
 		if e, ok := m.idem[c.IdemKey]; ok {
 			if e.Hash != c.IdemHash {
-				return c, refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
+				return refuse(CodeIdempotencyReuse, cur, "this idempotency key was already used for a different request; use a new key"), nil
 			}
-			return c, e.result(cur), nil
+			return e.result(cur), nil
 		}
 	}
-	res, eff := m.run(v, cur, index, &c, reg)
+	res, eff := m.run(v, cur, index, c, reg)
 	res.Index = index
 	if c.IdemKey != "" {
-		m.rememberIdem(newIdemEntry(&c, index, res))
+		m.rememberIdem(newIdemEntry(c, index, res))
 	}
-	return c, res, eff
+	return res, eff
 }
 
 func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, reg *registration) (Result, *effect) {

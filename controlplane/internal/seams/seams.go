@@ -15,9 +15,13 @@ import (
 // Raft overrides hashicorp/raft's timings and cbproxy's snapshot and event
 // trail defaults; a zero field keeps the default.
 type Raft struct {
-	HeartbeatTimeout  time.Duration
-	ElectionTimeout   time.Duration
-	LeaderLease       time.Duration
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	LeaderLease      time.Duration
+	// CommitTimeout is how long an idle leader waits before it sends
+	// followers an AppendEntries that carries its commit index (default
+	// 10 ms); a long one shows what else tells them.
+	CommitTimeout     time.Duration
 	SnapshotThreshold uint64 // default 1024 entries
 	TrailingLogs      uint64 // default 4096 entries
 	// MaxEvents is how many events the trail keeps; zero takes 10,000.
