@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
 
 // service is the cbproxy service every node proxies; its pools blue and
@@ -37,35 +39,8 @@ var targets = [2]target{
 	{"blue", `{"weights":{"blue":100,"canary":0}}`},
 }
 
-// proc is one process the run started.
-type proc struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// tail is the end of the process's log, for error messages.
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return "the end of " + p.name + "'s log:\n\t" + strings.Join(lines, "\n\t")
-}
-
 type node struct {
-	*proc
+	*benchrun.Proc
 	id    string
 	admin string // host:port of its admin API
 	proxy string // host:port of its cbproxy site
@@ -73,7 +48,7 @@ type node struct {
 
 type cluster struct {
 	dir     string
-	backend *proc
+	backend *benchrun.Proc
 	nodes   []*node
 	leader  string
 	client  *http.Client // admin calls and probes
@@ -180,14 +155,14 @@ func startCluster(s settings) (*cluster, error) {
 		if err != nil {
 			return c, err
 		}
-		c.nodes = append(c.nodes, &node{proc: p, id: id,
+		c.nodes = append(c.nodes, &node{Proc: p, id: id,
 			admin: fmt.Sprintf("127.0.0.1:%d", adminPort(base, i)),
 			proxy: fmt.Sprintf("127.0.0.1:%d", proxyPort(base, i))})
 	}
 	return c, nil
 }
 
-func (c *cluster) start(name string, env []string, bin string, args ...string) (*proc, error) {
+func (c *cluster) start(name string, env []string, bin string, args ...string) (*benchrun.Proc, error) {
 	log, err := os.Create(filepath.Join(c.dir, name+".log"))
 	if err != nil {
 		return nil, err
@@ -198,18 +173,18 @@ func (c *cluster) start(name string, env []string, bin string, args ...string) (
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, log: log.Name(), cmd: cmd, done: make(chan struct{})}
+	p := &benchrun.Proc{Name: name, Log: log.Name(), Cmd: cmd, Done: make(chan struct{})}
 	go func() {
 		cmd.Wait()
-		close(p.done)
+		close(p.Done)
 	}()
 	return p, nil
 }
 
-func (c *cluster) procs() []*proc {
-	var ps []*proc
+func (c *cluster) procs() []*benchrun.Proc {
+	var ps []*benchrun.Proc
 	for _, n := range c.nodes {
-		ps = append(ps, n.proc)
+		ps = append(ps, n.Proc)
 	}
 	if c.backend != nil {
 		ps = append(ps, c.backend)
@@ -222,15 +197,15 @@ func (c *cluster) procs() []*proc {
 func (c *cluster) stop() {
 	ps := c.procs()
 	for _, p := range ps {
-		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.Cmd.Process.Signal(syscall.SIGTERM)
 	}
 	deadline := time.After(5 * time.Second)
 	for _, p := range ps {
 		select {
-		case <-p.done:
+		case <-p.Done:
 		case <-deadline:
-			p.cmd.Process.Kill()
-			<-p.done
+			p.Cmd.Process.Kill()
+			<-p.Done
 		}
 	}
 	os.RemoveAll(c.dir)
@@ -239,8 +214,8 @@ func (c *cluster) stop() {
 // alive fails, with the end of its log, if a process has exited.
 func (c *cluster) alive() error {
 	for _, p := range c.procs() {
-		if p.exited() {
-			return fmt.Errorf("%s exited (%v); %s", p.name, p.cmd.ProcessState, p.tail())
+		if p.Exited() {
+			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
 		}
 	}
 	return nil
@@ -276,11 +251,11 @@ func (c *cluster) notReady(ctx context.Context) string {
 	for _, n := range c.nodes {
 		status, _, err := c.get(ctx, "http://"+n.admin+"/health/ready")
 		if err != nil || status != http.StatusOK {
-			return fmt.Sprintf("%s: GET /health/ready: %s; %s", n.id, statusOrErr(status, err), n.tail())
+			return fmt.Sprintf("%s: GET /health/ready: %s; %s", n.id, statusOrErr(status, err), n.Tail())
 		}
 		status, pool, err := c.get(ctx, "http://"+n.proxy+"/ready")
 		if err != nil || status != http.StatusOK || pool != "blue" {
-			return fmt.Sprintf("%s: GET / on its proxy: %s, pool %q (want 200 from blue); %s", n.id, statusOrErr(status, err), pool, n.tail())
+			return fmt.Sprintf("%s: GET / on its proxy: %s, pool %q (want 200 from blue); %s", n.id, statusOrErr(status, err), pool, n.Tail())
 		}
 	}
 	cl, err := c.clusterBody(ctx)
@@ -508,7 +483,7 @@ func (c *cluster) measureIdle(ctx context.Context, d time.Duration) (*idleCPU, e
 func (c *cluster) nodesCPU() (time.Duration, error) {
 	var total time.Duration
 	for _, n := range c.nodes {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.Cmd.Process.Pid))
 		if err != nil {
 			return 0, fmt.Errorf("reading %s's CPU time (-idle 0 skips it): %w", n.id, err)
 		}

@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
 
 // settings are the command line flags.
@@ -108,9 +110,9 @@ func parseFlags(args []string) (settings, error) {
 func run(ctx context.Context, s settings) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	machine := describeMachine(s.cbproxy)
-	if machine.busy > busyWarning {
-		fmt.Fprintf(os.Stderr, "propagation: warning: the CPUs were %d %% busy with other work before the run: p99 and max will be longer and noisier\n", machine.busy)
+	machine := benchrun.DescribeMachine(s.cbproxy)
+	if machine.Busy > busyWarning {
+		fmt.Fprintf(os.Stderr, "propagation: warning: the CPUs were %d %% busy with other work before the run: p99 and max will be longer and noisier\n", machine.Busy)
 	}
 
 	c, err := startCluster(s)

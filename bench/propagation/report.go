@@ -7,12 +7,13 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
 
 // goal is the bound on the p99 of a change: applied on every node of a
@@ -27,7 +28,7 @@ func goal(nodes int) time.Duration {
 // report holds the figures of one run.
 type report struct {
 	s           settings
-	machine     machine
+	machine     benchrun.Machine
 	follower    string
 	changes     int
 	calls       []time.Duration // ?wait=all call times of the confirmed changes, sorted
@@ -45,7 +46,7 @@ type loadSummary struct {
 	staleSamples             []string       // the first few
 }
 
-func analyze(s settings, m machine, follower string, changes []change, lr loadResult) *report {
+func analyze(s settings, m benchrun.Machine, follower string, changes []change, lr loadResult) *report {
 	rep := &report{s: s, machine: m, follower: follower, changes: len(changes)}
 	for i, ch := range changes {
 		if p := ch.problem(); p != "" {
@@ -195,10 +196,10 @@ func (rep *report) write(dir string) (string, error) {
 	fmt.Fprintf(&b, "# %s\n\n", title)
 	fmt.Fprintf(&b, "- date: %s\n", now.Format(time.RFC3339))
 	fmt.Fprintf(&b, "- command: `%s`\n", s.command)
-	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s, benchmark built with %s\n", m.cpus, m.model, m.kernel, runtime.Version())
-	fmt.Fprintf(&b, "- binary: `%s`, git HEAD %s\n", m.version, m.gitHead)
-	fmt.Fprintf(&b, "- other work: the CPUs were %d %% busy in the second before the cluster started\n", m.busy)
-	if m.busy > busyWarning {
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s, benchmark built with %s\n", m.CPUs, m.Model, m.Kernel, runtime.Version())
+	fmt.Fprintf(&b, "- binary: `%s`, git HEAD %s\n", m.Version, m.GitHead)
+	fmt.Fprintf(&b, "- other work: the CPUs were %d %% busy in the second before the cluster started\n", m.Busy)
+	if m.Busy > busyWarning {
 		fmt.Fprintf(&b, "  **(other work above %d %% makes the tail figures, p99 and max, longer and noisier)**\n", busyWarning)
 	}
 	if s.nodes == 1 {
@@ -274,68 +275,3 @@ func (rep *report) write(dir string) (string, error) {
 // busyWarning is the share of CPU time used by other work above which the
 // figures are marked as disturbed.
 const busyWarning = 25
-
-// machine describes where the run happened.
-type machine struct {
-	cpus                            int
-	model, kernel, version, gitHead string
-	busy                            int // % of CPU time busy with other work just before the run
-}
-
-// describeMachine reads the machine's description and, over one second, how
-// busy its CPUs are with other work.
-func describeMachine(cbproxy string) machine {
-	m := machine{cpus: runtime.NumCPU(), model: "unknown CPU", kernel: runtime.GOOS, version: "unknown", gitHead: "unknown"}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.Lines(string(b)) {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.kernel = "Linux " + strings.TrimSpace(string(b))
-	}
-	if out, err := exec.Command(cbproxy, "version").Output(); err == nil {
-		m.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
-	}
-	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
-		m.gitHead = strings.TrimSpace(string(out))
-		if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
-			m.gitHead += " with uncommitted changes"
-		}
-	}
-	busy0, total0 := cpuTimes()
-	time.Sleep(time.Second)
-	busy1, total1 := cpuTimes()
-	if total1 > total0 {
-		m.busy = int(math.Round(100 * float64(busy1-busy0) / float64(total1-total0)))
-	}
-	return m
-}
-
-// cpuTimes reads the busy and total CPU time of the machine from /proc/stat,
-// in clock ticks; zeros where there is none.
-func cpuTimes() (busy, total uint64) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 9 {
-		return 0, 0
-	}
-	// user nice system idle iowait irq softirq steal; guest time is already
-	// counted in user and nice.
-	for i, f := range fields[1:9] {
-		var v uint64
-		fmt.Sscan(f, &v)
-		total += v
-		if i != 3 && i != 4 { // idle and iowait
-			busy += v
-		}
-	}
-	return busy, total
-}

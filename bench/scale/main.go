@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
 
 // settings are the command line flags.
@@ -102,9 +104,9 @@ func parseFlags(args []string) (settings, error) {
 func run(ctx context.Context, s settings) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	m := describeMachine(s.cbproxy)
-	if m.busy > busyWarning {
-		fmt.Fprintf(os.Stderr, "scale: warning: the CPUs were %d %% busy with other work before the run: times will be longer and noisier\n", m.busy)
+	m := benchrun.DescribeMachine(s.cbproxy)
+	if m.Busy > busyWarning {
+		fmt.Fprintf(os.Stderr, "scale: warning: the CPUs were %d %% busy with other work before the run: times will be longer and noisier\n", m.Busy)
 	}
 	n, err := startNode(ctx, s)
 	if n != nil {

@@ -16,41 +16,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
-
-// proc is one process the run started.
-type proc struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// tail is the end of the process's log, for error messages.
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return "the end of " + p.name + "'s log:\n\t" + strings.Join(lines, "\n\t")
-}
 
 // node is the cbproxy process under test and the backend process.
 type node struct {
 	s        settings
 	dir      string
-	backend  *proc
-	cbproxy  *proc
+	backend  *benchrun.Proc
+	cbproxy  *benchrun.Proc
 	started  time.Time // just before the cbproxy process started
 	services []string
 	client   *http.Client
@@ -159,7 +134,7 @@ func startNode(ctx context.Context, s settings) (*node, error) {
 	return n, err
 }
 
-func (n *node) start(name string, env []string, bin string, args ...string) (*proc, error) {
+func (n *node) start(name string, env []string, bin string, args ...string) (*benchrun.Proc, error) {
 	log, err := os.Create(filepath.Join(n.dir, name+".log"))
 	if err != nil {
 		return nil, err
@@ -170,10 +145,10 @@ func (n *node) start(name string, env []string, bin string, args ...string) (*pr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, log: log.Name(), cmd: cmd, done: make(chan struct{})}
+	p := &benchrun.Proc{Name: name, Log: log.Name(), Cmd: cmd, Done: make(chan struct{})}
 	go func() {
 		cmd.Wait()
-		close(p.done)
+		close(p.Done)
 	}()
 	return p, nil
 }
@@ -181,20 +156,20 @@ func (n *node) start(name string, env []string, bin string, args ...string) (*pr
 // stop ends both processes politely, after 5 s for sure, then removes the
 // temporary directory.
 func (n *node) stop() {
-	var ps []*proc
-	for _, p := range []*proc{n.cbproxy, n.backend} {
+	var ps []*benchrun.Proc
+	for _, p := range []*benchrun.Proc{n.cbproxy, n.backend} {
 		if p != nil {
 			ps = append(ps, p)
-			p.cmd.Process.Signal(syscall.SIGTERM)
+			p.Cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
 	deadline := time.After(5 * time.Second)
 	for _, p := range ps {
 		select {
-		case <-p.done:
+		case <-p.Done:
 		case <-deadline:
-			p.cmd.Process.Kill()
-			<-p.done
+			p.Cmd.Process.Kill()
+			<-p.Done
 		}
 	}
 	os.RemoveAll(n.dir)
@@ -202,9 +177,9 @@ func (n *node) stop() {
 
 // alive fails, with the end of its log, if a process has exited.
 func (n *node) alive() error {
-	for _, p := range []*proc{n.cbproxy, n.backend} {
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s exited (%v); %s", p.name, p.cmd.ProcessState, p.tail())
+	for _, p := range []*benchrun.Proc{n.cbproxy, n.backend} {
+		if p != nil && p.Exited() {
+			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
 		}
 	}
 	return nil
@@ -281,7 +256,7 @@ func (n *node) measure(ctx context.Context, rep *report) error {
 
 	// Settle, then memory after the start.
 	sleep(ctx, 2*time.Second)
-	if rep.rssStart, err = rss(n.cbproxy.cmd.Process.Pid); err != nil {
+	if rep.rssStart, err = rss(n.cbproxy.Cmd.Process.Pid); err != nil {
 		return err
 	}
 	for i := range n.s.scrapes {
@@ -293,7 +268,7 @@ func (n *node) measure(ctx context.Context, rep *report) error {
 		rep.scrapeTimes = append(rep.scrapeTimes, time.Since(t0))
 		rep.metricsBytes = len(body)
 		rep.series = countSeries(body)
-		r, err := rss(n.cbproxy.cmd.Process.Pid)
+		r, err := rss(n.cbproxy.Cmd.Process.Pid)
 		if err != nil {
 			return err
 		}
@@ -309,7 +284,7 @@ func (n *node) measure(ctx context.Context, rep *report) error {
 	}
 	// Steady: after the calls, the scrapes' garbage had time to go.
 	sleep(ctx, 2*time.Second)
-	rep.rssEnd, err = rss(n.cbproxy.cmd.Process.Pid)
+	rep.rssEnd, err = rss(n.cbproxy.Cmd.Process.Pid)
 	return err
 }
 

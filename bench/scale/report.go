@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -14,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
 )
 
 // The goals of issue 11, item 3.
@@ -30,7 +31,7 @@ const (
 
 type report struct {
 	s       settings
-	machine machine
+	machine benchrun.Machine
 
 	ready, serving   time.Duration // from the start of the process
 	rssStart, rssEnd int64
@@ -104,7 +105,7 @@ func (rep *report) rows() [][4]string {
 
 func (rep *report) print(w io.Writer) {
 	fmt.Fprintf(w, "%d services (3 pools x 2 backends, %d backend addresses), one site with path matchers; CPUs %d %% busy with other work before the run\n",
-		rep.s.services, rep.s.addresses, rep.machine.busy)
+		rep.s.services, rep.s.addresses, rep.machine.Busy)
 	for _, r := range rep.rows() {
 		fmt.Fprintf(w, "  %-75s %-28s goal %-10s %s\n", r[0], r[1], r[2], r[3])
 	}
@@ -122,10 +123,10 @@ func (rep *report) write(dir string) (string, error) {
 	fmt.Fprintf(&b, "# %d services on one node\n\n", s.services)
 	fmt.Fprintf(&b, "- date: %s\n", now.Format(time.RFC3339))
 	fmt.Fprintf(&b, "- command: `%s`\n", s.command)
-	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s, benchmark built with %s\n", m.cpus, m.model, m.kernel, runtime.Version())
-	fmt.Fprintf(&b, "- binary: `%s`, git HEAD %s\n", m.version, m.gitHead)
-	fmt.Fprintf(&b, "- other work: the CPUs were %d %% busy in the second before the run\n", m.busy)
-	if m.busy > busyWarning {
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s, benchmark built with %s\n", m.CPUs, m.Model, m.Kernel, runtime.Version())
+	fmt.Fprintf(&b, "- binary: `%s`, git HEAD %s\n", m.Version, m.GitHead)
+	fmt.Fprintf(&b, "- other work: the CPUs were %d %% busy in the second before the run\n", m.Busy)
+	if m.Busy > busyWarning {
 		fmt.Fprintf(&b, "  **(other work above %d %% makes every time longer and noisier)**\n", busyWarning)
 	}
 	fmt.Fprintf(&b, "- node: one `cbproxy run`, a single-node cluster with an empty data dir, one site `http://127.0.0.1:%d` with `cbproxy /sNNNN/* sNNNN { … }` per service: pools blue, canary, green of 2 backends each, `weights blue=50 canary=25 green=25`, seeded from the Caddyfile; one `cbproxy-backend` process serving the %d backend addresses\n",
@@ -153,67 +154,4 @@ func (rep *report) write(dir string) (string, error) {
 		return "", err
 	}
 	return path, os.Rename(path+".tmp", path)
-}
-
-// machine describes where the run happened.
-type machine struct {
-	cpus                            int
-	model, kernel, version, gitHead string
-	busy                            int // % of CPU time busy with other work just before the run
-}
-
-// describeMachine reads the machine's description and, over one second, how
-// busy its CPUs are with other work.
-func describeMachine(cbproxy string) machine {
-	m := machine{cpus: runtime.NumCPU(), model: "unknown CPU", kernel: runtime.GOOS, version: "unknown", gitHead: "unknown"}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.Lines(string(b)) {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.kernel = "Linux " + strings.TrimSpace(string(b))
-	}
-	if out, err := exec.Command(cbproxy, "version").Output(); err == nil {
-		m.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
-	}
-	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
-		m.gitHead = strings.TrimSpace(string(out))
-		if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
-			m.gitHead += " with uncommitted changes"
-		}
-	}
-	busy0, total0 := cpuTimes()
-	time.Sleep(time.Second)
-	busy1, total1 := cpuTimes()
-	if total1 > total0 {
-		m.busy = int(math.Round(100 * float64(busy1-busy0) / float64(total1-total0)))
-	}
-	return m
-}
-
-// cpuTimes reads the busy and total CPU time of the machine from /proc/stat,
-// in clock ticks; zeros where there is none.
-func cpuTimes() (busy, total uint64) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 9 {
-		return 0, 0
-	}
-	for i, f := range fields[1:9] {
-		var v uint64
-		fmt.Sscan(f, &v)
-		total += v
-		if i != 3 && i != 4 { // idle and iowait
-			busy += v
-		}
-	}
-	return busy, total
 }
