@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
@@ -126,7 +125,7 @@ func startCluster(s settings) (*cluster, error) {
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), // Caddy keeps nothing of the run in $HOME
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"))
 
-	c.backend, err = c.start("backend", env, s.backend,
+	c.backend, err = benchrun.Start(c.dir, "backend", env, s.backend,
 		"-backends", fmt.Sprintf("blue=127.0.0.1:%d,canary=127.0.0.1:%d", bluePort(base), canaryPort(base)),
 		"-version", "blue=stable,canary=candidate")
 	if err != nil {
@@ -151,7 +150,7 @@ func startCluster(s settings) (*cluster, error) {
 		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 			return c, err
 		}
-		p, err := c.start(id, env, s.cbproxy, "run", "--adapter", "caddyfile", "--config", file)
+		p, err := benchrun.Start(c.dir, id, env, s.cbproxy, "run", "--adapter", "caddyfile", "--config", file)
 		if err != nil {
 			return c, err
 		}
@@ -160,25 +159,6 @@ func startCluster(s settings) (*cluster, error) {
 			proxy: fmt.Sprintf("127.0.0.1:%d", proxyPort(base, i))})
 	}
 	return c, nil
-}
-
-func (c *cluster) start(name string, env []string, bin string, args ...string) (*benchrun.Proc, error) {
-	log, err := os.Create(filepath.Join(c.dir, name+".log"))
-	if err != nil {
-		return nil, err
-	}
-	defer log.Close() // the child has its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Env, cmd.Stdout, cmd.Stderr = env, log, log
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &benchrun.Proc{Name: name, Log: log.Name(), Cmd: cmd, Done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(p.Done)
-	}()
-	return p, nil
 }
 
 func (c *cluster) procs() []*benchrun.Proc {
@@ -195,31 +175,12 @@ func (c *cluster) procs() []*benchrun.Proc {
 // stop ends every process politely, after 5 s for sure, then removes the
 // temporary directory.
 func (c *cluster) stop() {
-	ps := c.procs()
-	for _, p := range ps {
-		p.Cmd.Process.Signal(syscall.SIGTERM)
-	}
-	deadline := time.After(5 * time.Second)
-	for _, p := range ps {
-		select {
-		case <-p.Done:
-		case <-deadline:
-			p.Cmd.Process.Kill()
-			<-p.Done
-		}
-	}
+	benchrun.Stop(c.procs()...)
 	os.RemoveAll(c.dir)
 }
 
 // alive fails, with the end of its log, if a process has exited.
-func (c *cluster) alive() error {
-	for _, p := range c.procs() {
-		if p.Exited() {
-			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
-		}
-	}
-	return nil
-}
+func (c *cluster) alive() error { return benchrun.Alive(c.procs()...) }
 
 // waitReady waits until every node is ready (GET /health/ready is 200), its
 // proxy answers 200 from blue, and the cluster has a leader and all its

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cbproxy/cbproxy/bench/internal/benchrun"
@@ -115,7 +114,7 @@ func startNode(ctx context.Context, s settings) (*node, error) {
 	for i := range s.addresses {
 		backends = append(backends, fmt.Sprintf("b%d=127.0.0.1:%d", i, backendPort(s.portBase, i)))
 	}
-	if n.backend, err = n.start("backend", env, s.backend, "-backends", strings.Join(backends, ",")); err != nil {
+	if n.backend, err = benchrun.Start(n.dir, "backend", env, s.backend, "-backends", strings.Join(backends, ",")); err != nil {
 		return n, err
 	}
 	for i := range s.addresses {
@@ -130,60 +129,30 @@ func startNode(ctx context.Context, s settings) (*node, error) {
 		return n, err
 	}
 	n.started = time.Now()
-	n.cbproxy, err = n.start("cbproxy", env, s.cbproxy, "run", "--adapter", "caddyfile", "--config", file)
+	n.cbproxy, err = benchrun.Start(n.dir, "cbproxy", env, s.cbproxy, "run", "--adapter", "caddyfile", "--config", file)
 	return n, err
 }
 
-func (n *node) start(name string, env []string, bin string, args ...string) (*benchrun.Proc, error) {
-	log, err := os.Create(filepath.Join(n.dir, name+".log"))
-	if err != nil {
-		return nil, err
+// procs are the processes started so far.
+func (n *node) procs() []*benchrun.Proc {
+	var ps []*benchrun.Proc
+	for _, p := range []*benchrun.Proc{n.cbproxy, n.backend} {
+		if p != nil {
+			ps = append(ps, p)
+		}
 	}
-	defer log.Close() // the child has its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Env, cmd.Stdout, cmd.Stderr = env, log, log
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &benchrun.Proc{Name: name, Log: log.Name(), Cmd: cmd, Done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(p.Done)
-	}()
-	return p, nil
+	return ps
 }
 
 // stop ends both processes politely, after 5 s for sure, then removes the
 // temporary directory.
 func (n *node) stop() {
-	var ps []*benchrun.Proc
-	for _, p := range []*benchrun.Proc{n.cbproxy, n.backend} {
-		if p != nil {
-			ps = append(ps, p)
-			p.Cmd.Process.Signal(syscall.SIGTERM)
-		}
-	}
-	deadline := time.After(5 * time.Second)
-	for _, p := range ps {
-		select {
-		case <-p.Done:
-		case <-deadline:
-			p.Cmd.Process.Kill()
-			<-p.Done
-		}
-	}
+	benchrun.Stop(n.procs()...)
 	os.RemoveAll(n.dir)
 }
 
 // alive fails, with the end of its log, if a process has exited.
-func (n *node) alive() error {
-	for _, p := range []*benchrun.Proc{n.cbproxy, n.backend} {
-		if p != nil && p.Exited() {
-			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
-		}
-	}
-	return nil
-}
+func (n *node) alive() error { return benchrun.Alive(n.procs()...) }
 
 // poll calls ok every 10 ms until it is true, a process dies, limit passes
 // or ctx ends.

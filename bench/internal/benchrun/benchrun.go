@@ -8,8 +8,10 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -105,4 +107,50 @@ func (p *Proc) Tail() string {
 		lines = lines[len(lines)-15:]
 	}
 	return "the end of " + p.Name + "'s log:\n\t" + strings.Join(lines, "\n\t")
+}
+
+// Start runs bin with args and env, its output in dir/name.log.
+func Start(dir, name string, env []string, bin string, args ...string) (*Proc, error) {
+	log, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close() // the child has its own copy
+	cmd := exec.Command(bin, args...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, log, log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, Log: log.Name(), Cmd: cmd, Done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.Done)
+	}()
+	return p, nil
+}
+
+// Stop ends the processes politely (SIGTERM), and after 5 s for sure.
+func Stop(ps ...*Proc) {
+	for _, p := range ps {
+		p.Cmd.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.After(5 * time.Second)
+	for _, p := range ps {
+		select {
+		case <-p.Done:
+		case <-deadline:
+			p.Cmd.Process.Kill()
+			<-p.Done
+		}
+	}
+}
+
+// Alive fails, with the end of its log, if one of the processes has exited.
+func Alive(ps ...*Proc) error {
+	for _, p := range ps {
+		if p.Exited() {
+			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
+		}
+	}
+	return nil
 }
