@@ -396,10 +396,15 @@ func (dataPlane) ServiceLoads(service string, dst []adminapi.BackendLoad) []admi
 	t := r.table.Load()
 	r.streams.mu.Lock()
 	defer r.streams.mu.Unlock()
+	// Most services never had a stream: no look-up per backend then.
+	streams := r.streams.byAddress
 	for i := range t.pools {
 		p := &t.pools[i]
 		for _, b := range p.backends {
-			long := r.streams.byAddress[b.address]
+			var long int64
+			if len(streams) > 0 {
+				long = streams[b.address]
+			}
 			dst = append(dst, adminapi.BackendLoad{Pool: p.name, Address: b.address, InFlight: max(0, b.requests()-long), LongLived: long})
 		}
 	}

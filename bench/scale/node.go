@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -195,6 +196,41 @@ func (n *node) get(ctx context.Context, url string) (int, []byte, error) {
 	return resp.StatusCode, body, err
 }
 
+// discard GETs url and reads its body to the end without keeping it.
+func (n *node) discard(ctx context.Context, url string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, err
+}
+
+// checkList verifies that GET /v1/services lists every service.
+func (n *node) checkList(ctx context.Context) error {
+	code, body, err := n.get(ctx, n.adminURL("/v1/services"))
+	if err != nil || code != http.StatusOK {
+		return fmt.Errorf("GET /v1/services: status %d, %v", code, err)
+	}
+	var list struct {
+		Services []struct {
+			Name string `json:"name"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return fmt.Errorf("GET /v1/services: %w", err)
+	}
+	if len(list.Services) != len(n.services) {
+		return fmt.Errorf("GET /v1/services listed %d services, want %d", len(list.Services), len(n.services))
+	}
+	return nil
+}
+
 func (n *node) proxyURL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", proxyPort(n.s.portBase), path)
 }
@@ -243,9 +279,15 @@ func (n *node) measure(ctx context.Context, rep *report) error {
 		}
 		rep.rssScrapes = append(rep.rssScrapes, r)
 	}
+	// The list must hold every service; then each call is timed to its
+	// last byte, the body read and thrown away like curl -o /dev/null does,
+	// so the figure is the node's and not this client's buffer growth.
+	if err := n.checkList(ctx); err != nil {
+		return err
+	}
 	for i := range n.s.calls {
 		t0 := time.Now()
-		code, _, err := n.get(ctx, n.adminURL("/v1/services"))
+		code, err := n.discard(ctx, n.adminURL("/v1/services"))
 		if err != nil || code != http.StatusOK {
 			return fmt.Errorf("call %d of GET /v1/services: status %d, %v", i+1, code, err)
 		}

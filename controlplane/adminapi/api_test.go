@@ -790,6 +790,9 @@ func TestServiceJSONMatchesRender(t *testing.T) {
 		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 			t.Errorf("%s: Content-Type %q", step, ct)
 		}
+		if resp.ContentLength != int64(len(got)) {
+			t.Errorf("%s: Content-Length %d for a body of %d bytes", step, resp.ContentLength, len(got))
+		}
 	}
 	compare("two services")
 	if a := api.call(t, "", "POST", "/v1/services/shop/rollout", `{"to":"canary","steps":[{"weight":10}]}`); a.status != 200 && a.status != 201 && a.status != 202 {
@@ -798,4 +801,10 @@ func TestServiceJSONMatchesRender(t *testing.T) {
 	compare("a rollout running")
 	api.health.set("shop", "canary", "127.0.0.1:9003", healthcheck.Backend{Status: healthcheck.StatusUnhealthy})
 	compare("health changed")
+	// The answers' buffers are reused: a shorter list must not carry the
+	// tail of the longer one before it.
+	if a := api.call(t, "", "DELETE", "/v1/services/odd", ""); a.status != 200 && a.status != 204 {
+		t.Fatalf("DELETE odd: %d %v", a.status, a.body)
+	}
+	compare("a service deleted")
 }

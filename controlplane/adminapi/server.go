@@ -61,11 +61,12 @@ type Server struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	// serviceJSON and listSize make GET /v1/services cheap at 1,000
+	// serviceJSON and listBodies make GET /v1/services cheap at 1,000
 	// services (servicejson.go): the encoded replicated parts, and the
-	// size of the last answer.
+	// answers' buffers (*[]byte, ~1 MB each), reused so that each call does
+	// not hand the garbage collector a megabyte.
 	serviceJSON serviceJSONCache
-	listSize    atomic.Int64
+	listBodies  sync.Pool
 }
 
 // Listen opens the admin listener: TLS with the certificate and key when

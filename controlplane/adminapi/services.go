@@ -88,8 +88,11 @@ func (a *Server) listServices(w http.ResponseWriter, r *http.Request, _ string) 
 	}
 	dp := a.loads()
 	var figs serviceFigures
-	body := make([]byte, 0, a.listSize.Load()+4096)
-	body = append(body, `{"services":[`...)
+	buf, _ := a.listBodies.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	body := append((*buf)[:0], `{"services":[`...)
 	for i, name := range names {
 		if i > 0 {
 			body = append(body, ',')
@@ -100,10 +103,12 @@ func (a *Server) listServices(w http.ResponseWriter, r *http.Request, _ string) 
 		}
 	}
 	body = append(body, "]}\n"...)
-	a.listSize.Store(int64(len(body)))
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+	*buf = body
+	a.listBodies.Put(buf)
 }
 
 // service looks up the {svc} of the path, answering 404 itself.
