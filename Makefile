@@ -52,9 +52,10 @@ lint:
 unit:
 	$(GO) test -race -timeout 10m $$($(GO) list ./... | grep -v /e2e)
 
-# End-to-end tests drive the real binary (built by the test itself).
+# End-to-end tests drive the real binary (built by the test itself, so Go's
+# test cache cannot see a change of the code under test: -count=1).
 e2e:
-	$(GO) test -timeout 10m ./e2e/...
+	$(GO) test -count=1 -timeout 10m ./e2e/...
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
