@@ -374,7 +374,9 @@ func TestConnectionRefusedWhileProxying(t *testing.T) {
 // TestPassiveOnly checks a service without an active check: healthy, held
 // down by passive failures for the cool-down, never probed.
 func TestPassiveOnly(t *testing.T) {
-	const cooldown = 150 * time.Millisecond
+	// Long enough that the sleep inside it below ends well before it on a
+	// loaded machine (at 150 ms, a sleep of 75 ms once overran it).
+	const cooldown = 600 * time.Millisecond
 	b := newBackend(t, ok)
 	addr := b.addr()
 	c := New(Config{PassiveCooldown: cooldown})
@@ -421,7 +423,10 @@ func TestPassiveOnly(t *testing.T) {
 	if s := get(); s != StatusUnhealthy {
 		t.Fatalf("after ConnectionRefused: %s, want unhealthy", s)
 	}
-	time.Sleep(cooldown / 2)
+	time.Sleep(cooldown / 4)
+	if s := get(); s != StatusUnhealthy {
+		t.Fatalf("%v into the cool-down of %v: %s, want still unhealthy", cooldown/4, cooldown, s)
+	}
 	last := time.Now()
 	c.ProxyFailure("svc", "blue", addr, http.StatusServiceUnavailable)
 	waitStatus(t, c, "svc", "blue", addr, StatusHealthy)
