@@ -3,14 +3,18 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/chromedp"
 )
 
@@ -283,6 +287,8 @@ func TestConsole(t *testing.T) {
 		p.waitText(t, "step 2", `document.querySelector('#rollout-step').textContent`, "2 of 4", 90*time.Second)
 		p.waitText(t, "step 3", `document.querySelector('#rollout-step').textContent`, "3 of 4", 90*time.Second)
 		p.waitText(t, "the target's live figures", `document.querySelector('.figures tr[data-pool=canary] [data-figure=requests]').textContent > 0`, "true", 30*time.Second)
+		// The trail only grows from the event stream.
+		p.waitText(t, "the steps in the trail", `document.querySelector('#trail').textContent`, "rollout_step", 10*time.Second)
 		p.waitText(t, "canary's weight on the page", `document.querySelector('[data-weight=canary]').textContent`, "30 %", 10*time.Second)
 		p.waitText(t, "no reload", `window.cbproxyNoReload`, "kept", time.Second)
 		p.shot(t, "console-rollout")
@@ -339,6 +345,54 @@ func TestConsole(t *testing.T) {
 			t.Fatalf("a refused switch changed the weights: %v", w)
 		}
 		setBackend(t, n.backends["green"], `{"health":"ok"}`)
+	})
+
+	step(t, "the stream reconnects after a restart of the node and misses nothing", func(t *testing.T) {
+		// The browser holds the page's next stream request until a change
+		// was made without it: only since=<the last index it saw> brings it.
+		held := make(chan fetch.EventRequestPaused, 4)
+		listenCtx, stopListening := context.WithCancel(p.ctx)
+		defer stopListening()
+		paused := chromedp.Events(listenCtx, fetch.RequestPaused)
+		go func() {
+			for ev, err := range paused {
+				if err != nil {
+					return
+				}
+				held <- ev
+			}
+		}()
+		if _, err := chromedp.Call(p.ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: "*/v1/events/stream*"}}}); err != nil {
+			t.Fatal(err)
+		}
+		n.proc.stop(syscall.SIGTERM)
+		p.waitText(t, "the page seeing the stream gone", `document.querySelector('#stream').textContent`, "reconnecting", 30*time.Second)
+		n.start(t)
+		drain := svc + "/pools/green/backends/" + url.PathEscape(n.backends["green"]) + "/drain"
+		if code, b := api(t, "POST", drain, "", ops...); code != 200 {
+			t.Fatalf("drain through the API: %d %v", code, b)
+		}
+		select {
+		case ev := <-held:
+			if !strings.Contains(ev.Request.URL, "since=") || ev.Request.Headers["Authorization"] == nil {
+				t.Fatalf("the page reconnected without since= or its token: %s %v", ev.Request.URL, ev.Request.Headers)
+			}
+			if _, err := chromedp.Call(p.ctx, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: ev.RequestID}); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("the page did not try to reconnect within 60 s")
+		}
+		if _, err := chromedp.Call(p.ctx, fetch.Disable, cdp.Empty{}); err != nil {
+			t.Fatal(err)
+		}
+		p.waitText(t, "the drain in the trail", `document.querySelector('#trail').textContent`, "drain of pool green", 30*time.Second)
+		p.waitText(t, "the stream live again", `document.querySelector('#stream').textContent`, "live", 30*time.Second)
+		p.waitText(t, "the drained backend on the page", `document.querySelector('#service .b-draining') ? 'draining' : ''`, "draining", 15*time.Second)
+		if code, b := api(t, "DELETE", drain, "", ops...); code != 200 {
+			t.Fatalf("undrain through the API: %d %v", code, b)
+		}
+		p.waitText(t, "no reload", `window.cbproxyNoReload`, "kept", time.Second)
 	})
 
 	step(t, "a read token watches and gets the 403 explained", func(t *testing.T) {
