@@ -414,3 +414,45 @@ func TestConsole(t *testing.T) {
 
 	t.Run("the page reported no exception and no CSP refusal", p.checkNoProblems)
 }
+
+// TestConsoleOnFollower loads the console from a follower of a three-node
+// cluster (no tokens: loopback callers are admin): it says it is a
+// follower and who leads, and its writes reach the cluster through the
+// follower's API, which forwards them.
+func TestConsoleOnFollower(t *testing.T) {
+	p := newBrowserPage(t)
+	c := newTestCluster(t)
+	leader, followers := c.roles(t, c.nodes...)
+	f := followers[0]
+
+	p.do(t, "loading /ui/ from "+f.id, chromedp.Navigate(f.admin()+"/ui/"))
+	p.waitText(t, "the follower in the header", `document.querySelector('#node').textContent`, f.id+" (follower) · leader "+leader.id+" · cluster of 3", 30*time.Second)
+	p.waitText(t, "the service", `document.querySelector('#service h2').textContent`, "codingbrain", 30*time.Second)
+	p.waitText(t, "the event stream", `document.querySelector('#stream').textContent`, "live", 20*time.Second)
+
+	p.clickButton(t, "Weights…")
+	p.do(t, "typing the weights",
+		chromedp.WaitVisible(chromedp.CSS("#confirm[open] #w-canary")),
+		chromedp.Clear(chromedp.CSS("#w-blue")), chromedp.SendKeys(chromedp.CSS("#w-blue"), "90"),
+		chromedp.Clear(chromedp.CSS("#w-canary")), chromedp.SendKeys(chromedp.CSS("#w-canary"), "10"))
+	p.waitText(t, "the sum", `document.querySelector('#confirm-body .sum').textContent`, "sum 100 %", 5*time.Second)
+	p.do(t, "confirming", chromedp.Click(chromedp.CSS("#confirm-ok")), chromedp.WaitNotVisible(chromedp.CSS("#confirm")))
+	p.waitText(t, "canary at 10 on the page", `document.querySelector('[data-weight=canary]').textContent`, "10 %", 15*time.Second)
+	p.waitText(t, "the change in the trail", `document.querySelector('#trail').textContent`, "blue 100 → 90", 15*time.Second)
+	waitFor(t, "the change on every node", 15*time.Second, func() bool {
+		for _, n := range c.nodes {
+			if c.weights(t, n)["canary"] != 10 {
+				return false
+			}
+		}
+		return true
+	})
+
+	p.clickButton(t, "Rollback…")
+	p.do(t, "confirming the rollback", chromedp.WaitVisible(chromedp.CSS("#confirm[open] table.diff")), chromedp.Click(chromedp.CSS("#confirm-ok")), chromedp.WaitNotVisible(chromedp.CSS("#confirm")))
+	p.waitText(t, "canary at 0 on the page", `document.querySelector('[data-weight=canary]').textContent`, "0 %", 15*time.Second)
+	if w := c.weights(t, leader); w["canary"] != 0 || w["blue"] != 100 {
+		t.Fatalf("the leader after the follower's page rolled back: %v", w)
+	}
+	t.Run("the page reported no exception and no CSP refusal", p.checkNoProblems)
+}

@@ -474,8 +474,10 @@ async function submitConfirm(ev) {
       askToken(e.message);
     } else if (e.status === 409 && e.code === 'version_mismatch') {
       $('#confirm-cancel').textContent = 'Close';
+    } else if (e.status === 403) {
+      okButton.disabled = true;
     } else {
-      okButton.disabled = e.status === 403;
+      okButton.disabled = false;
       if (st.valid) st.valid();
     }
   }
