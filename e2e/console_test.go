@@ -163,10 +163,25 @@ func (p *browserPage) waitText(t *testing.T, what, js, want string, d time.Durat
 	}
 }
 
-// clickButton clicks the visible button with this label.
+// clickButton clicks the visible button with this label. The page redraws
+// a panel when what it shows changed, which can replace the button between
+// finding it and clicking it: then it is found again (bounded).
 func (p *browserPage) clickButton(t *testing.T, label string) {
 	t.Helper()
-	p.do(t, "clicking "+label, chromedp.Click(chromedp.Search(fmt.Sprintf(`//button[normalize-space(.)=%q]`, label))))
+	sel := chromedp.Search(fmt.Sprintf(`//button[normalize-space(.)=%q]`, label))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		err := chromedp.Do(ctx, chromedp.Click(sel))
+		cancel()
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "Could not find node") || time.Now().After(deadline) {
+			t.Fatalf("clicking %s: %v\npage text:\n%s", label, err, p.text())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // shot saves a screenshot as <shots>/<name>.png when screenshots are asked for.
