@@ -423,6 +423,7 @@ func TestConsole(t *testing.T) {
 		p.waitText(t, "the 403 in words", `document.querySelector('#confirm-error').textContent`, `token "viewer" has role read; this call needs operate`, 15*time.Second)
 		p.do(t, "closing", chromedp.Click(chromedp.CSS("#confirm-cancel")), chromedp.WaitNotVisible(chromedp.CSS("#confirm")))
 		p.waitText(t, "actions off", `[...document.querySelectorAll('#service button')].every(b => b.disabled)`, "true", 10*time.Second)
+		p.waitText(t, "the page saying it is read-only", `document.querySelector('#banner').textContent`, "Read only", 5*time.Second)
 		p.waitText(t, "the page still live", `document.querySelector('#stream').textContent`, "live", 20*time.Second)
 		p.waitText(t, "no reload", `window.cbproxyNoReload`, "kept", time.Second)
 	})

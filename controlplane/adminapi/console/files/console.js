@@ -9,6 +9,7 @@ import { call, svcPath, token, setToken, APIError } from './api.js';
 import { EventStream } from './stream.js';
 import { h, $, clear, fmtPct, fmtMs, fmtWeight, fmtTime, fmtAgo, parseDuration, weightsLine, badge } from './view.js';
 
+const READ_ONLY = 'read only';
 const ACTIVE = new Set(['running', 'waiting', 'paused']);
 const TRAIL_MAX = 200;
 const POLL_ROLLOUT_MS = 1500; // a running rollout's figures
@@ -21,6 +22,7 @@ const S = {
   selected: '',
   events: [], // oldest first, deduplicated by index
   readOnly: '', // why actions are refused (a 403), '' while not known to be
+  banner: '', // what the banner is about: a failed read, or 'read only'
   node: '',
   cluster: null,
   stream: null,
@@ -85,7 +87,11 @@ async function loadTrail() {
 async function guarded(what, f) {
   try {
     await f();
-    if (S.banner === what) showBanner('');
+    // The node answers again: a failed read's banner goes (not read-only's).
+    if (S.banner && S.banner !== READ_ONLY) {
+      S.banner = '';
+      showBanner('');
+    }
     return true;
   } catch (e) {
     if (e instanceof APIError && e.status === 401) {
@@ -490,7 +496,7 @@ async function submitConfirm(ev) {
 function markReadOnly(e) {
   S.readOnly = (e.body && e.body.error) || e.message;
   showBanner(`Read only: ${S.readOnly}. The page keeps watching; the action buttons are off until you set another token.`);
-  S.banner = 'read only';
+  S.banner = READ_ONLY;
 }
 
 function weightsTable(before, after, lkgNote) {
@@ -663,6 +669,7 @@ function askToken(why) {
 
 async function tokenChanged() {
   S.readOnly = '';
+  S.banner = '';
   showBanner('');
   const waiters = tokenWaiters;
   tokenWaiters = [];
