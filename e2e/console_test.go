@@ -290,6 +290,34 @@ func TestConsole(t *testing.T) {
 		p.shot(t, "console-services")
 	})
 
+	t.Run("the page's event-stream parser, fed in chunks split anywhere", func(t *testing.T) {
+		// Frames as the API sends them (\n), and with \r\n and \r line
+		// ends, a comment, a two-line data field and a multi-byte character;
+		// every split of the bytes into three chunks must give the same
+		// frames.
+		got, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](`(async () => {
+			const { readFrames } = await import('/ui/stream.js');
+			const body = 'id: 7\nevent: weights\ndata: {"why":"blue 100 → 0"}\n\n: keepalive\n\n' +
+				'id: 8\r\nevent: gap\r\ndata: {"b":\r\ndata: 2}\r\n\r\nid: 9\rdata: x\r\r';
+			const want = JSON.stringify([{id: '7', event: 'weights', data: '{"why":"blue 100 → 0"}'},
+				{id: '8', event: 'gap', data: '{"b":\n2}'}, {id: '9', event: 'message', data: 'x'}]);
+			const bytes = new TextEncoder().encode(body);
+			for (let i = 0; i <= bytes.length; i++) {
+				for (let j = i; j <= bytes.length; j++) {
+					const chunks = [bytes.slice(0, i), bytes.slice(i, j), bytes.slice(j)];
+					const stream = new ReadableStream({ start(c) { for (const x of chunks) c.enqueue(x); c.close(); } });
+					const frames = [];
+					await readFrames(stream, (f) => frames.push(f));
+					if (JSON.stringify(frames) !== want) return 'split at ' + i + ',' + j + ': ' + JSON.stringify(frames);
+				}
+			}
+			return 'ok';
+		})()`, chromedp.EvalAwaitPromise))
+		if err != nil || got != "ok" {
+			t.Fatalf("readFrames: %q %v", got, err)
+		}
+	})
+
 	step(t, "a canary started in the page advances its step live", func(t *testing.T) {
 		p.clickButton(t, "Start rollout…")
 		p.do(t, "filling the rollout dialog",

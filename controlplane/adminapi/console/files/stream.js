@@ -82,12 +82,11 @@ export async function readFrames(body, onFrame, onBytes) {
   let buf = '';
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    if (onBytes) onBytes();
-    buf += value;
-    // Lines end in \n, \r\n or \r. A \r at the end of a chunk may be the
-    // first half of \r\n: keep it for the next chunk.
-    const keepCR = buf.endsWith('\r');
+    // Lines end in \n, \r\n or \r. A \r at the end of what came so far may
+    // be the first half of \r\n: it waits for the next chunk, unless the
+    // body ended.
+    const keepCR = !done && (buf + (value || '')).endsWith('\r');
+    buf += value || '';
     const text = (keepCR ? buf.slice(0, -1) : buf).replace(/\r\n?/g, '\n');
     let start = 0;
     let end;
@@ -96,6 +95,8 @@ export async function readFrames(body, onFrame, onBytes) {
       if (frame) onFrame(frame);
       start = end + 2;
     }
+    if (done) return;
+    if (onBytes) onBytes();
     buf = text.slice(start) + (keepCR ? '\r' : '');
   }
 }
