@@ -233,9 +233,15 @@ func consoleCaddyfile(n *node) string {
 
 http://127.0.0.1:%d {
 	cbproxy codingbrain {
-		pool blue   %s
-		pool green  %s
-		pool canary %s
+		pool blue %s {
+			version v1.4.1
+		}
+		pool green %s {
+			version v1.4.1
+		}
+		pool canary %s {
+			version v1.5.0-rc2
+		}
 		weights blue=100
 		health /health/ready 250ms timeout 1s fails 2 passes 1
 		latency_histogram
