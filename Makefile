@@ -108,3 +108,23 @@ fuzz:
 
 clean:
 	rm -rf $(BIN) .demo
+
+# --- Web console (docs/console.md) ---
+# Its e2e test (TestConsole) drives Debian's chromium headless: installed
+# here when missing, and required by make test (a missing browser fails the
+# test instead of skipping it).
+.PHONY: chromium screenshots
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	  echo "chromium is missing: installing it with apt-get"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends chromium
+
+test: chromium
+e2e: chromium
+e2e: export CBPROXY_REQUIRE_BROWSER := 1
+
+# The console's screenshots in docs/console/, taken by TestConsole itself.
+screenshots: chromium
+	CBPROXY_REQUIRE_BROWSER=1 CBPROXY_SCREENSHOTS=$(CURDIR)/docs/console $(GO) test -count=1 -timeout 10m -run 'TestConsole$$' ./e2e/

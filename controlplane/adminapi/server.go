@@ -12,10 +12,12 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cbproxy/cbproxy/controlplane/adminapi/console"
 	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -226,6 +228,11 @@ func (a *Server) routes() http.Handler {
 	mux.HandleFunc("/health/ready", a.healthReady)
 	mux.HandleFunc("/health/deps", a.healthDeps)
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
+	// The web console (docs/console.md): public files; the calls it makes
+	// go through the routes above, with the caller's token.
+	ui := console.NewHandler()
+	mux.Handle(console.Prefix, ui)
+	mux.Handle(strings.TrimSuffix(console.Prefix, "/"), ui)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint %s %s; see the admin API in docs/api.md", r.Method, r.URL.Path))
 	})
