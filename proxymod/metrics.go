@@ -231,9 +231,9 @@ func (s *slab[T]) next() *T {
 
 func percent(w state.Weight) float64 { return float64(w) / 100 }
 
-// registerCollector adds the data plane's collector to reg. Caddy hands out a
-// new registry per config load and the node's registry outlives loads, so
-// finding it registered already is expected.
+// registerCollector adds the data plane's collector to reg, the node's
+// registry. It outlives config loads, so finding the collector registered
+// already is expected.
 func registerCollector(reg *prometheus.Registry) error {
 	err := reg.Register(collector{routes})
 	if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
