@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale soak fuzz clean
+.PHONY: all build run run-cluster test vet lint promtool unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale soak fuzz clean
 
 all: build
 
@@ -29,7 +29,7 @@ run-cluster: build
 	./configs/cluster/run.sh
 
 # Everything CI checks (.ci/run calls this and nothing else).
-test: vet lint unit e2e
+test: vet lint promtool unit e2e
 
 vet:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -46,6 +46,15 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum drifted from the imports: run go mod tidy"; exit 1; }
 	@if false | cat; then echo "make's shell does not fail a failing pipe: a piped test would pass on failure"; exit 1; fi
+
+# The Prometheus alert rules and their unit tests, and the example scrape
+# config (configs/prometheus). promtool comes from Debian's prometheus
+# package, installed when missing.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules configs/prometheus/alerts.yml
+	promtool test rules configs/prometheus/alerts_test.yml
+	promtool check config configs/prometheus/prometheus.yml
 
 # Unit and in-process tests (real Raft on disk, real TCP on loopback), with
 # the race detector. Fuzz targets run their seed corpora here.

@@ -22,6 +22,7 @@ import (
 	"github.com/cbproxy/cbproxy/controlplane/state"
 	"github.com/cbproxy/cbproxy/healthcheck"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 )
 
@@ -183,7 +184,22 @@ func Start(cfg Config) (*Node, error) {
 		},
 		Logger: n.log,
 	})
-	n.registry.MustRegister(n.raft.Metrics(), rollouts.Metrics(n.raft.View))
+	n.registry.MustRegister(n.raft.Metrics(), rollouts.Metrics(n.raft.View),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cbproxy_ready",
+			Help: "1 while this node is ready (GET /health/ready answers 200), 0 while it starts, catches up or has halted.",
+		}, func() float64 {
+			if n.Ready() {
+				return 1
+			}
+			return 0
+		}),
+		// The process's own figures, here because this endpoint always
+		// exists; Caddy's admin /metrics has the same two families of the
+		// same process (docs/api.md "Metrics": take them from one).
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
 	n.admin = adminapi.Serve(ln, adminapi.Deps{
 		Node:      n.raft,
 		Verdicts:  n.watcher,

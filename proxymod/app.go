@@ -166,9 +166,10 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.fillDefaults()
-	if err := registerCollector(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
-	}
+	// The data plane's series go to the node's registry (Start), served on
+	// admin_listen, and not to Caddy's too: a Prometheus scraping both
+	// endpoints would count every request twice (docs/decisions.md, "One
+	// home per series").
 	if n := runningNode(); n != nil {
 		return a.checkRestart(n.Config())
 	}

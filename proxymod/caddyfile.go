@@ -164,6 +164,7 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		override_header <name> [secret <secret>]
 //		expose_pool
 //		latency_histogram
+//		backend_metrics
 //		fast_path       on|off
 //		lb_policy       <name> [<options...>]
 //		dial_timeout            <duration>
@@ -221,6 +222,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "latency_histogram":
 			_, err = lineArgs(d, where, "latency_histogram (no arguments)", 0, 0)
 			h.LatencyHistogram = true
+		case "backend_metrics":
+			_, err = lineArgs(d, where, "backend_metrics (no arguments)", 0, 0)
+			h.BackendMetrics = true
 		case "fast_path":
 			var args []string
 			if args, err = lineArgs(d, where, "fast_path on|off", 1, 1); err == nil {
@@ -261,7 +265,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, latency_histogram, fast_path, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
+			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, latency_histogram, backend_metrics, fast_path, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
 		}
 		if err != nil {
 			return err

@@ -158,6 +158,7 @@ func containsBackend(list []*backend, b *backend) bool {
 // to w. An error means nothing was written to w. An error while copying the
 // body ends the response as Caddy's proxy does (http.ErrAbortHandler).
 func (h *Handler) fastAttempt(w http.ResponseWriter, r *http.Request, p *poolRoute, b *backend) error {
+	sentTo(w, b)
 	b.inFlight.Add(1)
 	defer b.inFlight.Add(-1)
 	ctx := r.Context()

@@ -36,6 +36,12 @@ var (
 	longLivedDesc = prometheus.NewDesc("cbproxy_backend_long_lived",
 		"Upgraded connections (WebSockets) and event streams this node has open to the backend.",
 		[]string{"service", "pool", "backend"}, nil)
+	backendRequestsDesc = prometheus.NewDesc("cbproxy_backend_requests_total",
+		"Requests of the pool this node sent to the backend (the last one tried), by status class as for cbproxy_requests_total. Only for services with backend_metrics.",
+		[]string{"service", "pool", "backend", "code"}, nil)
+	backendDurationDesc = prometheus.NewDesc("cbproxy_backend_request_duration_seconds",
+		"Time the backend took to its response header (or the proxy's failure), as for cbproxy_request_duration_seconds. Only for services with backend_metrics.",
+		[]string{"service", "pool", "backend"}, nil)
 	streamsClosedDesc = prometheus.NewDesc("cbproxy_streams_closed_total",
 		"Upgraded connections and event streams this node closed because their backend stopped taking new requests, by why: switch, rollback, drain, removed, reload.",
 		[]string{"service", "pool", "reason"}, nil)
@@ -59,6 +65,8 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- effectiveDesc
 	ch <- healthyDesc
 	ch <- longLivedDesc
+	ch <- backendRequestsDesc
+	ch <- backendDurationDesc
 	ch <- streamsClosedDesc
 }
 
@@ -78,6 +86,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		refused := t.none.snapshot().requests[class5xx]
 		longLived, closed := r.streams.snapshot()
 		histograms := r.histograms.Load() > 0
+		backendMetrics := r.backendMetrics.Load() > 0
 		for k, n := range closed {
 			ch <- prometheus.MustNewConstMetric(streamsClosedDesc, prometheus.CounterValue, float64(n), name, k.pool, k.reason)
 		}
@@ -102,13 +111,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 			if histograms {
-				buckets := make(map[float64]uint64, len(latencyBucketBounds))
-				var cumulative uint64
-				for b, bound := range latencyBucketBounds {
-					cumulative += snap.buckets[b]
-					buckets[bound] = cumulative
-				}
-				ch <- prometheus.MustNewConstHistogram(durationDesc, snap.observed(), snap.sum.Seconds(), buckets, name, p.name)
+				ch <- prometheus.MustNewConstHistogram(durationDesc, snap.observed(), snap.sum.Seconds(), cumulativeBuckets(&snap), name, p.name)
 			}
 			if snap.displaced > 0 {
 				ch <- sc.counter(displacedDesc, float64(snap.displaced), poolLabels)
@@ -128,12 +131,48 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				if n, ok := longLived[b.address]; ok {
 					ch <- sc.gauge(longLivedDesc, float64(n), backendLabels)
 				}
+				// From the backend's first request on. The figures are the
+				// address's, so an address in two pools of the service
+				// shows them under the first only: a sum over pools counts
+				// each request once.
+				if stats := b.stats.Load(); backendMetrics && stats != nil && !listedBefore(t, i, b) {
+					bsnap := stats.snapshot()
+					for class, n := range bsnap.requests {
+						if n > 0 {
+							ch <- sc.counter(backendRequestsDesc, float64(n), sc.labels(backendLabels[0], &classLabelPairs[class], pool, service))
+						}
+					}
+					ch <- prometheus.MustNewConstHistogram(backendDurationDesc, bsnap.observed(), bsnap.sum.Seconds(), cumulativeBuckets(&bsnap), name, p.name, b.address)
+				}
 			}
 		}
 		if refused > 0 {
 			ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(refused), name, "none", classLabels[class5xx])
 		}
 	}
+}
+
+// listedBefore reports whether a pool before t.pools[i] lists b.
+func listedBefore(t *RoutingTable, i int, b *backend) bool {
+	for j := range t.pools[:i] {
+		for _, pb := range t.pools[j].backends {
+			if pb.backend == b {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// cumulativeBuckets are snap's latency buckets as Prometheus wants them.
+func cumulativeBuckets(snap *statSnapshot) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(latencyBucketBounds))
+	var cumulative uint64
+	for b, bound := range latencyBucketBounds {
+		cumulative += snap.buckets[b]
+		buckets[bound] = cumulative
+	}
+	return buckets
 }
 
 // Label names, and the code label of every status class, shared by every
@@ -231,9 +270,9 @@ func (s *slab[T]) next() *T {
 
 func percent(w state.Weight) float64 { return float64(w) / 100 }
 
-// registerCollector adds the data plane's collector to reg. Caddy hands out a
-// new registry per config load and the node's registry outlives loads, so
-// finding it registered already is expected.
+// registerCollector adds the data plane's collector to reg, the node's
+// registry. It outlives config loads, so finding the collector registered
+// already is expected.
 func registerCollector(reg *prometheus.Registry) error {
 	err := reg.Register(collector{routes})
 	if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {

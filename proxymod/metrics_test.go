@@ -264,3 +264,60 @@ func TestScrapeAllocations(t *testing.T) {
 		t.Errorf("%.0f bytes per series (%d for %d series), want at most 250", perSeries, bytes, series)
 	}
 }
+
+// TestBackendMetrics: with backend_metrics, each backend that took a
+// request has its counts by class and its latency histogram, labelled with
+// its pool; an address listed in two pools shows its figures once (a sum
+// over pools counts each request once); without backend_metrics, none.
+func TestBackendMetrics(t *testing.T) {
+	rr := newRouteRegistry()
+	r := rr.hold("shop")
+	rr.apply(&state.View{Index: 1, Services: map[string]*state.Service{
+		"shop": service("shop", map[string]state.Weight{"blue": 5000, "green": 5000}, map[string][]string{
+			"blue": {"10.0.0.1:80", "10.0.0.9:80"}, "green": {"10.0.0.2:80", "10.0.0.9:80"},
+		}),
+	}})
+	tbl := r.table.Load()
+	byAddress := map[string]*backend{}
+	for i := range tbl.pools {
+		for _, b := range tbl.pools[i].backends {
+			byAddress[b.address] = b.backend
+		}
+	}
+	byAddress["10.0.0.1:80"].backendStats().record(1, 3*time.Millisecond)
+	byAddress["10.0.0.1:80"].backendStats().recordAbort(time.Millisecond, false)
+	byAddress["10.0.0.9:80"].backendStats().record(4, 600*time.Millisecond)
+
+	names := []string{"cbproxy_backend_requests_total", "cbproxy_backend_request_duration_seconds"}
+	if n, err := testutil.GatherAndCount(gatherer(t, rr), names...); err != nil || n != 0 {
+		t.Fatalf("without backend_metrics: %d per-backend series (%v), want none", n, err)
+	}
+	r.backendMetrics.Add(1) // a handler of shop has backend_metrics
+	want := `
+# HELP cbproxy_backend_requests_total Requests of the pool this node sent to the backend (the last one tried), by status class as for cbproxy_requests_total. Only for services with backend_metrics.
+# TYPE cbproxy_backend_requests_total counter
+cbproxy_backend_requests_total{backend="10.0.0.1:80",code="2xx",pool="blue",service="shop"} 1
+cbproxy_backend_requests_total{backend="10.0.0.1:80",code="client_abort",pool="blue",service="shop"} 1
+cbproxy_backend_requests_total{backend="10.0.0.9:80",code="5xx",pool="blue",service="shop"} 1
+`
+	if err := testutil.GatherAndCompare(gatherer(t, rr), strings.NewReader(want), "cbproxy_backend_requests_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(gatherer(t, rr), "cbproxy_backend_request_duration_seconds"); err != nil || n != 2 {
+		t.Errorf("%d per-backend histograms (%v), want 2 (the backends that took a request)", n, err)
+	}
+	problems, err := testutil.GatherAndLint(gatherer(t, rr), names...)
+	if err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+// gatherer is a pedantic registry with rr's collector.
+func gatherer(t *testing.T, rr *routeRegistry) prometheus.Gatherer {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(collector{rr}); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}

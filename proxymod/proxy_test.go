@@ -326,3 +326,70 @@ func TestProxyTLSPool(t *testing.T) {
 		t.Error("the TLS backend did not see its own host:port as Host")
 	}
 }
+
+// TestProxyBackendMetrics: with backend_metrics, a request counts for the
+// backend that answered it, on Caddy's proxy path (lb_policy first) and on
+// the fast path alike: a retried request for the backend tried last, never
+// for the refusing one it skipped; a pool whose only backend refuses counts
+// the proxy error for that backend.
+func TestProxyBackendMetrics(t *testing.T) {
+	ok := newBackend(t, "ok", nil)
+	failing := newBackend(t, "failing", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	dead := freeAddr(t)
+	cfg, addrs := caddyConfig(t, nil,
+		map[string]any{"service": "perbackend", "backend_metrics": true, "lb_policy": map[string]any{"policy": "first"}},
+		map[string]any{"service": "perbackend", "backend_metrics": true},
+		map[string]any{"service": "deadonly", "backend_metrics": true},
+	)
+	runCaddy(t, cfg)
+	applyService(service("perbackend", map[string]state.Weight{"blue": 5000, "green": 5000}, map[string][]string{
+		"blue": {dead, ok.addr()}, "green": {failing.addr()},
+	}))
+	applyService(service("deadonly", map[string]state.Weight{"blue": 10000}, map[string][]string{"blue": {dead}}))
+
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	for i := range 40 {
+		get(t, client, "http://"+addrs[i%2]+"/", nil)
+	}
+	if resp, _ := get(t, client, "http://"+addrs[2]+"/", nil); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("only backend refused: %s, want 502", resp.Status)
+	}
+	figures := func(service, address string) [len(classLabels)]uint64 {
+		for i := range routes.lookup(service).table.Load().pools {
+			for _, b := range routes.lookup(service).table.Load().pools[i].backends {
+				if b.address == address {
+					if s := b.stats.Load(); s != nil {
+						return s.snapshot().requests
+					}
+				}
+			}
+		}
+		return [len(classLabels)]uint64{}
+	}
+	okHits, failingHits := ok.hits.Load(), failing.hits.Load()
+	if okHits+failingHits != 40 {
+		t.Fatalf("backends got %d + %d of 40", okHits, failingHits)
+	}
+	if got := figures("perbackend", ok.addr()); got[1] != uint64(okHits) || total(got) != uint64(okHits) {
+		t.Errorf("ok backend: %v, want %d 2xx and nothing else", got, okHits)
+	}
+	if got := figures("perbackend", failing.addr()); got[class5xx] != uint64(failingHits) || total(got) != uint64(failingHits) {
+		t.Errorf("failing backend: %v, want %d 5xx and nothing else", got, failingHits)
+	}
+	if got := figures("perbackend", dead); total(got) != 0 {
+		t.Errorf("refusing backend of perbackend: %v, want nothing (every request went on to ok)", got)
+	}
+	if got := figures("deadonly", dead); got[classProxyError] != 1 || total(got) != 1 {
+		t.Errorf("refusing only backend: %v, want one proxy_error", got)
+	}
+}
+
+// total is the number of requests of all classes.
+func total(requests [len(classLabels)]uint64) uint64 {
+	var n uint64
+	for _, c := range requests {
+		n += c
+	}
+	return n
+}

@@ -54,6 +54,9 @@ type route struct {
 	// reload provisions the new config's handlers before it cleans up the
 	// old ones, so the series never drop out across a reload.
 	histograms atomic.Int32
+	// backendMetrics counts them for the per-backend series
+	// (backend_metrics) likewise.
+	backendMetrics atomic.Int32
 }
 
 // routeRegistry holds the routes. Readers (the admin API, the metrics

@@ -217,6 +217,29 @@ type recorder struct {
 	// this long on the backend saw a slow backend.
 	slowAbort time.Duration
 	counted   bool
+	// backendMetrics is the handler's backend_metrics; backend the backend
+	// the proxy sent the request to last (set by the fast path's attempt
+	// or by the pool's selector), whose figures count it too.
+	backendMetrics bool
+	backend        *backend
+}
+
+// sentTo notes that the proxy sends the request to b (a retry sends it to
+// another). w is the writer the proxy got: the recorder, unless a test
+// calls the proxy without one.
+func sentTo(w http.ResponseWriter, b *backend) {
+	if rec, ok := w.(*recorder); ok {
+		rec.backend = b
+	}
+}
+
+// backendStats are the figures of the backend that took the request, nil
+// when they are not asked for or no backend took it.
+func (rec *recorder) backendStats() *poolStats {
+	if !rec.backendMetrics || rec.backend == nil {
+		return nil
+	}
+	return rec.backend.backendStats()
 }
 
 func newRecorder(w http.ResponseWriter, r *http.Request, stats *poolStats, slowAbort time.Duration) *recorder {
@@ -262,6 +285,9 @@ func (rec *recorder) note(status int) {
 		// for nothing of the client's: its time runs from the dispatch.
 		d, _ := rec.waited(time.Now())
 		rec.stats.record(statusClass(status), d)
+		if s := rec.backendStats(); s != nil {
+			s.record(statusClass(status), d)
+		}
 	}
 }
 
@@ -277,13 +303,20 @@ func (rec *recorder) finish(err error, gone bool) {
 		// the rollback P95.
 		rec.counted = true
 		d, sent := rec.waited(time.Now())
-		rec.stats.recordAbort(d, sent && rec.slowAbort > 0 && d >= rec.slowAbort)
+		slow := sent && rec.slowAbort > 0 && d >= rec.slowAbort
+		rec.stats.recordAbort(d, slow)
+		if s := rec.backendStats(); s != nil {
+			s.recordAbort(d, slow)
+		}
 	case err == nil:
 		rec.note(http.StatusOK)
 	default:
 		rec.counted = true
 		d, _ := rec.waited(time.Now())
 		rec.stats.record(classProxyError, d)
+		if s := rec.backendStats(); s != nil {
+			s.record(classProxyError, d)
+		}
 	}
 }
 

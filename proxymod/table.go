@@ -109,6 +109,19 @@ type backend struct {
 	// (Caddy's Host counts the others); conns are its idle connections.
 	inFlight atomic.Int64
 	conns    connPool
+	// stats are the backend's own figures, made by its first request of a
+	// handler with backend_metrics: nil for the backends of every other
+	// service, which spend no memory on them.
+	stats atomic.Pointer[poolStats]
+}
+
+// backendStats returns b's figures, making them on first use.
+func (b *backend) backendStats() *poolStats {
+	if s := b.stats.Load(); s != nil {
+		return s
+	}
+	b.stats.CompareAndSwap(nil, newPoolStats())
+	return b.stats.Load()
 }
 
 // requests returns the number of requests this node has open to b, long-lived
@@ -293,7 +306,12 @@ func (rt *route) buildTable(svc *state.Service, deleted bool, prev *RoutingTable
 		p.nameVar = name
 		p.nameHeader = []string{name}
 		for _, b := range svc.Pools[name].Backends {
-			be := rt.backends[b.Address]
+			// One backend per address of the service, in every pool that
+			// lists it, on the first build too.
+			be := kept[b.Address]
+			if be == nil {
+				be = rt.backends[b.Address]
+			}
 			if be == nil {
 				be = &backend{address: b.Address, dial: strings.TrimPrefix(b.Address, "https://")}
 			}

@@ -112,7 +112,9 @@ func (s *poolSelector) Select(ups reverseproxy.UpstreamPool, r *http.Request, w 
 	}
 	u := s.forPool(p.name).Select(ups, r, w)
 	if u != nil {
-		p.learnHost(u)
+		if b := p.learnHost(u); b != nil {
+			sentTo(w, b)
+		}
 	}
 	return u
 }
@@ -150,15 +152,17 @@ func copySelector(sel reverseproxy.Selector) reverseproxy.Selector {
 // learnHost records which Caddy Host tracks the selected backend. Hosts of
 // dynamic upstreams are evicted after an hour unseen and made anew, so the
 // pointer is compared on every selection, not stored once.
-func (p *poolRoute) learnHost(u *reverseproxy.Upstream) {
+// It returns the selected backend.
+func (p *poolRoute) learnHost(u *reverseproxy.Upstream) *backend {
 	for _, b := range p.available {
 		if b.dial == u.Dial {
 			if b.host.Load() != u.Host {
 				b.host.Store(u.Host)
 			}
-			return
+			return b
 		}
 	}
+	return nil
 }
 
 // Interface guards
