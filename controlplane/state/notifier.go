@@ -172,7 +172,7 @@ func CheckNotifierSpec(s NotifierSpec) error {
 	case u.Host == "" || u.Hostname() == "":
 		return fmt.Errorf("notifier url %q has no host", s.URL)
 	case u.User != nil:
-		return fmt.Errorf("notifier url %q must not carry a user or password; use \"secret\" to sign instead", redactURL(u))
+		return fmt.Errorf("notifier url %q must not carry a user or password; use \"secret\" to sign instead", RedactedURL(s.URL))
 	case len(s.URL) > 2048:
 		return errors.New("notifier url is longer than 2048 characters")
 	}
@@ -198,12 +198,6 @@ func CheckNotifierSpec(s NotifierSpec) error {
 		return errors.New("notifier secret is longer than 1024 characters")
 	}
 	return nil
-}
-
-func redactURL(u *url.URL) string {
-	c := *u
-	c.User = nil
-	return c.String()
 }
 
 // NormalizeNotifierSpec fills the defaults of a checked spec.
@@ -278,15 +272,25 @@ func notifierSpecEqual(a, b NotifierSpec) bool {
 	return a.URL == b.URL && a.Service == b.Service && slices.Equal(a.Events, b.Events) && a.Secret == b.Secret && a.Format == b.Format && a.Timeout == b.Timeout
 }
 
-// Describe is the notifier in words, without its secret (events, logs).
-func (s NotifierSpec) Describe() string {
-	u, err := url.Parse(s.URL)
-	target := s.URL
-	if err == nil {
-		// The query may carry a receiver's token: show the host and path.
-		target = u.Scheme + "://" + u.Host + u.Path
+// RedactedURL is a notifier URL as the API, events and logs show it: the
+// scheme and host, and "/…" for a path or query, which often carry the
+// receiver's token (a Slack incoming webhook's path is its secret).
+func RedactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(invalid url)"
 	}
-	d := target + ", format " + string(s.Format)
+	s := u.Scheme + "://" + u.Host
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		s += "/…"
+	}
+	return s
+}
+
+// Describe is the notifier in words, without its secret or the URL's path
+// (events, logs).
+func (s NotifierSpec) Describe() string {
+	d := RedactedURL(s.URL) + ", format " + string(s.Format)
 	if s.Service != "" {
 		d += ", service " + s.Service
 	}
