@@ -39,7 +39,7 @@ type Node interface {
 	// Members lists the Raft configuration's servers, without I/O.
 	Members() []raftnode.Member
 	// UnreachablePeers lists, on the leader, the peers whose heartbeats
-	// fail, with their last contact.
+	// fail, with the first failure since their last success.
 	UnreachablePeers() map[string]time.Time
 }
 
@@ -183,7 +183,7 @@ func (d *Dispatcher) stopWorkers(final bool) {
 }
 
 // checkNodes records node_lost for a voter whose heartbeats have failed
-// for longer than NodeLostAfter, once per outage and leader (the event's
+// without a success for longer than NodeLostAfter, once per outage and leader (the event's
 // idempotency key names the outage, so a retry records it once).
 func (d *Dispatcher) checkNodes() {
 	failing := d.n.UnreachablePeers()
@@ -198,25 +198,25 @@ func (d *Dispatcher) checkNodes() {
 		}
 	}
 	var report []string
-	for id, last := range failing {
-		if !voters[id] || time.Since(last) < d.cfg.NodeLostAfter {
+	for id, since := range failing {
+		if !voters[id] || time.Since(since) < d.cfg.NodeLostAfter {
 			continue
 		}
-		if at, done := d.lost[id]; done && at.Equal(last) {
+		if at, done := d.lost[id]; done && at.Equal(since) {
 			continue
 		}
-		d.lost[id] = last
+		d.lost[id] = since
 		report = append(report, id)
 	}
 	d.mu.Unlock()
 	sort.Strings(report)
 	for _, id := range report {
-		last := failing[id]
+		since := failing[id]
 		cmd := state.NewCommand("", Actor, state.RecordEvent{Action: state.ActionNodeLost, Figures: map[string]any{
-			"lost_node": id, "last_contact": last.UTC().Format(time.RFC3339Nano), "threshold": d.cfg.NodeLostAfter.String(),
+			"lost_node": id, "failing_since": since.UTC().Format(time.RFC3339Nano), "threshold": d.cfg.NodeLostAfter.String(), "leader": d.n.ID(),
 		}})
-		cmd.Reason = fmt.Sprintf("the leader %s has not reached voter %s since %s", d.n.ID(), id, last.UTC().Format(time.RFC3339))
-		cmd.IdemKey = "node_lost:" + id + ":" + strconv.FormatInt(last.UnixNano(), 10)
+		cmd.Reason = fmt.Sprintf("the leader %s has not reached voter %s since %s (heartbeats failing for over %s)", d.n.ID(), id, since.UTC().Format(time.RFC3339), d.cfg.NodeLostAfter)
+		cmd.IdemKey = "node_lost:" + id + ":" + strconv.FormatInt(since.UnixNano(), 10)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

@@ -58,16 +58,17 @@ func (n *Node) watchLeader() {
 }
 
 // peerContact is what the leader's heartbeats say of each peer: since when
-// it has failed to answer them. Raft reports a failed heartbeat and its
-// resumption only on the leader, so the map is cleared at every leader
-// change.
+// they have failed without a success in between. Raft reports a failed
+// heartbeat and its resumption only on the leader, so the map is cleared at
+// every leader change.
 type peerContact struct {
 	mu      sync.Mutex
-	failing map[string]time.Time // by peer ID: its last contact before the failures
+	failing map[string]time.Time // by peer ID: the first failure of the run
 }
 
 // UnreachablePeers lists, on the leader, the peers whose heartbeats fail,
-// with their last contact (empty on a follower).
+// each with the time of the first failure since the last success (empty on
+// a follower).
 func (n *Node) UnreachablePeers() map[string]time.Time {
 	if !n.IsLeader() {
 		return nil
@@ -100,7 +101,7 @@ func (n *Node) watchHeartbeats() {
 			switch d := o.Data.(type) {
 			case raft.FailedHeartbeatObservation:
 				if _, known := n.peers.failing[string(d.PeerID)]; !known {
-					n.peers.failing[string(d.PeerID)] = d.LastContact
+					n.peers.failing[string(d.PeerID)] = time.Now()
 				}
 			case raft.ResumedHeartbeatObservation:
 				delete(n.peers.failing, string(d.PeerID))
