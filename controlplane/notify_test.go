@@ -481,3 +481,31 @@ func TestNotifyFailoverDeliversEveryEvent(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestSeedNotifier: a Caddyfile notify creates the notifier once; after a
+// delete through the API, a seed (a restart, a reload) never brings it back.
+func TestSeedNotifier(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	spec := state.NotifierSpec{URL: "http://127.0.0.1:9/hook", Secret: "k", Events: []string{"node_lost"}}
+	n.SeedNotifier("ops", spec)
+	deadline := time.Now().Add(20 * time.Second)
+	for n.View().Notifiers["ops"] == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the seed was not committed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := n.View().Notifiers["ops"]; got.URL != spec.URL || got.Secret != "k" || got.Format != state.FormatJSON {
+		t.Fatalf("seeded %+v", got)
+	}
+	cl := newClient(t, n)
+	if code, _, b := cl.do("DELETE", "/v1/notifiers/ops", ""); code != 200 {
+		t.Fatalf("delete: %d %v", code, b)
+	}
+	index := n.View().Index
+	n.SeedNotifier("ops", spec)
+	time.Sleep(time.Second)
+	if n.View().Notifiers["ops"] != nil || n.View().NotifiersDeleted["ops"] == 0 {
+		t.Fatalf("a seed brought a deleted notifier back (index %d → %d)", index, n.View().Index)
+	}
+}
