@@ -407,7 +407,7 @@ func TestNotifyFailoverDeliversEveryEvent(t *testing.T) {
 	if len(wanted) != 33 {
 		t.Fatalf("%d notification events in the trail, want 32 of the rollouts and one node_lost: %v", len(wanted), wanted)
 	}
-	got := slow.waitFor(90*time.Second, "every event", func(got []received) bool {
+	slow.waitFor(90*time.Second, "every event", func(got []received) bool {
 		seen := map[string]bool{}
 		for _, r := range got {
 			seen[r.header.Get("X-Cbproxy-Event-Id")] = true
@@ -420,7 +420,7 @@ func TestNotifyFailoverDeliversEveryEvent(t *testing.T) {
 		return true
 	})
 	time.Sleep(2 * time.Second) // anything sent late would arrive by now
-	got = slow.requests()
+	got := slow.requests()
 	dups := 0
 	seen := map[string]string{}
 	for _, r := range got {

@@ -507,7 +507,6 @@ func TestHealthGate(t *testing.T) {
 	if ev := events[len(events)-1]; ev.Action != state.ActionGateRefused || ev.Figures["refused_by"] == nil || ev.Figures["failing"] == nil {
 		t.Fatalf("last event %+v, want the gate refusal", ev)
 	}
-	proposed = api.node.proposals.Load()
 	// Bad input is bad input first: a body that no force can make valid is
 	// a 400, not a 412 that sends the operator to fix backends and then
 	// fails anyway.
