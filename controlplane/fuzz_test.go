@@ -54,6 +54,10 @@ func FuzzAdminAPI(f *testing.F) {
 		{"POST", "/v1/services/svc/rollout/resume", `{"if_version":2}`, `"2"`, ""},
 		{"POST", "/v1/services/svc/rollback", `{"if_version":1,"force":true}`, "", ""},
 		{"DELETE", "/v1/services/svc", `{"if_version":0}`, "", "d"},
+		{"PUT", "/v1/notifiers/ops", `{"url":"http://127.0.0.1:1/h?t=1","events":["rollout_started","guard_breach"],"secret":"s","format":"slack","timeout":"1s","service":"svc"}`, "", "n"},
+		{"PUT", "/v1/notifiers/ops", `{"url":"https://127.0.0.1:1/","if_version":0}`, `"7"`, ""},
+		{"GET", "/v1/notifiers", ``, "", ""},
+		{"DELETE", "/v1/notifiers/ops", `{"if_version":3}`, "", ""},
 	}
 	for _, s := range seeds {
 		f.Add(s.method, s.path, []byte(s.body), s.ifMatch, s.key)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cbproxy/cbproxy/controlplane/adminapi"
 	"github.com/cbproxy/cbproxy/controlplane/internal/seams"
+	"github.com/cbproxy/cbproxy/controlplane/notify"
 	"github.com/cbproxy/cbproxy/controlplane/raftnode"
 	"github.com/cbproxy/cbproxy/controlplane/rollouts"
 	"github.com/cbproxy/cbproxy/controlplane/slo"
@@ -59,6 +60,9 @@ type Config struct {
 	// them directly (DESIGN.md, "Test seams").
 	raft        seams.Raft
 	adminLimits *adminapi.Limits
+	// notify tunes the notification dispatcher (retries, cursor
+	// interval, node-lost threshold); zero values take its defaults.
+	notify notify.Config
 }
 
 // Defaults for the listeners (docs/caddyfile.md, "Global options").
@@ -99,6 +103,7 @@ type Node struct {
 	raft     *raftnode.Node
 	health   *healthcheck.Checker
 	watcher  *rollouts.Watcher
+	notifier *notify.Dispatcher
 	admin    *adminapi.Server
 	registry *prometheus.Registry
 
@@ -184,6 +189,11 @@ func Start(cfg Config) (*Node, error) {
 		},
 		Logger: n.log,
 	})
+	// Only the leader sends notifications; every node runs the dispatcher,
+	// which starts its workers when the node leads.
+	ncfg := cfg.notify
+	ncfg.Node, ncfg.Logger = n.raft, func() *zap.Logger { return n.log().Named("notify") }
+	n.notifier = notify.New(ncfg)
 	n.registry.MustRegister(n.raft.Metrics(), rollouts.Metrics(n.raft.View),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cbproxy_ready",
@@ -200,6 +210,7 @@ func Start(cfg Config) (*Node, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	n.registry.MustRegister(n.notifier.Metrics()...)
 	n.admin = adminapi.Serve(ln, adminapi.Deps{
 		Node:      n.raft,
 		Verdicts:  n.watcher,
@@ -211,13 +222,18 @@ func Start(cfg Config) (*Node, error) {
 			}
 			return nil
 		},
-		Metrics: n.registry,
+		Metrics:   n.registry,
+		Notifiers: n.notifier,
 	}, adminapi.Config{Tokens: cfg.Tokens, Limits: cfg.adminLimits, Logger: n.log})
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.watchReadiness()
 	go func() {
 		defer n.wg.Done()
 		n.watcher.Run(n.done)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.notifier.Run(n.done)
 	}()
 	n.log().Info("cbproxy node started",
 		zap.String("node_id", cfg.NodeID),

@@ -19,12 +19,32 @@ func (n *Node) Seed(name string, spec state.ServiceSpec) {
 	}
 	cmd := state.NewCommand(name, "seed", state.PutService{Spec: &spec, Seed: true})
 	cmd.Reason = "seeded from the Caddyfile"
-	data, err := state.Encode(cmd)
-	if err != nil {
-		n.log().Error("encoding seed", zap.String("service", name), zap.Error(err))
+	n.seed("seed:"+name, zap.String("service", name), cmd, func(err string) { n.seedErrors.Store(name, err) })
+}
+
+// SeedNotifier asks the cluster to create a notifier from a Caddyfile
+// `notify` if the cluster has never seen its name, as Seed does a service.
+// A refusal is logged (readiness does not wait for notifiers).
+func (n *Node) SeedNotifier(name string, spec state.NotifierSpec) {
+	if v := n.View(); v.Notifiers[name] != nil || v.NotifiersDeleted[name] != 0 {
 		return
 	}
-	cmd.IdemKey = "seed:" + name + ":" + state.Digest(data)
+	cmd := state.NewCommand("", "seed", state.PutNotifier{Notifier: name, Spec: &spec, Seed: true})
+	n.seed("seed-notifier:"+name, zap.String("notifier", name), cmd, nil)
+}
+
+// seed proposes a seed command in the background, retrying every 500 ms
+// until it is committed or the node shuts down. Its idempotency key is
+// keyPrefix and the digest of the encoded command, so every node of a
+// cluster seeding the same block commits it once. refused, if set, keeps a
+// refusal for readiness.
+func (n *Node) seed(keyPrefix string, what zap.Field, cmd state.Command, refused func(string)) {
+	data, err := state.Encode(cmd)
+	if err != nil {
+		n.log().Error("encoding seed", what, zap.Error(err))
+		return
+	}
+	cmd.IdemKey = keyPrefix + ":" + state.Digest(data)
 	cmd.IdemHash = cmd.IdemKey
 	n.wg.Add(1)
 	go func() {
@@ -33,10 +53,12 @@ func (n *Node) Seed(name string, spec state.ServiceSpec) {
 			a, err := n.raft.Propose(context.Background(), cmd)
 			if err == nil {
 				if !a.Result.OK() {
-					n.seedErrors.Store(name, a.Result.Err)
-					n.log().Error("seed refused", zap.String("service", name), zap.String("error", a.Result.Err))
+					if refused != nil {
+						refused(a.Result.Err)
+					}
+					n.log().Error("seed refused", what, zap.String("error", a.Result.Err))
 				} else if a.Result.Changed {
-					n.log().Info("seeded service from the Caddyfile", zap.String("service", name), zap.Uint64("version", a.Result.Version))
+					n.log().Info("seeded from the Caddyfile", what, zap.Uint64("version", a.Result.Version))
 				}
 				return
 			}

@@ -78,10 +78,17 @@ type App struct {
 	// Mutual TLS between nodes.
 	ClusterTLS *ClusterTLS `json:"cluster_tls,omitempty"`
 
+	// Webhooks the leader sends every service's events, and the cluster's
+	// own, to (docs/caddyfile.md "notify"); each seeds the replicated
+	// notifier of its name.
+	Notifiers []Notifier `json:"notifiers,omitempty"`
+
 	logger *zap.Logger
 	// seeds by service; handlers add theirs while the config is provisioned,
 	// which Caddy does on one goroutine.
 	seeds map[string]state.ServiceSpec
+	// notifierSeeds by name: the app's and the handlers' notify.
+	notifierSeeds map[string]state.NotifierSpec
 	// declared holds every service a handler of this config routes, seeded
 	// or not: /health/ready waits for each.
 	declared map[string]bool
@@ -125,6 +132,7 @@ type controlNode interface {
 	SetDataPlane(controlplane.DataPlane)
 	OnChange(func(*state.View)) (cancel func())
 	Seed(name string, spec state.ServiceSpec)
+	SeedNotifier(name string, spec state.NotifierSpec)
 	Registry() *prometheus.Registry
 	Health() *healthcheck.Checker
 	StickyKey() []byte
@@ -166,6 +174,11 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.fillDefaults()
+	for _, nt := range a.Notifiers {
+		if err := a.addNotifier(nt, ""); err != nil {
+			return err
+		}
+	}
 	// The data plane's series go to the node's registry (Start), served on
 	// admin_listen, and not to Caddy's too: a Prometheus scraping both
 	// endpoints would count every request twice (docs/decisions.md, "One
@@ -420,6 +433,9 @@ func (a *App) Start() error {
 	a.stopWatching = func() { stopViews(); stopHealth() }
 	for _, name := range slices.Sorted(maps.Keys(a.seeds)) {
 		n.Seed(name, a.seeds[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(a.notifierSeeds)) {
+		n.SeedNotifier(name, a.notifierSeeds[name])
 	}
 	// A reload's handlers may declare other services.
 	n.SetDataPlane(a.dataPlane())

@@ -21,14 +21,17 @@ import (
 func TestAppLifecycle(t *testing.T) {
 	dataDir := t.TempDir()
 	t.Setenv("CBPROXY_TEST_TOKEN", "first-secret")
+	t.Setenv("CBPROXY_TEST_HOOK", "https://hooks.example/T1/secret-path")
 	app := map[string]any{
-		"data_dir": dataDir,
-		"tokens":   []any{map[string]any{"name": "ops", "secret": "{env.CBPROXY_TEST_TOKEN}", "role": "operate"}},
+		"data_dir":  dataDir,
+		"tokens":    []any{map[string]any{"name": "ops", "secret": "{env.CBPROXY_TEST_TOKEN}", "role": "operate"}},
+		"notifiers": []any{map[string]any{"name": "chat", "url": "{env.CBPROXY_TEST_HOOK}", "format": "slack", "secret": "{env.CBPROXY_TEST_TOKEN}"}},
 	}
 	seed := map[string]any{
-		"service": "life",
-		"pools":   map[string]any{"blue": map[string]any{"backends": []string{"10.0.0.1:80"}, "version": "v1"}},
-		"weights": map[string]any{"blue": 100},
+		"service":   "life",
+		"pools":     map[string]any{"blue": map[string]any{"backends": []string{"10.0.0.1:80"}, "version": "v1"}},
+		"weights":   map[string]any{"blue": 100},
+		"notifiers": []any{map[string]any{"name": "life-pager", "url": "http://127.0.0.1:9/x", "events": []string{"guard_breach"}, "timeout": "2s"}},
 	}
 	started := nodesStarted.Load()
 
@@ -60,6 +63,13 @@ func TestAppLifecycle(t *testing.T) {
 	}
 	if !reflect.DeepEqual(n.seeds["life"], wantSeed) {
 		t.Errorf("seed %+v, want %+v", n.seeds["life"], wantSeed)
+	}
+	wantNotifiers := map[string]state.NotifierSpec{
+		"chat":       {URL: "https://hooks.example/T1/secret-path", Format: state.FormatSlack, Secret: "first-secret"},
+		"life-pager": {URL: "http://127.0.0.1:9/x", Service: "life", Events: []string{"guard_breach"}, Timeout: state.Duration(2e9)},
+	}
+	if !reflect.DeepEqual(n.notifiers, wantNotifiers) {
+		t.Errorf("notifier seeds %+v, want %+v (placeholders replaced, the service's limited to it)", n.notifiers, wantNotifiers)
 	}
 	if n.dataPlane == nil || n.watchers != 1 || n.logger == nil {
 		t.Errorf("node not connected: data plane %v, watchers %d, logger %v", n.dataPlane, n.watchers, n.logger)

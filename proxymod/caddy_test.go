@@ -50,6 +50,7 @@ type fakeNode struct {
 	mu        sync.Mutex
 	tokens    []adminapi.Token
 	seeds     map[string]state.ServiceSpec
+	notifiers map[string]state.NotifierSpec
 	dataPlane controlplane.DataPlane
 	watchers  int
 	logger    *zap.Logger
@@ -62,7 +63,7 @@ var (
 )
 
 func startFakeNode(cfg controlplane.Config) (controlNode, error) {
-	n := &fakeNode{cfg: cfg, registry: prometheus.NewRegistry(), seeds: map[string]state.ServiceSpec{}, health: healthcheck.New(healthcheck.Config{})}
+	n := &fakeNode{cfg: cfg, registry: prometheus.NewRegistry(), seeds: map[string]state.ServiceSpec{}, notifiers: map[string]state.NotifierSpec{}, health: healthcheck.New(healthcheck.Config{})}
 	nodesStarted.Add(1)
 	lastNode.Store(n)
 	return n, nil
@@ -76,6 +77,12 @@ func (n *fakeNode) Shutdown() error {
 }
 
 func (n *fakeNode) Config() controlplane.Config { return n.cfg }
+
+func (n *fakeNode) SeedNotifier(name string, spec state.NotifierSpec) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.notifiers[name] = spec
+}
 
 func (n *fakeNode) Health() *healthcheck.Checker { return n.health }
 

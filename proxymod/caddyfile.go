@@ -48,9 +48,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		token            <name> <secret> read|operate|admin
 //		cluster_secret   <secret>
 //		cluster_tls      <cert_file> <key_file> <ca_file>
+//		notify           <name> <url> {
+//			events  <kind...>
+//			secret  <secret>
+//			format  json|slack
+//			timeout <duration>
+//		}
 //	}
 //
-// `token` may be repeated, and so may `join`. Secrets may be placeholders
+// `token` may be repeated, and so may `join` and `notify`. Secrets may be placeholders
 // such as `{env.CBPROXY_OPS_TOKEN}`, replaced when the config is loaded.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option's name
@@ -60,7 +66,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		opt := d.Val()
-		if seen[opt] && opt != "token" && opt != "join" {
+		if seen[opt] && opt != "token" && opt != "join" && opt != "notify" {
 			return d.Errf("cbproxy: %s is given twice; keep one", opt)
 		}
 		seen[opt] = true
@@ -118,8 +124,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.ClusterTLS = &ClusterTLS{Cert: args[0], Key: args[1], CA: args[2]}
+		case "notify":
+			var nt Notifier
+			if nt, err = unmarshalNotify(d, "cbproxy"); err == nil {
+				a.Notifiers = append(a.Notifiers, nt)
+			}
 		default:
-			return d.Errf("cbproxy: unknown option %q; expected node_id, data_dir, cluster_listen, admin_listen, admin_tls, bootstrap, bootstrap_expect, join, token, cluster_secret or cluster_tls", opt)
+			return d.Errf("cbproxy: unknown option %q; expected node_id, data_dir, cluster_listen, admin_listen, admin_tls, bootstrap, bootstrap_expect, join, token, cluster_secret, cluster_tls or notify", opt)
 		}
 		if err != nil {
 			return err
@@ -179,8 +190,15 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //			min_requests <n>
 //			consecutive  <n>
 //		}
+//		notify <name> <url> {
+//			events  <kind...>
+//			secret  <secret>
+//			format  json|slack
+//			timeout <duration>
+//		}
 //	}
 //
+// `notify` (repeatable) seeds a notifier of this service's events only.
 // `pool`, `weights`, `health`, `guard` and `slo` seed the service: they
 // create it only if the cluster has never seen its name. A block without
 // them (or no block) routes a service defined elsewhere. A backend is
@@ -202,7 +220,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		if seen[sub] && sub != "pool" {
+		if seen[sub] && sub != "pool" && sub != "notify" {
 			return d.Errf("%s: %s is given twice; keep one", where, sub)
 		}
 		seen[sub] = true
@@ -251,6 +269,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "slo":
 			err = h.unmarshalSLO(d, where)
+		case "notify":
+			var nt Notifier
+			if nt, err = unmarshalNotify(d, where); err == nil {
+				h.Notifiers = append(h.Notifiers, nt)
+			}
 		case "dial_timeout", "response_header_timeout":
 			var args []string
 			if args, err = lineArgs(d, where, sub+" <duration>", 1, 1); err == nil {
@@ -265,7 +288,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		default:
-			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, latency_histogram, backend_metrics, fast_path, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard or slo", where, sub)
+			err = d.Errf("%s: unknown subdirective %q; expected pool, weights, sticky, override_header, expose_pool, latency_histogram, backend_metrics, fast_path, lb_policy, dial_timeout, response_header_timeout, stream_close_delay, health, guard, slo or notify", where, sub)
 		}
 		if err != nil {
 			return err

@@ -136,6 +136,12 @@ var directiveRefusals = []struct{ input, want string }{
 	{`cbproxy Bad_Name`, "service name \"Bad_Name\" is not valid"},
 	{`cbproxy svc extra`, `"extra" after the service name`},
 	{"cbproxy svc {\nfrobnicate\n}", `unknown subdirective "frobnicate"`},
+	{"cbproxy svc {\nnotify pager\n}", "notify <name> <url>"},
+	{"cbproxy svc {\nnotify Pager http://x/\n}", `notifier name "Pager" is not valid`},
+	{"cbproxy svc {\nnotify pager ftp://x/\n}", "must start with http:// or https://"},
+	{"cbproxy svc {\nnotify pager http://x/ {\nevents everything\n}\n}", `notifier event "everything" is not one of`},
+	{"cbproxy svc {\nnotify pager http://x/ {\nformat xml\n}\n}", `notifier format "xml" is not json or slack`},
+	{"cbproxy svc {\nnotify pager http://x/ {\ncolour red\n}\n}", `unknown setting "colour"`},
 	{"cbproxy svc {\nresponse_header_timeout 0s\n}", "response_header_timeout must be above 0"},
 	{"cbproxy svc {\ndial_timeout soon\n}", `dial_timeout: "soon" is not a duration`},
 	{"cbproxy svc {\ndial_timeout 1s 2s\n}", "dial_timeout <duration> is expected"},
@@ -262,6 +268,8 @@ func TestUnmarshalGlobalOption(t *testing.T) {
 var globalOptionRefusals = []struct{ input, want string }{
 	{"cbproxy on", "takes no arguments"},
 	{"cbproxy {\nnode_id\n}", "node_id <value>"},
+	{"cbproxy {\nnotify ops https://user:pw@x/\n}", "must not carry a user or password"},
+	{"cbproxy {\nnotify ops http://x/ {\ntimeout 1h\n}\n}", "not within 100ms and 1m"},
 	{"cbproxy {\nnode_id a b\n}", "node_id <value>"},
 	{"cbproxy {\nnode_id a\nnode_id b\n}", "node_id is given twice"},
 	{"cbproxy {\nadmin_tls cert.pem\n}", "admin_tls <cert_file> <key_file>"},
@@ -421,6 +429,8 @@ func FuzzCaddyfileDirective(f *testing.F) {
 		"cbproxy svc {\npool a 10.0.0.1:80\nbackend_metrics\nlatency_histogram\n}",
 		"cbproxy svc {\nfast_path off\n}",
 		"cbproxy svc {\nfast_path on\nexpose_pool\n}",
+		"cbproxy svc {\nnotify pager https://hooks.example/x {\nevents guard_breach rollout_rolled_back\nsecret {env.S}\nformat slack\ntimeout 3s\n}\n}",
+		"cbproxy svc {\nnotify a http://127.0.0.1:9/h\nnotify b {env.URL}\n}",
 	} {
 		f.Add(seed)
 	}
@@ -453,6 +463,7 @@ func FuzzCaddyfileDirective(f *testing.F) {
 func FuzzCaddyfileGlobalOption(f *testing.F) {
 	f.Add(strings.Split(strings.Split(contractCaddyfile, "{\n\tcbproxy ")[1], "\n}\n\napp")[0])
 	f.Add("{\nbootstrap\ntoken a b admin\n}")
+	f.Add("{\nnotify ops https://hooks.example/x {\nevents node_lost gate_refused\nsecret s\nformat json\ntimeout 1m\n}\nnotify chat {env.SLACK_URL} {\nformat slack\n}\n}")
 	for _, tt := range globalOptionRefusals {
 		f.Add(strings.TrimPrefix(tt.input, "cbproxy "))
 	}
@@ -465,8 +476,21 @@ func FuzzCaddyfileGlobalOption(f *testing.F) {
 		if err := app.UnmarshalCaddyfile(d); err != nil {
 			return
 		}
-		if _, err := json.Marshal(app); err != nil {
+		raw, err := json.Marshal(app)
+		if err != nil {
 			t.Fatalf("accepted config does not marshal: %v", err)
+		}
+		var back App
+		if err := json.Unmarshal(raw, &back); err != nil {
+			t.Fatalf("accepted config %s does not decode: %v", raw, err)
+		}
+		for _, n := range back.Notifiers {
+			if hasPlaceholder(n.URL) {
+				continue
+			}
+			if err := state.CheckNotifierSpec(n.spec("", nil)); err != nil {
+				t.Fatalf("accepted notify %+v is invalid after a JSON round trip: %v", n, err)
+			}
 		}
 	})
 }

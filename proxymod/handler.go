@@ -68,6 +68,11 @@ type Handler struct {
 	// after a change. Default: 10m.
 	Guard *state.Duration `json:"guard,omitempty"`
 
+	// Seed: webhooks the leader sends this service's events to
+	// (docs/caddyfile.md "notify"). Each seeds the replicated notifier of
+	// its name, limited to this service.
+	Notifiers []Notifier `json:"notifiers,omitempty"`
+
 	// Keeps each client on one pool across weight changes. Default: off.
 	Sticky *Sticky `json:"sticky,omitempty"`
 
@@ -248,6 +253,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	app.(*App).declare(h.Service)
+	for _, nt := range h.Notifiers {
+		if err := app.(*App).addNotifier(nt, h.Service); err != nil {
+			return fmt.Errorf("service %q: %w", h.Service, err)
+		}
+	}
 
 	if o := h.OverrideHeader; o != nil {
 		warnLiteralSecrets(ctx.Logger(), caddy.NewReplacer(), namedSecret{"override_header secret of service " + h.Service, o.Secret})

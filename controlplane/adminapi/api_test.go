@@ -492,8 +492,20 @@ func TestHealthGate(t *testing.T) {
 			}
 		})
 	}
-	if n := api.node.proposals.Load() - proposed; n != 0 {
-		t.Fatalf("the gate let %d refused calls reach the state machine", n)
+	// What reaches the state machine is the record of the refusals, one for
+	// the three (at most one per service every 10 s), in the background:
+	// never a change of the service.
+	deadline := time.Now().Add(10 * time.Second)
+	for api.node.proposals.Load()-proposed < 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := api.node.proposals.Load() - proposed; n != 1 {
+		t.Fatalf("the gate let %d calls reach the state machine, want only the one gate_refused record", n)
+	}
+	events := api.node.machine.Events("shop", 0, 1)
+	if ev := events[len(events)-1]; ev.Action != state.ActionGateRefused || ev.Figures["refused_by"] == nil || ev.Figures["failing"] == nil {
+		t.Fatalf("last event %+v, want the gate refusal", ev)
 	}
 	// Bad input is bad input first: a body that no force can make valid is
 	// a 400, not a 412 that sends the operator to fix backends and then

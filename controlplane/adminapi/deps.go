@@ -31,6 +31,8 @@ type Deps struct {
 	Loads func() Loads
 	// Metrics is served at /metrics.
 	Metrics prometheus.Gatherer
+	// Notifiers sends test notifications; nil on a node without them.
+	Notifiers NotifierTester
 }
 
 // Replicated is the replicated state and what writes and reads it

@@ -58,13 +58,16 @@ func onePool(pool string) func(*state.Service) []string {
 // plus timeout. A request whose Idempotency-Key the state machine already
 // remembers is not gated: it applies nothing, and answers its first result
 // (or a reuse conflict), which a pool failing since must not turn into a 412.
-func (a *Server) checkGate(w http.ResponseWriter, r *http.Request, service string, pools func(*state.Service) []string, force bool) bool {
+//
+// A refusal is also recorded in the event trail (recordGateRefusal), so
+// that notifiers hear of it.
+func (a *Server) checkGate(w http.ResponseWriter, r *http.Request, actor, service string, pools func(*state.Service) []string, force bool) bool {
 	s := a.Node.View().Services[service]
 	if force || s == nil || a.knownKey(r, false) {
 		return true // the state machine answers for unknown services and pools
 	}
 	var failing []failingBackend
-	var empty []string
+	var empty, raised []string
 	for _, pool := range pools(s) {
 		if s.Pools[pool] == nil {
 			continue // the state machine refuses unknown pools
@@ -73,6 +76,7 @@ func (a *Server) checkGate(w http.ResponseWriter, r *http.Request, service strin
 		if ok {
 			continue
 		}
+		raised = append(raised, pool)
 		if len(bad) == 0 {
 			empty = append(empty, pool)
 		}
@@ -101,8 +105,10 @@ func (a *Server) checkGate(w http.ResponseWriter, r *http.Request, service strin
 	if failing == nil {
 		failing = []failingBackend{}
 	}
+	msg := "refused: the pool would get traffic without a healthy backend: " + strings.Join(parts, "; ")
+	a.recordGateRefusal(service, actor, msg, raised, failing)
 	writeJSON(w, http.StatusPreconditionFailed, gateError{
-		Error:   "refused: the pool would get traffic without a healthy backend: " + strings.Join(parts, "; ") + `; fix the backends, or send "force": true (cbproxy --force)`,
+		Error:   msg + `; fix the backends, or send "force": true (cbproxy --force)`,
 		Code:    "gate_refused",
 		Failing: failing,
 	})

@@ -40,7 +40,7 @@ func (a *Server) startRollout(w http.ResponseWriter, r *http.Request, actor stri
 		return
 	}
 	// The pool gaining traffic needs a healthy backend, as for a switch.
-	if !a.checkGate(w, r, r.PathValue("svc"), onePool(body.To), body.Force) {
+	if !a.checkGate(w, r, actor, r.PathValue("svc"), onePool(body.To), body.Force) {
 		return
 	}
 	spec := body.RolloutSpec

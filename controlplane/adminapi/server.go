@@ -69,6 +69,12 @@ type Server struct {
 	// not hand the garbage collector a megabyte.
 	serviceJSON serviceJSONCache
 	listBodies  sync.Pool
+
+	// gateMu guards what recordGateRefusal keeps: by service, when this
+	// node last recorded a refusal and how many it left out since.
+	gateMu       sync.Mutex
+	gateRecorded map[string]time.Time
+	gateSkipped  map[string]int
 }
 
 // Listen opens the admin listener: TLS with the certificate and key when
@@ -96,7 +102,8 @@ func Serve(ln net.Listener, deps Deps, cfg Config) *Server {
 		nop := zap.NewNop()
 		cfg.Logger = func() *zap.Logger { return nop }
 	}
-	a := &Server{Deps: deps, ln: ln, log: cfg.Logger, done: make(chan struct{})}
+	a := &Server{Deps: deps, ln: ln, log: cfg.Logger, done: make(chan struct{}),
+		gateRecorded: map[string]time.Time{}, gateSkipped: map[string]int{}}
 	a.SetTokens(cfg.Tokens)
 	limits := DefaultLimits
 	if cfg.Limits != nil {
@@ -217,6 +224,13 @@ func (a *Server) routes() http.Handler {
 	handle("/v1/services/{svc}/rollout/abort", route{"POST": {RoleOperate, a.abortRollout}})
 	handle("/v1/services/{svc}/rollback", route{"POST": {RoleOperate, a.rollback}})
 	handle("/v1/events", route{"GET": {RoleRead, a.listEvents}})
+	handle("/v1/notifiers", route{"GET": {RoleRead, a.listNotifiers}})
+	handle("/v1/notifiers/{name}", route{
+		"GET":    {RoleRead, a.getNotifier},
+		"PUT":    {RoleAdmin, a.putNotifier},
+		"DELETE": {RoleAdmin, a.deleteNotifier},
+	})
+	handle("/v1/notifiers/{name}/test", route{"POST": {RoleOperate, a.testNotifier}})
 	handle("/v1/events/stream", route{"GET": {RoleRead, a.streamEvents}})
 	handle("/v1/cluster", route{"GET": {RoleRead, a.getCluster}})
 	handle("/v1/cluster/nodes/{id}", route{"DELETE": {RoleAdmin, a.deleteNode}})

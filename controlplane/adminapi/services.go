@@ -250,7 +250,7 @@ func (a *Server) putWeights(w http.ResponseWriter, r *http.Request, actor string
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}
-	if !a.checkGate(w, r, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
+	if !a.checkGate(w, r, actor, r.PathValue("svc"), raisedPools(body.Weights), body.Force) {
 		return
 	}
 	a.write(w, r, raw, body.IfVersion, cmd)
@@ -272,7 +272,7 @@ func (a *Server) postSwitch(w http.ResponseWriter, r *http.Request, actor string
 		writeError(w, http.StatusBadRequest, "invalid", `"to" is missing; send {"to":"green"}`)
 		return
 	}
-	if !a.checkGate(w, r, r.PathValue("svc"), onePool(body.To), body.Force) {
+	if !a.checkGate(w, r, actor, r.PathValue("svc"), onePool(body.To), body.Force) {
 		return
 	}
 	a.write(w, r, raw, body.IfVersion, state.NewCommand(r.PathValue("svc"), actor, state.SetWeights{Weights: state.Weights{body.To: state.Total}, Action: state.SwitchWeights}))

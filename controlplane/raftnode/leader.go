@@ -1,7 +1,9 @@
 package raftnode
 
 import (
+	"maps"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -51,6 +53,62 @@ func (n *Node) watchLeader() {
 			return
 		case <-ch:
 			n.leaders.wake()
+		}
+	}
+}
+
+// peerContact is what the leader's heartbeats say of each peer: since when
+// they have failed without a success in between. Raft reports a failed
+// heartbeat and its resumption only on the leader, so the map is cleared at
+// every leader change.
+type peerContact struct {
+	mu      sync.Mutex
+	failing map[string]time.Time // by peer ID: the first failure of the run
+}
+
+// UnreachablePeers lists, on the leader, the peers whose heartbeats fail,
+// each with the time of the first failure since the last success (empty on
+// a follower).
+func (n *Node) UnreachablePeers() map[string]time.Time {
+	if !n.IsLeader() {
+		return nil
+	}
+	n.peers.mu.Lock()
+	defer n.peers.mu.Unlock()
+	return maps.Clone(n.peers.failing)
+}
+
+// watchHeartbeats keeps n.peers from Raft's heartbeat observations until
+// the node stops.
+func (n *Node) watchHeartbeats() {
+	defer n.wg.Done()
+	ch := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation:
+			return true
+		}
+		return false
+	})
+	n.raft.RegisterObserver(obs)
+	defer n.raft.DeregisterObserver(obs)
+	for {
+		select {
+		case <-n.done:
+			return
+		case o := <-ch:
+			n.peers.mu.Lock()
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				if _, known := n.peers.failing[string(d.PeerID)]; !known {
+					n.peers.failing[string(d.PeerID)] = time.Now()
+				}
+			case raft.ResumedHeartbeatObservation:
+				delete(n.peers.failing, string(d.PeerID))
+			case raft.LeaderObservation:
+				clear(n.peers.failing)
+			}
+			n.peers.mu.Unlock()
 		}
 	}
 }

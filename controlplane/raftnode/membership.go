@@ -110,6 +110,7 @@ func (n *Node) maintainMembership() {
 		if n.inCluster() {
 			n.removedNotice.Store(nil)
 			n.registerSelf()
+			n.learnCapabilities()
 			delay = 2 * time.Second
 		} else if n.cfg.MultiNode() && !n.tryToJoin() {
 			// Removed: only an operator takes it back; ask now and then,

@@ -112,6 +112,9 @@ type Node struct {
 	committed chan struct{}
 	// leaders wakes writes waiting for a leader (watchLeader).
 	leaders *leaderWatch
+	// peers is what the leader's heartbeats say of each peer
+	// (watchHeartbeats).
+	peers peerContact
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -132,7 +135,8 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, done: make(chan struct{}), committed: make(chan struct{}, 1), leaders: newLeaderWatch(), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret)}
+	n := &Node{cfg: cfg, done: make(chan struct{}), committed: make(chan struct{}, 1), leaders: newLeaderWatch(), clusterSecret: secret, signedCalls: cluster.NewCallVerifier(secret),
+		peers: peerContact{failing: map[string]time.Time{}}}
 	n.logger.Store(cfg.Logger)
 	defer func() {
 		if err != nil {
@@ -147,10 +151,11 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.registerRPC()
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.maintainMembership()
 	go n.announceCommits()
 	go n.watchLeader()
+	go n.watchHeartbeats()
 	return n, nil
 }
 

@@ -198,6 +198,29 @@ func (n *Node) checkMembersApply(ctx context.Context, entry []byte) error {
 	return nil
 }
 
+// learnCapabilities asks, in the background, every other member whose
+// answer is older than capabilitiesTTL. Every node does it, not only the
+// leader: a follower elected after the leader died then knows what the dead
+// leader applies (a member that does not answer keeps its last answer),
+// instead of taking it to apply only the baseline and refusing every newer
+// kind until it comes back — the notifier's cursor and a node_lost record
+// among them, in the very outage they report.
+func (n *Node) learnCapabilities() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	now := time.Now()
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(n.cfg.NodeID) {
+			continue
+		}
+		if seen := n.members.get(string(s.ID)); seen.answered.IsZero() || now.Sub(seen.asked) > capabilitiesTTL {
+			n.refreshCapabilities(s)
+		}
+	}
+}
+
 // askCapabilities asks the members for their status, all at once, each
 // bounded by capabilitiesTimeout, and records the answers.
 // refreshCapabilities asks a member in the background, once at a time.

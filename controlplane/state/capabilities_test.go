@@ -201,7 +201,8 @@ func TestBaselineStillApplied(t *testing.T) {
 // commands advertises its fields for all kinds together; it is taken to
 // apply, of each kind, what the baseline lists for that kind (that is what
 // its handlers read), so a field it knows from another kind is not assumed
-// for this one. Every entry this build writes is applicable by it.
+// for this one. Every entry of the baseline's kinds this build writes is
+// applicable by it.
 func TestCapabilitiesOfBuildsBeforeTypedCommands(t *testing.T) {
 	// What such a build sends in its status.
 	sent, err := json.Marshal(struct {
@@ -224,6 +225,9 @@ func TestCapabilitiesOfBuildsBeforeTypedCommands(t *testing.T) {
 	}
 	_, entries := readGolden(t, goldenEntries)
 	for _, e := range entries {
+		if !slices.Contains(Baseline().Kinds, Kind(e[0])) {
+			continue // a kind added after typed commands (the notifiers')
+		}
 		if lacks := legacy.Lacks(e); lacks != nil {
 			t.Errorf("an older build lacks %v of %s", lacks, e)
 		}

@@ -88,6 +88,8 @@ func TestRegistry(t *testing.T) {
 		KindSetWeights: {"set_weights", SetWeights{}}, KindSetPool: {"set_pool", SetPool{}}, KindSetDrain: {"set_drain", SetDrain{}},
 		KindNodeJoin: {"node_join", NodeJoin{}}, KindNodeRemove: {"node_remove", NodeRemove{}},
 		KindRolloutStart: {"rollout_start", RolloutStart{}}, KindRolloutChange: {"rollout_change", RolloutChange{}}, KindRollback: {"rollback", Rollback{}},
+		KindPutNotifier: {"put_notifier", PutNotifier{}}, KindDeleteNotifier: {"delete_notifier", DeleteNotifier{}},
+		KindNotifyCursor: {"notify_cursor", NotifyCursor{}}, KindRecordEvent: {"record_event", RecordEvent{}},
 	}
 	if len(commands) != len(want) {
 		t.Errorf("%d kinds registered, want %d", len(commands), len(want))

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,6 +111,18 @@ func goldenCommands() []goldenCommand {
 		{"delete_service", Command{Envelope: Envelope{Service: "seeded", Actor: "admin", IfVersion: ptr(uint64(32)), IdemKey: "client:del", IdemHash: "d0d0"}, Payload: DeleteService{}}},
 		{"delete_service missing", Command{Envelope: Envelope{Service: "seeded", Actor: "admin", IdemKey: "auto:e1e1", IdemHash: "auto:e1e1"}, Payload: DeleteService{}}},
 		{"put_service replace", Command{Envelope: Envelope{Service: "svc", Actor: "admin", Reason: "new pools"}, Payload: PutService{Spec: &seed}}},
+		{"put_notifier", Command{Envelope: Envelope{Actor: "admin", IfVersion: ptr(uint64(0)), IdemKey: "client:n-1", IdemHash: "4e4e"}, Payload: PutNotifier{Notifier: "pager", Spec: &NotifierSpec{
+			URL: "https://hooks.example/T1/x?token=t", Service: "svc", Events: []string{"guard_breach", "rollout_rolled_back"}, Secret: "s3cret", Format: FormatSlack, Timeout: Duration(3 * time.Second),
+		}}}},
+		{"put_notifier seed", Command{Envelope: Envelope{Actor: "seed", IdemKey: "seed-notifier:chat:5f5f", IdemHash: "seed-notifier:chat:5f5f"}, Payload: PutNotifier{Notifier: "chat", Spec: &NotifierSpec{URL: "http://127.0.0.1:9900/hook"}, Seed: true}}},
+		{"notify_cursor", Command{Envelope: Envelope{Actor: "notifier", IdemKey: "auto:f2f2", IdemHash: "auto:f2f2"}, Payload: NotifyCursor{Notifier: "pager", Delivery: NotifierDelivery{
+			Through: 44, Sent: 3, Failed: 1, LastError: "event 41 (guard_breach): receiver answered 404 Not Found (not retried)", LastErrorAt: at(45), LastSuccessAt: at(46),
+		}}}},
+		{"record_event gate_refused", Command{Envelope: Envelope{Service: "svc", Actor: "ops", Reason: "refused: the pool would get traffic without a healthy backend: blue/10.0.0.11:8765 is draining"}, Payload: RecordEvent{Action: ActionGateRefused, Figures: map[string]any{
+			"refused_by": "n2", "raised_pools": []any{"blue"}, "failing": []any{map[string]any{"pool": "blue", "address": "10.0.0.11:8765", "health": "healthy", "draining": true}},
+		}}}},
+		{"record_event node_lost", Command{Envelope: Envelope{Actor: "notifier", Reason: "the leader n1 has not reached voter n2", IdemKey: "node_lost:n2:1", IdemHash: "node_lost:n2:1"}, Payload: RecordEvent{Action: ActionNodeLost, Figures: map[string]any{"lost_node": "n2", "threshold": "30s"}}}},
+		{"delete_notifier", Command{Envelope: Envelope{Actor: "admin", IfVersion: ptr(uint64(38)), IdemKey: "client:n-del", IdemHash: "6a6a"}, Payload: DeleteNotifier{Notifier: "chat"}}},
 	}
 }
 
@@ -228,14 +241,16 @@ func TestScriptEncodingGolden(t *testing.T) {
 }
 
 // TestGoldenEntriesApply: the golden entries decode, encode back to the same
-// bytes, are applicable by the baseline, and applied in order give the
-// results and the snapshot the build before typed commands gave.
+// bytes, are applicable by the baseline (those of the kinds it has: later
+// kinds, such as the notifiers', came after it), and applied in order give
+// the results and the snapshot the build before typed commands gave, then
+// those the later kinds appended.
 func TestGoldenEntriesApply(t *testing.T) {
 	names, entries := readGolden(t, goldenEntries)
 	m := NewMachine(Options{})
 	var results []string
 	for i, entry := range entries {
-		if lacks := Baseline().Lacks(entry); lacks != nil {
+		if lacks := Baseline().Lacks(entry); lacks != nil && slices.Contains(Baseline().Kinds, Kind(entry[0])) {
 			t.Errorf("%s: the baseline lacks %v", names[i], lacks)
 		}
 		c, err := Decode(entry)

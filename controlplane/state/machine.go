@@ -28,6 +28,10 @@ type View struct {
 	// index of their removal: such a node may not join again by itself,
 	// only by an operator's join. A node is never both in Nodes and here.
 	Removed map[string]uint64
+	// Notifiers by name, and the names deleted through the API (a
+	// Caddyfile seed never re-creates them), with the index of the delete.
+	Notifiers        map[string]*Notifier
+	NotifiersDeleted map[string]uint64
 	// Changes is what differs from the view published just before this
 	// one, for readers that see every view and want to work in proportion
 	// to a change (the data plane, the health checker); nil when unknown
@@ -293,8 +297,9 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 	// next is private until it is stored: the maps it shares with cur are
 	// copied before their first write in this batch (owned), then written
 	// in place by the batch's later commands.
-	next := &View{Index: cur.Index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed}
-	var owned struct{ services, nodes bool }
+	next := &View{Index: cur.Index, Services: cur.Services, Deleted: cur.Deleted, Nodes: cur.Nodes, Removed: cur.Removed,
+		Notifiers: cur.Notifiers, NotifiersDeleted: cur.NotifiersDeleted}
+	var owned struct{ services, nodes, notifiers bool }
 	next.Changes = &ViewChanges{Since: cur.Index}
 	changed := map[string]bool{}
 	var added []Event
@@ -308,7 +313,25 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 		results = append(results, res)
 		next.Index = e.Index
 		switch {
-		case eff == nil:
+		case eff == nil, eff.eventOnly:
+		case eff.notifierName != "":
+			if !owned.notifiers {
+				next.Notifiers, next.NotifiersDeleted = maps.Clone(next.Notifiers), maps.Clone(next.NotifiersDeleted)
+				if next.Notifiers == nil {
+					next.Notifiers = map[string]*Notifier{}
+				}
+				if next.NotifiersDeleted == nil {
+					next.NotifiersDeleted = map[string]uint64{}
+				}
+				owned.notifiers = true
+			}
+			if eff.notifier == nil {
+				delete(next.Notifiers, eff.notifierName)
+				next.NotifiersDeleted[eff.notifierName] = e.Index
+			} else {
+				next.Notifiers[eff.notifierName] = eff.notifier
+				delete(next.NotifiersDeleted, eff.notifierName)
+			}
 		case eff.node != nil:
 			if !owned.nodes {
 				next.Nodes, next.Removed = maps.Clone(next.Nodes), maps.Clone(next.Removed)
@@ -338,7 +361,7 @@ func (m *Machine) ApplyBatch(entries []Entry) []Result {
 				delete(next.Deleted, c.Service)
 			}
 		}
-		if eff != nil {
+		if eff != nil && !eff.noEvent {
 			ev := eff.event
 			ev.Index, ev.Time, ev.Actor, ev.Service = e.Index, c.Time, c.Actor, c.Service
 			if c.Reason != "" {
@@ -416,7 +439,14 @@ func (m *Machine) apply(v *View, index uint64, c *Command) (Result, *effect) {
 }
 
 func (m *Machine) run(v *View, cur *Service, index uint64, c *Command, reg *registration) (Result, *effect) {
-	if c.IfVersion != nil && *c.IfVersion != cur.version() {
+	if p, ok := c.Payload.(notifierVersioned); ok {
+		if n := v.Notifiers[p.versionedName()]; c.IfVersion != nil && *c.IfVersion != n.version() {
+			if n == nil {
+				return refuse(CodeVersionMismatch, nil, "notifier %q does not exist, but version %d was expected", p.versionedName(), *c.IfVersion), nil
+			}
+			return Result{Code: CodeVersionMismatch, Err: fmt.Sprintf("notifier %q is at version %d, not %d; read it again and retry", n.Name, n.Version, *c.IfVersion), Version: n.Version}, nil
+		}
+	} else if c.IfVersion != nil && *c.IfVersion != cur.version() {
 		if cur == nil {
 			return refuse(CodeVersionMismatch, cur, "service %q does not exist, but version %d was expected", c.Service, *c.IfVersion), nil
 		}
@@ -469,6 +499,14 @@ func (s *Service) version() uint64 {
 		return 0
 	}
 	return s.Version
+}
+
+// version is the notifier's version, 0 when it does not exist.
+func (n *Notifier) version() uint64 {
+	if n == nil {
+		return 0
+	}
+	return n.Version
 }
 
 // refuse builds the result of a command that changed nothing.

@@ -25,6 +25,10 @@ var commands = func() registry {
 	register(r, "rollout_start", checkRolloutStart, applyRolloutStart)
 	register(r, "rollout_change", checkRolloutChange, applyRolloutChange)
 	register(r, "rollback", checkRollback, applyRollback)
+	register(r, "put_notifier", checkPutNotifier, applyPutNotifier)
+	register(r, "delete_notifier", checkNotifierName, applyDeleteNotifier)
+	register(r, "notify_cursor", checkNotifyCursor, applyNotifyCursor)
+	register(r, "record_event", checkRecordEvent, applyRecordEvent)
 	return r
 }()
 
@@ -77,6 +81,14 @@ type effect struct {
 	// node, for membership commands, is the node to store (or, with an empty
 	// ClusterAddr, to forget); service is then unused.
 	node *NodeInfo
+	// notifierName, for notifier commands, is the notifier to store
+	// (notifier) or, with notifier nil, to delete; service is then unused.
+	notifierName string
+	notifier     *Notifier
+	// noEvent: the command records no event (a delivery cursor).
+	noEvent bool
+	// eventOnly: the command only records its event (RecordEvent).
+	eventOnly bool
 }
 
 // register adds the kind of payload type P to r, with its name, check and
@@ -183,6 +195,9 @@ func (c Command) Validate() error {
 func (c *Command) validateCommon() error {
 	if len(c.IdemKey) > maxIdemKeyLen {
 		return fmt.Errorf("idempotency key is longer than %d characters", maxIdemKeyLen)
+	}
+	if _, ok := c.Payload.(serviceOptionalPayload); ok && c.Service == "" {
+		return nil
 	}
 	if _, ok := c.Payload.(clusterPayload); ok {
 		if c.Service != "" {

@@ -7,8 +7,15 @@ import (
 )
 
 // snapshotFormat is the version of the snapshot document; Restore refuses any
-// other.
-const snapshotFormat = 1
+// other. Format 2 adds the notifiers; a state without any is still written
+// as format 1, byte for byte what builds before notifiers wrote, so that
+// they can read it (an older build would drop the notifiers of a format 1
+// document in silence, so a state with notifiers is format 2, which they
+// refuse).
+const (
+	snapshotFormat          = 1
+	snapshotFormatNotifiers = 2
+)
 
 // snapshot is the whole state as one JSON document. Maps encode with sorted
 // keys and lists keep their order, so equal states give equal bytes.
@@ -25,6 +32,9 @@ type snapshot struct {
 	// it; Restore then infers it from a full trail.
 	EventsDroppedThrough *uint64     `json:"events_dropped_through,omitempty"`
 	Idempotency          []idemEntry `json:"idempotency"`
+	// Notifiers and NotifiersDeleted (format 2).
+	Notifiers        map[string]*Notifier `json:"notifiers,omitempty"`
+	NotifiersDeleted map[string]uint64    `json:"notifiers_deleted,omitempty"`
 }
 
 // WriteSnapshot writes the whole state as one JSON document. It may run while
@@ -42,6 +52,12 @@ func (m *Machine) WriteSnapshot(w io.Writer) error {
 		Removed:     v.Removed,
 		Events:      m.events,
 		Idempotency: m.idemQueue,
+
+		Notifiers:        v.Notifiers,
+		NotifiersDeleted: v.NotifiersDeleted,
+	}
+	if len(snap.Notifiers) > 0 || len(snap.NotifiersDeleted) > 0 {
+		snap.Format = snapshotFormatNotifiers
 	}
 	dropped := m.droppedThrough
 	snap.EventsDroppedThrough = &dropped
@@ -65,13 +81,14 @@ func (m *Machine) Restore(r io.Reader) error {
 	if err := json.NewDecoder(r).Decode(&snap); err != nil {
 		return fmt.Errorf("reading snapshot: %w", err)
 	}
-	if snap.Format != snapshotFormat {
-		return fmt.Errorf("snapshot format %d is not supported; this build reads format %d", snap.Format, snapshotFormat)
+	if snap.Format != snapshotFormat && snap.Format != snapshotFormatNotifiers {
+		return fmt.Errorf("snapshot format %d is not supported; this build reads formats %d and %d", snap.Format, snapshotFormat, snapshotFormatNotifiers)
 	}
 	if err := snap.validate(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted, Nodes: snap.Nodes, Removed: snap.Removed}
+	v := &View{Index: snap.Index, Services: snap.Services, Deleted: snap.Deleted, Nodes: snap.Nodes, Removed: snap.Removed,
+		Notifiers: snap.Notifiers, NotifiersDeleted: snap.NotifiersDeleted}
 	if v.Nodes == nil {
 		v.Nodes = map[string]NodeInfo{}
 	}
@@ -149,6 +166,18 @@ func (s *snapshot) validate() error {
 	if d := s.EventsDroppedThrough; d != nil {
 		if *d > s.Index || (len(s.Events) > 0 && *d >= s.Events[0].Index) {
 			return fmt.Errorf("events_dropped_through %d must be below the index of the oldest event kept and at most the snapshot's index %d", *d, s.Index)
+		}
+	}
+	for _, name := range sortedKeys(s.Notifiers) {
+		n := s.Notifiers[name]
+		if n == nil || n.Name != name {
+			return fmt.Errorf("notifier %q is stored under another name", name)
+		}
+		if err := ValidateNotifierName(name); err != nil {
+			return err
+		}
+		if _, ok := s.NotifiersDeleted[name]; ok {
+			return fmt.Errorf("notifier %q is both live and deleted", name)
 		}
 	}
 	seen := make(map[string]bool, len(s.Idempotency))

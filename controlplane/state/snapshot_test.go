@@ -182,7 +182,7 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		wantErr string
 	}{
 		{"not json", "{", "reading snapshot"},
-		{"format", edit(func(d map[string]any) { d["format"] = 2 }), "snapshot format 2 is not supported; this build reads format 1"},
+		{"format", edit(func(d map[string]any) { d["format"] = 3 }), "snapshot format 3 is not supported; this build reads formats 1 and 2"},
 		{"no format", `{}`, "snapshot format 0 is not supported"},
 		{"sum", edit(func(d map[string]any) { svc(d)["weights"].(map[string]any)["blue"] = 99 }), `service "svc" weights: weights sum to 99, not 100`},
 		{"weights miss a pool", edit(func(d map[string]any) { delete(svc(d)["weights"].(map[string]any), "green") }), "do not list every pool"},

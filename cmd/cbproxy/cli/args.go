@@ -70,6 +70,8 @@ type invocation struct {
 
 	out    io.Writer
 	client *client
+	// getenv reads the environment (a fake in tests).
+	getenv func(string) string
 }
 
 // flag reports whether the boolean flag name was given and is true.
@@ -82,7 +84,7 @@ func (inv *invocation) flag(name string) bool {
 // or --name=value (one dash works too); "--" ends the flags. Global flags fall
 // back to the environment.
 func parseArgs(cmd *command, argv []string, getenv func(string) string) (*invocation, error) {
-	inv := &invocation{flags: map[string]string{}}
+	inv := &invocation{flags: map[string]string{}, getenv: getenv}
 	specs := slices.Concat(cmd.flags, globalFlags)
 	for i := 0; i < len(argv); i++ {
 		arg := argv[i]
