@@ -221,8 +221,6 @@ func (n *Node) learnCapabilities() {
 	}
 }
 
-// askCapabilities asks the members for their status, all at once, each
-// bounded by capabilitiesTimeout, and records the answers.
 // refreshCapabilities asks a member in the background, once at a time.
 func (n *Node) refreshCapabilities(s raft.Server) {
 	if !n.members.startRefresh(string(s.ID)) {
@@ -234,6 +232,8 @@ func (n *Node) refreshCapabilities(s raft.Server) {
 	}()
 }
 
+// askCapabilities asks the members for their status, all at once, each
+// bounded by capabilitiesTimeout, and records the answers.
 func (n *Node) askCapabilities(ctx context.Context, members []raft.Server) {
 	var wg sync.WaitGroup
 	for _, s := range members {
