@@ -25,14 +25,14 @@ import (
 var updateGolden = flag.Bool("update-golden", false, "rewrite testdata/*.golden from this build (only for new entries; see golden_test.go)")
 
 const (
-	goldenEntries  = "testdata/entries.golden"
-	goldenResults  = "testdata/entries-results.golden"
+	goldenEntries = "testdata/entries.golden"
+	goldenResults = "testdata/entries-results.golden"
 	// goldenSnapshot is the state after the entries of the kinds the
 	// baseline build has (the build before typed commands wrote it);
 	// goldenSnapshotLatest the state after every entry, later kinds too.
 	goldenSnapshot       = "testdata/entries-snapshot.golden.json"
 	goldenSnapshotLatest = "testdata/entries-snapshot-latest.golden.json"
-	goldenScript   = "testdata/script.golden"
+	goldenScript         = "testdata/script.golden"
 )
 
 // goldenCommand is one command as a part of cbproxy builds it.
