@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale soak fuzz clean
+.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli soak fuzz clean
 
 all: build
 
@@ -58,7 +58,7 @@ e2e:
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
-bench: build bench-go bench-propagation bench-apply bench-rollback bench-scale
+bench: build bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
 
 # How fast a weight change reaches every node of a local three-node cluster,
@@ -77,6 +77,13 @@ bench-apply: build
 # rebuild of one change (bench/README.md).
 bench-scale: build
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/scale.sh
+
+# How long a CLI command takes, start to exit, against one node: the median
+# of RUNS runs of each of a few commands next to the 50 ms goal, and what the
+# initialisation of the linked packages costs (bench/README.md).
+RUNS ?= 50
+bench-cli: build
+	$(GO) run ./bench/cli -bin $(BIN)/cbproxy -runs $(RUNS)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/
