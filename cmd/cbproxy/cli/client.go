@@ -201,12 +201,24 @@ func connectionFailed(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
+// unreachableError is a call that got no answer from the node.
+type unreachableError struct {
+	base string
+	err  error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the admin API at %s: %v; is cbproxy running? check --admin", e.base, e.err)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
+
 func (c *client) unreachable(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		err = ue.Err // the URL is said once below
+		err = ue.Err // the URL is said once in the message
 	}
-	return fmt.Errorf("cannot reach the admin API at %s: %v; is cbproxy running? check --admin", c.base, err)
+	return &unreachableError{base: c.base.String(), err: err}
 }
 
 // apiError is an error answer of the admin API: {"error":…,"code":…}.
@@ -266,6 +278,10 @@ func (e *apiError) hint() string {
 
 // exitCode maps an error of a command to the contract's exit code.
 func exitCode(err error) int {
+	var ended *rolloutEnded
+	if errors.As(err, &ended) {
+		return ended.exitCode()
+	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch ae.status {

@@ -370,12 +370,21 @@ func runEvents(ctx context.Context, inv *invocation) error {
 			lastID = strconv.FormatUint(e.Index, 10)
 		}
 	}
-	// A server that cuts a reader off for falling behind ends the stream
-	// with `event: reconnect`: resume after the last event, losing nothing.
-	// Any other end of the stream ends the command.
+	return inv.client.followEvents(ctx, query, lastID, func(raw []byte) error {
+		_, err := print(raw)
+		return err
+	})
+}
+
+// followEvents reads the event stream (of the services query names) from
+// after the event lastID ("": from now on) and calls fn with each event's
+// JSON. A server that cuts a reader off for falling behind ends the stream
+// with `event: reconnect`: it resumes after the last event, losing nothing.
+// Any other end of the stream ends it.
+func (c *client) followEvents(ctx context.Context, query url.Values, lastID string, fn func(raw []byte) error) error {
 	for {
 		cut := false
-		err := inv.client.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
+		err := c.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
 			if ev.id != "" {
 				lastID = ev.id
 			}
@@ -383,8 +392,7 @@ func runEvents(ctx context.Context, inv *invocation) error {
 				cut = true
 				return nil
 			}
-			_, err := print([]byte(ev.data))
-			return err
+			return fn([]byte(ev.data))
 		})
 		if err != nil || !cut || ctx.Err() != nil {
 			return err

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,11 +44,22 @@ func runClusterRecover(ctx context.Context, inv *invocation) error {
 	if cfg.DataDir == "" {
 		return usagef("name the stopped node with --config (its Caddyfile) or --data-dir")
 	}
-	return controlplane.Recover(ctx, cfg, controlplane.RecoverOptions{
-		Force:  inv.flag("force"),
-		DryRun: inv.flag("dry-run"),
-		Out:    inv.out,
-	})
+	opts := controlplane.RecoverOptions{Force: inv.flag("force"), DryRun: inv.flag("dry-run"), Out: inv.out}
+	if !inv.json {
+		return controlplane.Recover(ctx, cfg, opts)
+	}
+	// With --json the report is printed as one document once it is done; a
+	// refusal or failure is the error object alone.
+	var report controlplane.RecoverReport
+	opts.Out, opts.Report = io.Discard, &report
+	if err := controlplane.Recover(ctx, cfg, opts); err != nil {
+		return err
+	}
+	body, err := json.Marshal(report)
+	if err != nil {
+		return err
+	}
+	return writeJSON(inv.out, body)
 }
 
 // nodeConfigFromFile reads the node's settings from its Caddyfile, or from
