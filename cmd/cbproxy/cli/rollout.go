@@ -233,11 +233,13 @@ func finalState(s string) bool {
 // than promoted (exit 5 or 6), or does not end before --timeout (exit 7).
 type rolloutEnded struct {
 	id, state, reason string
+	// still is the rollout's state when --timeout passed (state "timeout").
+	still string
 }
 
 func (e *rolloutEnded) Error() string {
 	if e.state == "timeout" {
-		return fmt.Sprintf("rollout %s is still %s after --timeout", e.id, e.reason)
+		return fmt.Sprintf("rollout %s is still %s after --timeout", e.id, e.still)
 	}
 	s := fmt.Sprintf("rollout %s ended %s", e.id, e.state)
 	if e.reason != "" {
@@ -372,7 +374,7 @@ func followRollout(ctx context.Context, inv *invocation) error {
 		case <-ctx.Done(): // Ctrl-C ends --follow, as it does for events
 			return nil
 		case <-timeout:
-			return &rolloutEnded{id: followed, state: "timeout", reason: r.State}
+			return &rolloutEnded{id: followed, state: "timeout", still: r.State}
 		case err := <-streamDone:
 			if ctx.Err() != nil {
 				return nil
