@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli soak fuzz clean
+.PHONY: all build run run-cluster test vet lint unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli tools-systemd soak fuzz clean
 
 all: build
 
@@ -53,8 +53,14 @@ unit:
 	$(GO) test -race -timeout 10m $$($(GO) list ./... | grep -v /e2e)
 
 # End-to-end tests drive the real binary (built by the test itself).
-e2e:
+e2e: tools-systemd
 	$(GO) test -timeout 10m ./e2e/...
+
+# systemd-analyze (Debian's systemd package), for e2e TestSystemdUnit's
+# `systemd-analyze verify` of configs/systemd/cbproxy.service; nothing to do
+# when it is there.
+tools-systemd:
+	@command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
