@@ -73,9 +73,10 @@ backend (unless --force).`,
 		long: `Shows SERVICE's current or last rollout: its strategy, state, pools, step and
 hold, and the SLO verdict with each pool's requests, errors, error rate (with
 its 95 % interval), P95 latency and the number of nodes reporting. With
---follow it prints it again every second until the rollout is promoted,
-rolled back or aborted, or Ctrl-C; with --json it prints the API's rollout
-body each time, one per line.`,
+--follow it prints it again on every change and every second until the
+rollout ends, and exits 0 when it was promoted, 5 rolled back, 6 aborted (7
+after --timeout, 1 if the node is lost; Ctrl-C exits 0); with --json it
+prints the API's rollout body each time, one per line.`,
 		run: runRolloutStatus,
 	},
 	{
@@ -345,10 +346,16 @@ func runEvents(ctx context.Context, inv *invocation) error {
 			return e, err
 		}
 		if inv.json {
-			return e, writeJSONLine(inv.out, raw)
+			if err := writeJSONLine(inv.out, raw); err != nil {
+				return e, err
+			}
+			return e, inv.out.Flush()
 		}
 		writeEvent(tw, e)
-		return e, tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return e, err
+		}
+		return e, inv.out.Flush()
 	}
 	var lastID string
 	if hasLimit {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -44,7 +45,9 @@ func runClusterRecover(ctx context.Context, inv *invocation) error {
 	if cfg.DataDir == "" {
 		return usagef("name the stopped node with --config (its Caddyfile) or --data-dir")
 	}
-	opts := controlplane.RecoverOptions{Force: inv.flag("force"), DryRun: inv.flag("dry-run"), Out: inv.out}
+	// The text comes line by line while members are asked (up to 2 s each):
+	// each line is flushed as it comes.
+	opts := controlplane.RecoverOptions{Force: inv.flag("force"), DryRun: inv.flag("dry-run"), Out: flushing{inv.out}}
 	if !inv.json {
 		return controlplane.Recover(ctx, cfg, opts)
 	}
@@ -75,4 +78,15 @@ func nodeConfigFromFile(path string) (controlplane.Config, error) {
 		}
 	}
 	return proxymod.NodeConfig(body)
+}
+
+// flushing writes through a buffered writer at once.
+type flushing struct{ w *bufio.Writer }
+
+func (f flushing) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.w.Flush()
+	}
+	return n, err
 }

@@ -421,13 +421,20 @@ func interruptedIsDone(err error) error {
 // printFollowed prints one state of the followed rollout: one JSON line, or
 // the table after a blank line when one came before.
 func (inv *invocation) printFollowed(r rolloutDetail, body []byte, again bool) error {
-	if inv.json {
-		return writeJSONLine(inv.out, body)
-	}
-	if again {
+	var err error
+	switch {
+	case inv.json:
+		err = writeJSONLine(inv.out, body)
+	case again:
 		fmt.Fprintln(inv.out)
+		fallthrough
+	default:
+		err = writeRollout(inv.out, r, time.Now())
 	}
-	return writeRollout(inv.out, r, time.Now())
+	if err != nil {
+		return err
+	}
+	return inv.out.Flush()
 }
 
 // noRollout turns the 404 of GET …/rollout into what it means. The same 404
