@@ -86,10 +86,12 @@ bench-scale: build
 
 # How long a CLI command takes, start to exit, against one node: the median
 # of RUNS runs of each of a few commands next to the 50 ms goal, and what the
-# initialisation of the linked packages costs (bench/README.md).
+# initialisation of the linked packages costs; then the same with SERVICES
+# services, where the answers are a megabyte (bench/README.md).
 RUNS ?= 50
+SERVICES ?= 1000
 bench-cli: build
-	$(GO) run ./bench/cli -bin $(BIN)/cbproxy -runs $(RUNS)
+	$(GO) run ./bench/cli -bin $(BIN)/cbproxy -runs $(RUNS) -services $(SERVICES)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/

@@ -134,11 +134,23 @@ func (c *client) send(ctx context.Context, req request, payload []byte, write bo
 		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	body, err := readAnswer(resp)
 	if err != nil {
 		return 0, nil, nil, err
 	}
 	return resp.StatusCode, resp.Header, body, nil
+}
+
+// readAnswer reads an answer's body, up to maxAnswer, into a buffer of the
+// size the answer announces: the list of 1,000 services is a megabyte, which
+// io.ReadAll would reach by growing and copying its buffer twenty times.
+func readAnswer(resp *http.Response) ([]byte, error) {
+	var b bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= maxAnswer {
+		b.Grow(int(n) + bytes.MinRead) // ReadFrom wants room for one more read to see the end
+	}
+	_, err := b.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
+	return b.Bytes(), err
 }
 
 func (c *client) newRequest(ctx context.Context, method, path string, query url.Values, payload []byte) (*http.Request, error) {

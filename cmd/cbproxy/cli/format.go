@@ -222,6 +222,9 @@ func writeEvent(tw *tabwriter.Writer, e eventBody) {
 // writeJSON prints an answer as is, indented.
 func writeJSON(w io.Writer, body []byte) error {
 	var b bytes.Buffer
+	// Indented, an answer takes about twice its size (three times for the
+	// deepest, the service list): one allocation instead of a dozen copies.
+	b.Grow(3*len(body) + 1)
 	if json.Indent(&b, body, "", "  ") != nil {
 		b.Reset()
 		b.Write(bytes.TrimSpace(body))
