@@ -31,7 +31,6 @@ const (
   "step_started":"2026-03-01T10:00:00Z","ended":"2026-03-01T10:01:30Z","reason":"green error rate 4.1% > 1%","verdict":null}`
 )
 
-
 // withState is rolloutJSON in another state.
 func withState(s string) string {
 	return strings.Replace(rolloutJSON, `"state":"running"`, `"state":"`+s+`"`, 1)
