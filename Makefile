@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint promtool unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale soak fuzz clean
+.PHONY: all build run run-cluster test vet lint promtool unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli tools-systemd soak fuzz clean
 
 all: build
 
@@ -63,12 +63,18 @@ unit:
 
 # End-to-end tests drive the real binary (built by the test itself, so Go's
 # test cache cannot see a change of the code under test: -count=1).
-e2e:
+e2e: tools-systemd
 	$(GO) test -count=1 -timeout 10m ./e2e/...
+
+# systemd-analyze (Debian's systemd package), for e2e TestSystemdUnit's
+# `systemd-analyze verify` of configs/systemd/cbproxy.service; nothing to do
+# when it is there.
+tools-systemd:
+	@command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
-bench: build bench-go bench-propagation bench-apply bench-rollback bench-scale
+bench: build bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/proxy-ab.sh
 
 # How fast a weight change reaches every node of a local three-node cluster,
@@ -87,6 +93,15 @@ bench-apply: build
 # rebuild of one change (bench/README.md).
 bench-scale: build
 	CBPROXY_BIN=$(BIN)/cbproxy BACKEND_BIN=$(BIN)/cbproxy-backend ./bench/scale.sh
+
+# How long a CLI command takes, start to exit, against one node: the median
+# of RUNS runs of each of a few commands next to the 50 ms goal, and what the
+# initialisation of the linked packages costs; then the same with SERVICES
+# services, where the answers are a megabyte (bench/README.md).
+RUNS ?= 50
+SERVICES ?= 1000
+bench-cli: build
+	$(GO) run ./bench/cli -bin $(BIN)/cbproxy -runs $(RUNS) -services $(SERVICES)
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./proxymod/

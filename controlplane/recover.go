@@ -9,6 +9,9 @@ import (
 // RecoverOptions say how Recover runs (raftnode.RecoverOptions).
 type RecoverOptions = raftnode.RecoverOptions
 
+// RecoverReport is what Recover found, planned and did (raftnode.RecoverReport).
+type RecoverReport = raftnode.RecoverReport
+
 // Recover turns a stopped node whose cluster lost its quorum for good into a
 // one-node cluster that keeps its whole state (raftnode.Recover; docs/
 // operations.md, "Recovering from quorum loss"). cfg is the node's

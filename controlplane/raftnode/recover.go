@@ -34,6 +34,47 @@ type RecoverOptions struct {
 	Out io.Writer
 	// ProbeTimeout bounds the call to each other member (default 2 s).
 	ProbeTimeout time.Duration
+	// Report, if set, receives what Out says as data, as far as Recover got
+	// (cbproxy cluster recover --json).
+	Report *RecoverReport
+}
+
+// RecoverReport is what Recover found, planned and did.
+type RecoverReport struct {
+	DataDir string `json:"data_dir"`
+	NodeID  string `json:"node_id"`
+	// ClusterAddr is the node's address in the new configuration.
+	ClusterAddr string `json:"cluster_addr"`
+	// RaftLog is false when the state came from applied.json alone.
+	RaftLog bool `json:"raft_log"`
+	// Before is the state found, After the state once recovered (absent on
+	// a dry run).
+	Before RecoverState  `json:"before"`
+	After  *RecoverState `json:"after,omitempty"`
+	// Members is the old configuration, with what each other member
+	// answered on its cluster address.
+	Members []RecoverMember `json:"members"`
+	DryRun  bool            `json:"dry_run"`
+	// Forced is set when --force made it go on although a member answered.
+	Forced    bool `json:"forced"`
+	Recovered bool `json:"recovered"`
+}
+
+// RecoverState sums up a node's replicated state.
+type RecoverState struct {
+	Index    uint64 `json:"index"`
+	Services int    `json:"services"`
+	Events   int    `json:"events"`
+	Nodes    int    `json:"nodes"`
+}
+
+// RecoverMember is one member of the old configuration.
+type RecoverMember struct {
+	ID          string `json:"id"`
+	ClusterAddr string `json:"cluster_addr"`
+	Self        bool   `json:"self"`
+	Answered    bool   `json:"answered"`
+	Answer      string `json:"answer,omitempty"`
 }
 
 // Recover turns a stopped node whose cluster lost its quorum for good into a
@@ -133,6 +174,15 @@ func Recover(ctx context.Context, cfg Config, o RecoverOptions) error {
 		self = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(cfg.NodeID), Address: raft.ServerAddress(cfg.ClusterListen)}
 	}
 
+	report := o.Report
+	if report == nil {
+		report = &RecoverReport{}
+	}
+	*report = RecoverReport{DataDir: cfg.DataDir, NodeID: cfg.NodeID, ClusterAddr: string(self.Address), RaftLog: hasState,
+		Before: stateOf(n), DryRun: o.DryRun, Members: []RecoverMember{}}
+	for _, s := range members {
+		report.Members = append(report.Members, RecoverMember{ID: string(s.ID), ClusterAddr: string(s.Address), Self: s.ID == self.ID})
+	}
 	fmt.Fprintf(out, "data dir %s: node %s, state at index %d: %s\n", cfg.DataDir, cfg.NodeID, before.Index, stateSummary(n))
 	if hasState {
 		fmt.Fprintf(out, "Raft configuration: %s\n", strings.Join(listed, ", "))
@@ -144,6 +194,11 @@ func Recover(ctx context.Context, cfg Config, o RecoverOptions) error {
 		fmt.Fprintln(out, "asking the other members on their cluster addresses:")
 		for _, p := range probeMembers(ctx, cfg, others, o.ProbeTimeout) {
 			fmt.Fprintf(out, "  %s %s: %s\n", p.server.ID, p.server.Address, p.answer)
+			for i := range report.Members {
+				if report.Members[i].ID == string(p.server.ID) {
+					report.Members[i].Answered, report.Members[i].Answer = p.answered, p.answer
+				}
+			}
 			if p.answered {
 				answering = append(answering, fmt.Sprintf("%s at %s (%s)", p.server.ID, p.server.Address, p.answer))
 			}
@@ -161,6 +216,7 @@ func Recover(ctx context.Context, cfg Config, o RecoverOptions) error {
 				"A cluster with quorum needs no recovery: remove dead members with `cbproxy cluster remove`. If those nodes are gone for good and what answers is something else, stop it or pass --force",
 				strings.Join(answering, "; "))
 		}
+		report.Forced = true
 		fmt.Fprintf(out, "--force: going ahead although %s answers\n", strings.Join(answering, "; "))
 	}
 	if o.DryRun {
@@ -176,6 +232,8 @@ func Recover(ctx context.Context, cfg Config, o RecoverOptions) error {
 	} else if err := snapshotAppliedState(n, conf, trans); err != nil {
 		return err
 	}
+	after := stateOf(n)
+	report.After, report.Recovered = &after, true
 	fmt.Fprintf(out, "done: %s is a one-node cluster; its state is at index %d: %s\n", self.ID, n.fsm.machine.View().Index, stateSummary(n))
 	fmt.Fprintln(out, "next: start the node (its Caddyfile may keep join and bootstrap_expect: it is a member and does not bootstrap again), "+
 		"check `cbproxy cluster status`, then start fresh nodes (new data dirs) with `join` naming this node's admin address")
@@ -203,9 +261,14 @@ func snapshotAppliedState(n *Node, conf raft.Configuration, trans raft.Transport
 
 // stateSummary counts what the operator wants to see kept.
 func stateSummary(n *Node) string {
+	s := stateOf(n)
+	return fmt.Sprintf("%d services, %d events, %d nodes in the node list", s.Services, s.Events, s.Nodes)
+}
+
+func stateOf(n *Node) RecoverState {
 	v := n.fsm.machine.View()
 	events := n.fsm.machine.Events("", 0, math.MaxInt)
-	return fmt.Sprintf("%d services, %d events, %d nodes in the node list", len(v.Services), len(events), len(v.Nodes))
+	return RecoverState{Index: v.Index, Services: len(v.Services), Events: len(events), Nodes: len(v.Nodes)}
 }
 
 // readNodeID reads the node ID a node generated in its data dir (a node

@@ -1,10 +1,10 @@
 package cli
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"regexp"
 	"slices"
@@ -68,7 +68,7 @@ type invocation struct {
 	token string
 	json  bool
 
-	out    io.Writer
+	out    *bufio.Writer // stdout; flushed at the end, and by streams after each item
 	client *client
 	// getenv reads the environment (a fake in tests).
 	getenv func(string) string

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
 func commandNamed(t testing.TB, name string) *command {
@@ -264,6 +266,10 @@ func FuzzParseArgs(f *testing.F) {
 		"--config\x00/etc/caddy/Caddyfile\x00--dry-run",
 		"--data-dir=/var/lib/cbproxy\x00--node-id\x00node1\x00--force",
 		"--node-id=bad id\x00--data-dir\x00",
+		"svc\x00--follow\x00--timeout\x0030m\x00--json=true",
+		"svc\x00--timeout=1h2m3s\x00--follow=false\x00--json=false\x00--json",
+		"svc\x00--timeout\x00-1s\x00--json=maybe\x00--\x00--json",
+		"-json\x00svc\x00--token=--json\x00--timeout=0s",
 	} {
 		for i := range commands {
 			f.Add(uint8(i), seed)
@@ -279,6 +285,16 @@ func FuzzParseArgs(f *testing.F) {
 				t.Fatalf("%q: error %v is neither help nor a usage error", argv, err)
 			}
 			return
+		}
+		// The error object's choice reads --json apart from the parse:
+		// both must agree on every line the parse accepts.
+		if wantsJSON(argv) != inv.json {
+			t.Fatalf("%q: --json parsed as %v, wantsJSON says %v", argv, inv.json, wantsJSON(argv))
+		}
+		if v, ok := inv.flags["timeout"]; ok {
+			if d, err := state.ParseDuration(v); err != nil || d < 0 {
+				t.Fatalf("accepted --timeout %q", v)
+			}
 		}
 		if v, ok := inv.flags["if-version"]; ok {
 			if _, err := strconv.ParseUint(v, 10, 64); err != nil {

@@ -134,11 +134,23 @@ func (c *client) send(ctx context.Context, req request, payload []byte, write bo
 		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	body, err := readAnswer(resp)
 	if err != nil {
 		return 0, nil, nil, err
 	}
 	return resp.StatusCode, resp.Header, body, nil
+}
+
+// readAnswer reads an answer's body, up to maxAnswer, into a buffer of the
+// size the answer announces: the list of 1,000 services is a megabyte, which
+// io.ReadAll would reach by growing and copying its buffer twenty times.
+func readAnswer(resp *http.Response) ([]byte, error) {
+	var b bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= maxAnswer {
+		b.Grow(int(n) + bytes.MinRead) // ReadFrom wants room for one more read to see the end
+	}
+	_, err := b.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
+	return b.Bytes(), err
 }
 
 func (c *client) newRequest(ctx context.Context, method, path string, query url.Values, payload []byte) (*http.Request, error) {
@@ -201,12 +213,24 @@ func connectionFailed(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
+// unreachableError is a call that got no answer from the node.
+type unreachableError struct {
+	base string
+	err  error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the admin API at %s: %v; is cbproxy running? check --admin", e.base, e.err)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
+
 func (c *client) unreachable(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		err = ue.Err // the URL is said once below
+		err = ue.Err // the URL is said once in the message
 	}
-	return fmt.Errorf("cannot reach the admin API at %s: %v; is cbproxy running? check --admin", c.base, err)
+	return &unreachableError{base: c.base.String(), err: err}
 }
 
 // apiError is an error answer of the admin API: {"error":…,"code":…}.
@@ -266,6 +290,10 @@ func (e *apiError) hint() string {
 
 // exitCode maps an error of a command to the contract's exit code.
 func exitCode(err error) int {
+	var ended *rolloutEnded
+	if errors.As(err, &ended) {
+		return ended.exitCode()
+	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch ae.status {

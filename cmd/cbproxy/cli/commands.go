@@ -73,9 +73,10 @@ backend (unless --force).`,
 		long: `Shows SERVICE's current or last rollout: its strategy, state, pools, step and
 hold, and the SLO verdict with each pool's requests, errors, error rate (with
 its 95 % interval), P95 latency and the number of nodes reporting. With
---follow it prints it again every second until the rollout is promoted,
-rolled back or aborted, or Ctrl-C; with --json it prints the API's rollout
-body each time, one per line.`,
+--follow it prints it again on every change and every second until the
+rollout ends, and exits 0 when it was promoted, 5 rolled back, 6 aborted (7
+after --timeout, 1 if the node is lost; Ctrl-C exits 0); with --json it
+prints the API's rollout body each time, one per line.`,
 		run: runRolloutStatus,
 	},
 	{
@@ -345,10 +346,16 @@ func runEvents(ctx context.Context, inv *invocation) error {
 			return e, err
 		}
 		if inv.json {
-			return e, writeJSONLine(inv.out, raw)
+			if err := writeJSONLine(inv.out, raw); err != nil {
+				return e, err
+			}
+			return e, inv.out.Flush()
 		}
 		writeEvent(tw, e)
-		return e, tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return e, err
+		}
+		return e, inv.out.Flush()
 	}
 	var lastID string
 	if hasLimit {
@@ -370,12 +377,21 @@ func runEvents(ctx context.Context, inv *invocation) error {
 			lastID = strconv.FormatUint(e.Index, 10)
 		}
 	}
-	// A server that cuts a reader off for falling behind ends the stream
-	// with `event: reconnect`: resume after the last event, losing nothing.
-	// Any other end of the stream ends the command.
+	return inv.client.followEvents(ctx, query, lastID, func(raw []byte) error {
+		_, err := print(raw)
+		return err
+	})
+}
+
+// followEvents reads the event stream (of the services query names) from
+// after the event lastID ("": from now on) and calls fn with each event's
+// JSON. A server that cuts a reader off for falling behind ends the stream
+// with `event: reconnect`: it resumes after the last event, losing nothing.
+// Any other end of the stream ends it.
+func (c *client) followEvents(ctx context.Context, query url.Values, lastID string, fn func(raw []byte) error) error {
 	for {
 		cut := false
-		err := inv.client.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
+		err := c.stream(ctx, "/v1/events/stream", query, lastID, func(ev sseEvent) error {
 			if ev.id != "" {
 				lastID = ev.id
 			}
@@ -383,8 +399,7 @@ func runEvents(ctx context.Context, inv *invocation) error {
 				cut = true
 				return nil
 			}
-			_, err := print([]byte(ev.data))
-			return err
+			return fn([]byte(ev.data))
 		})
 		if err != nil || !cut || ctx.Err() != nil {
 			return err

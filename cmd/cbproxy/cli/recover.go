@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,11 +45,24 @@ func runClusterRecover(ctx context.Context, inv *invocation) error {
 	if cfg.DataDir == "" {
 		return usagef("name the stopped node with --config (its Caddyfile) or --data-dir")
 	}
-	return controlplane.Recover(ctx, cfg, controlplane.RecoverOptions{
-		Force:  inv.flag("force"),
-		DryRun: inv.flag("dry-run"),
-		Out:    inv.out,
-	})
+	// The text comes line by line while members are asked (up to 2 s each):
+	// each line is flushed as it comes.
+	opts := controlplane.RecoverOptions{Force: inv.flag("force"), DryRun: inv.flag("dry-run"), Out: flushing{inv.out}}
+	if !inv.json {
+		return controlplane.Recover(ctx, cfg, opts)
+	}
+	// With --json the report is printed as one document once it is done; a
+	// refusal or failure is the error object alone.
+	var report controlplane.RecoverReport
+	opts.Out, opts.Report = io.Discard, &report
+	if err := controlplane.Recover(ctx, cfg, opts); err != nil {
+		return err
+	}
+	body, err := json.Marshal(report)
+	if err != nil {
+		return err
+	}
+	return writeJSON(inv.out, body)
 }
 
 // nodeConfigFromFile reads the node's settings from its Caddyfile, or from
@@ -62,4 +78,15 @@ func nodeConfigFromFile(path string) (controlplane.Config, error) {
 		}
 	}
 	return proxymod.NodeConfig(body)
+}
+
+// flushing writes through a buffered writer at once.
+type flushing struct{ w *bufio.Writer }
+
+func (f flushing) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.w.Flush()
+	}
+	return n, err
 }

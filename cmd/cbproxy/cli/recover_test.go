@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -50,6 +51,15 @@ func TestClusterRecover(t *testing.T) {
 	code, out, errOut = runAgainst(t, "http://127.0.0.1:1", nil, "cluster", "recover", "--config", caddyfile, "--dry-run")
 	if code != exitOK || !strings.Contains(out, "node node1, state at index") || !strings.Contains(out, "1 services") || !strings.Contains(out, "dry run: nothing changed") {
 		t.Fatalf("dry run: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = runAgainst(t, "http://127.0.0.1:1", nil, "cluster", "recover", "--config", caddyfile, "--dry-run", "--json")
+	var report controlplane.RecoverReport
+	if err := json.Unmarshal([]byte(out), &report); code != exitOK || err != nil || errOut != "" {
+		t.Fatalf("dry run --json: %d %v %q %q", code, err, out, errOut)
+	}
+	if report.NodeID != "node1" || report.DataDir != cfg.DataDir || !report.DryRun || report.Recovered || report.After != nil ||
+		report.Before.Services != 1 || !report.RaftLog || len(report.Members) != 1 || !report.Members[0].Self {
+		t.Fatalf("dry run --json: %+v", report)
 	}
 	code, out, errOut = runAgainst(t, "http://127.0.0.1:1", nil, "cluster", "recover", "--config", caddyfile)
 	if code != exitOK || !strings.Contains(out, "done: node1 is a one-node cluster") {

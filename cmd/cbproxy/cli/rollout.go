@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,7 +38,8 @@ var (
 		{name: "force", usage: "start even if the --to pool has no healthy backend"},
 	}
 	rolloutStatusFlags = []flagSpec{
-		{name: "follow", usage: "print the status every second until the rollout ends or Ctrl-C"},
+		{name: "follow", usage: "print the status on every change and every second until the rollout ends (exit 0 promoted, 5 rolled back, 6 aborted) or Ctrl-C"},
+		{name: "timeout", value: "DURATION", usage: "with --follow: give up (exit 7) if the rollout has not ended after DURATION", check: nonNegativeDuration},
 	}
 )
 
@@ -224,44 +226,215 @@ type poolFigures struct {
 // finalState reports whether a rollout in state s has ended: it moves no traffic
 // any more, and --follow stops.
 func finalState(s string) bool {
-	return s == "promoted" || s == "rolled_back" || s == "aborted"
+	return s == state.RolloutPromoted || s == state.RolloutRolledBack || s == state.RolloutAborted
+}
+
+// rolloutEnded is how --follow ends when the rollout it follows ends other
+// than promoted (exit 5 or 6), or does not end before --timeout (exit 7).
+type rolloutEnded struct {
+	id, state, reason string
+	// still is the rollout's state when --timeout passed (state "timeout").
+	still string
+}
+
+func (e *rolloutEnded) Error() string {
+	if e.state == "timeout" {
+		return fmt.Sprintf("rollout %s is still %s after --timeout", e.id, e.still)
+	}
+	s := fmt.Sprintf("rollout %s ended %s", e.id, e.state)
+	if e.reason != "" {
+		s += ": " + e.reason
+	}
+	return s
+}
+
+// exitCode is the contract's code for the end (docs/cli.md "Exit codes").
+func (e *rolloutEnded) exitCode() int {
+	switch e.state {
+	case state.RolloutRolledBack:
+		return exitRolledBack
+	case state.RolloutAborted:
+		return exitAborted
+	}
+	return exitTimeout
+}
+
+// endOf turns the final state of the followed rollout into the command's end:
+// nil when it was promoted.
+func endOf(r rolloutDetail) error {
+	if r.State == state.RolloutPromoted {
+		return nil
+	}
+	return &rolloutEnded{id: r.ID, state: r.State, reason: oneLine(r.Reason)}
+}
+
+// endingActions are the events that end a rollout, with the state each leaves.
+var endingActions = map[string]string{
+	string(state.ActionRolloutComplete): state.RolloutPromoted,
+	string(state.ActionRolloutAbort):    state.RolloutAborted,
+	"rollback":                          state.RolloutRolledBack,
 }
 
 func runRolloutStatus(ctx context.Context, inv *invocation) error {
-	follow := inv.flag("follow")
-	for printed := false; ; printed = true {
-		body, err := inv.client.do(ctx, request{method: http.MethodGet, path: pathf("/v1/services/%s/rollout", inv.args[0])})
-		if err != nil {
-			if follow && errors.Is(err, errInterrupted) {
+	if inv.flag("follow") {
+		return followRollout(ctx, inv)
+	}
+	if _, ok := inv.flags["timeout"]; ok {
+		return usagef("--timeout is for --follow")
+	}
+	r, body, err := inv.readRollout(ctx)
+	if err != nil {
+		return err
+	}
+	if inv.json {
+		return writeJSON(inv.out, body)
+	}
+	return writeRollout(inv.out, r, time.Now())
+}
+
+// readRollout reads the service's current or last rollout.
+func (inv *invocation) readRollout(ctx context.Context) (rolloutDetail, []byte, error) {
+	var r rolloutDetail
+	body, err := inv.client.do(ctx, request{method: http.MethodGet, path: pathf("/v1/services/%s/rollout", inv.args[0])})
+	if err != nil {
+		return r, nil, inv.noRollout(ctx, err)
+	}
+	if err := decode(body, &r); err != nil {
+		return r, nil, err
+	}
+	r.Service = cmp.Or(r.Service, inv.args[0])
+	return r, body, nil
+}
+
+// followRollout prints the rollout, then again on each event of its service
+// (the audit trail's stream) and every second (the verdict's figures change
+// without events), until the rollout it first printed ends: exit 0 when it is
+// promoted, 5 rolled back, 6 aborted; 7 when --timeout passes first; 1 when
+// the node cannot be read or its stream ends before the rollout does. Ctrl-C
+// ends it with exit 0.
+func followRollout(ctx context.Context, inv *invocation) error {
+	var timeout <-chan time.Time
+	if v, ok := inv.flags["timeout"]; ok {
+		d, _ := state.ParseDuration(v) // checked by the flag
+		if d > 0 {
+			timer := time.NewTimer(time.Duration(d))
+			defer timer.Stop()
+			timeout = timer.C
+		}
+	}
+	// The stream starts after the newest event now, so that no change that
+	// comes after the first read is missed.
+	var newest struct {
+		Events []eventBody `json:"events"`
+	}
+	body, err := inv.client.do(ctx, request{method: http.MethodGet, path: "/v1/events", query: url.Values{"limit": {"1"}}})
+	if err == nil {
+		err = decode(body, &newest)
+	}
+	if err != nil {
+		return interruptedIsDone(err)
+	}
+	lastID := ""
+	if len(newest.Events) > 0 {
+		lastID = strconv.FormatUint(newest.Events[0].Index, 10)
+	}
+
+	r, body, err := inv.readRollout(ctx)
+	if err != nil {
+		return interruptedIsDone(err)
+	}
+	followed := r.ID
+	if err := inv.printFollowed(r, body, false); err != nil || finalState(r.State) {
+		return cmp.Or(err, endOf(r))
+	}
+
+	streamCtx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
+	events := make(chan eventBody)
+	streamDone := make(chan error, 1)
+	go func() {
+		streamDone <- inv.client.followEvents(streamCtx, url.Values{"service": {inv.args[0]}}, lastID, func(raw []byte) error {
+			var e eventBody
+			if err := decode(raw, &e); err != nil {
+				return err
+			}
+			select {
+			case events <- e:
 				return nil
+			case <-streamCtx.Done():
+				return streamCtx.Err()
 			}
-			return inv.noRollout(ctx, err)
-		}
-		var r rolloutDetail
-		if err := decode(body, &r); err != nil {
-			return err
-		}
-		r.Service = cmp.Or(r.Service, inv.args[0])
-		switch {
-		case inv.json && follow:
-			err = writeJSONLine(inv.out, body)
-		case inv.json:
-			err = writeJSON(inv.out, body)
-		default:
-			if printed {
-				fmt.Fprintln(inv.out)
-			}
-			err = writeRollout(inv.out, r, time.Now())
-		}
-		if err != nil || !follow || finalState(r.State) {
-			return err
-		}
+		})
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	ended := "" // the state the last ending event left, if one came
+	for {
 		select {
 		case <-ctx.Done(): // Ctrl-C ends --follow, as it does for events
 			return nil
-		case <-time.After(time.Second):
+		case <-timeout:
+			return &rolloutEnded{id: followed, state: "timeout", still: r.State}
+		case err := <-streamDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("the node ended its event stream")
+			}
+			return fmt.Errorf("lost the rollout %s while it was %s: %v", followed, r.State, err)
+		case e := <-events:
+			if s, ok := endingActions[e.Action]; ok {
+				ended = s
+			}
+		case <-tick.C:
+		}
+		next, body, err := inv.readRollout(ctx)
+		if err != nil {
+			return interruptedIsDone(err)
+		}
+		if next.ID != followed {
+			// Another rollout started after the followed one ended: the
+			// event that ended it said how.
+			if ended == "" {
+				return fmt.Errorf("rollout %s was followed by %s without an event saying how it ended", followed, next.ID)
+			}
+			r.State, r.Reason = ended, ""
+			return endOf(r)
+		}
+		r = next
+		if err := inv.printFollowed(r, body, true); err != nil || finalState(r.State) {
+			return cmp.Or(err, endOf(r))
 		}
 	}
+}
+
+// interruptedIsDone turns Ctrl-C before an answer into the normal end of
+// --follow.
+func interruptedIsDone(err error) error {
+	if errors.Is(err, errInterrupted) {
+		return nil
+	}
+	return err
+}
+
+// printFollowed prints one state of the followed rollout: one JSON line, or
+// the table after a blank line when one came before.
+func (inv *invocation) printFollowed(r rolloutDetail, body []byte, again bool) error {
+	var err error
+	switch {
+	case inv.json:
+		err = writeJSONLine(inv.out, body)
+	case again:
+		fmt.Fprintln(inv.out)
+		fallthrough
+	default:
+		err = writeRollout(inv.out, r, time.Now())
+	}
+	if err != nil {
+		return err
+	}
+	return inv.out.Flush()
 }
 
 // noRollout turns the 404 of GET …/rollout into what it means. The same 404

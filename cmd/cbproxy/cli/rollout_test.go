@@ -31,8 +31,6 @@ const (
   "step_started":"2026-03-01T10:00:00Z","ended":"2026-03-01T10:01:30Z","reason":"green error rate 4.1% > 1%","verdict":null}`
 )
 
-func okAnswer(body string) answer { return answer{status: 200, body: body} }
-
 // withState is rolloutJSON in another state.
 func withState(s string) string {
 	return strings.Replace(rolloutJSON, `"state":"running"`, `"state":"`+s+`"`, 1)
@@ -111,9 +109,12 @@ func TestRolloutUsage(t *testing.T) {
 		{top: "rollout", argv: start("--to", "c", "--manual=maybe"), code: exitUsage, wantOut: "flag --manual takes no value"},
 		{top: "rollout", argv: start("extra", "--to", "c"), code: exitUsage, wantOut: `unexpected argument "extra"`},
 		{top: "rollout", argv: start("--to", "c", "--follow"), code: exitUsage, wantOut: `unknown flag "--follow"`},
-		{top: "rollout", argv: []string{"status"}, code: exitUsage, wantOut: "cbproxy rollout status: missing SERVICE (usage: cbproxy rollout status SERVICE [--follow])"},
+		{top: "rollout", argv: []string{"status"}, code: exitUsage, wantOut: "cbproxy rollout status: missing SERVICE (usage: cbproxy rollout status SERVICE [--follow] [--timeout DURATION])"},
 		{top: "rollout", argv: []string{"status", "svc", "--steps", "1"}, code: exitUsage, wantOut: `unknown flag "--steps"`},
 		{top: "rollout", argv: []string{"status", "svc", "--follow=x"}, code: exitUsage, wantOut: "takes no value"},
+		{top: "rollout", argv: []string{"status", "svc", "--timeout", "5m"}, code: exitUsage, wantOut: "--timeout is for --follow"},
+		{top: "rollout", argv: []string{"status", "svc", "--follow", "--timeout", "5"}, code: exitUsage, wantOut: `flag --timeout: duration "5" is not valid`},
+		{top: "rollout", argv: []string{"status", "svc", "--follow", "--timeout=-1s"}, code: exitUsage, wantOut: "negative"},
 		{top: "rollout", argv: []string{"pause"}, code: exitUsage, wantOut: "cbproxy rollout pause: missing SERVICE"},
 		{top: "rollout", argv: []string{"resume", "a", "b"}, code: exitUsage, wantOut: `unexpected argument "b"`},
 		{top: "rollout", argv: []string{"promote", "svc", "--force"}, code: exitUsage, wantOut: `unknown flag "--force"`},
@@ -304,10 +305,11 @@ func TestRolloutRequests(t *testing.T) {
 		{
 			name: "status of an unknown service", top: "rollout", argv: []string{"status", "codingbrian", "--follow"},
 			routes: map[string][]answer{
+				"GET /v1/events":                       ok(`{"events":[]}`),
 				"GET /v1/services/codingbrian/rollout": {{status: 404, body: `{"error":"service \"codingbrian\" does not exist; GET /v1/services lists them","code":"not_found"}`}},
 				"GET /v1/services/codingbrian":         {{status: 404, body: `{"error":"service \"codingbrian\" does not exist; GET /v1/services lists them","code":"not_found"}`}},
 			},
-			want: []string{"GET /v1/services/codingbrian/rollout", "GET /v1/services/codingbrian"}, code: exitFailed,
+			want: []string{"GET /v1/events", "GET /v1/services/codingbrian/rollout", "GET /v1/services/codingbrian"}, code: exitFailed,
 			stderr: "cbproxy rollout status: service \"codingbrian\" does not exist; GET /v1/services lists them (HTTP 404 not_found)\n",
 		},
 		{
@@ -434,88 +436,6 @@ func TestWriteRollout(t *testing.T) {
 	}
 }
 
-// TestRolloutStatusFollow polls every second and stops at a final state or an
-// error.
-func TestRolloutStatusFollow(t *testing.T) {
-	const route = "GET /v1/services/codingbrain/rollout"
-	tests := []struct {
-		name    string
-		json    bool
-		answers []answer
-		polls   int
-		code    int
-		check   func(t *testing.T, stdout string)
-	}{
-		{
-			name:    "table until promoted",
-			answers: []answer{okAnswer(rolloutJSON), okAnswer(withState("waiting")), okAnswer(withState("promoted")), okAnswer(rolloutJSON)},
-			polls:   3,
-			check: func(t *testing.T, stdout string) {
-				blocks := strings.Split(stdout, "\n\nrollout   ")
-				if len(blocks) != 3 || !strings.Contains(blocks[0], "state     running\n") ||
-					!strings.Contains(blocks[1], "state     waiting") || !strings.Contains(blocks[2], "state     promoted\n") {
-					t.Errorf("stdout:\n%s", stdout)
-				}
-			},
-		},
-		{
-			name: "JSON lines until rolled back", json: true,
-			answers: []answer{okAnswer(rolloutJSON), okAnswer(withState("rolled_back")), okAnswer(rolloutJSON)},
-			polls:   2,
-			check: func(t *testing.T, stdout string) {
-				lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
-				if len(lines) != 2 || !strings.HasPrefix(lines[0], `{"id":"codingbrain-57",`) || !strings.Contains(lines[1], `"state":"rolled_back"`) {
-					t.Errorf("stdout: %q", stdout)
-				}
-			},
-		},
-		{
-			name:    "an ended rollout prints once",
-			answers: []answer{okAnswer(blueGreenJSON), okAnswer(rolloutJSON)},
-			polls:   1,
-			check: func(t *testing.T, stdout string) {
-				if strings.Count(stdout, "rollout   ") != 1 {
-					t.Errorf("stdout:\n%s", stdout)
-				}
-			},
-		},
-		{
-			name:    "an error ends it",
-			answers: []answer{okAnswer(rolloutJSON), {status: 502, body: "bad gateway"}, okAnswer(withState("promoted"))},
-			polls:   2, code: exitFailed,
-			check: func(t *testing.T, stdout string) {
-				if strings.Count(stdout, "rollout   ") != 1 {
-					t.Errorf("stdout:\n%s", stdout)
-				}
-			},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			api := &fakeAPI{t: t, routes: map[string][]answer{route: tt.answers}}
-			srv := httptest.NewServer(api)
-			defer srv.Close()
-			argv := []string{"status", "codingbrain", "--follow"}
-			if tt.json {
-				argv = append(argv, "--json")
-			}
-			start := time.Now()
-			code, stdout, stderr := runAgainst(t, srv.URL, nil, "rollout", argv...)
-			elapsed := time.Since(start)
-			if code != tt.code || (code == exitOK) != (stderr == "") {
-				t.Errorf("exit code %d, want %d; stderr %q", code, tt.code, stderr)
-			}
-			if n := len(api.requests()); n != tt.polls {
-				t.Errorf("%d polls, want %d", n, tt.polls)
-			}
-			if want := time.Duration(tt.polls-1) * time.Second; elapsed < want || elapsed > want+2*time.Second {
-				t.Errorf("took %v for %d polls a second apart", elapsed, tt.polls)
-			}
-			tt.check(t, stdout)
-		})
-	}
-}
-
 // TestRolloutStatusFollowInterrupt stops following (as Ctrl-C does) with exit
 // 0, both while waiting between polls and while a poll is in flight.
 func TestRolloutStatusFollowInterrupt(t *testing.T) {
@@ -526,6 +446,16 @@ func TestRolloutStatusFollowInterrupt(t *testing.T) {
 			var polls atomic.Int32
 			answered := make(chan struct{})
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch r.URL.Path {
+				case "/v1/events":
+					w.Write([]byte(`{"events":[]}`))
+					return
+				case "/v1/events/stream": // open, no events, until the client goes
+					w.Header().Set("Content-Type", "text/event-stream")
+					w.(http.Flusher).Flush()
+					<-r.Context().Done()
+					return
+				}
 				if polls.Add(1) == 2 && during == "poll" {
 					cancel()
 					<-r.Context().Done()
