@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +27,9 @@ func TestEveryCommandJSON(t *testing.T) {
 	// need a second node: its answer is the cluster body, as for join (one
 	// function prints both), and TestErrorJSON has its error.
 	covered := map[string]bool{"cluster recover": true, "cluster remove": true}
+	// A receiver for the notifier's test notification.
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer receiver.Close()
 	for _, tc := range []struct {
 		command string // the command's name, for the coverage check
 		argv    []string
@@ -46,6 +51,11 @@ func TestEveryCommandJSON(t *testing.T) {
 		{"events", []string{"events", "demo", "--limit", "5"}},
 		{"cluster status", []string{"cluster", "status"}},
 		{"cluster join", []string{"cluster", "join", self.ID, self.ClusterAddr, self.AdminAddr}},
+		{"notifier set", []string{"notifier", "set", "hook", receiver.URL + "/hook", "--events", "rollback,test"}},
+		{"notifier list", []string{"notifier", "list"}},
+		{"notifier list", []string{"notifier", "list", "hook"}},
+		{"notifier test", []string{"notifier", "test", "hook"}},
+		{"notifier delete", []string{"notifier", "delete", "hook"}},
 	} {
 		t.Run(strings.Join(tc.argv, " "), func(t *testing.T) {
 			covered[tc.command] = true
