@@ -109,8 +109,14 @@ type proc struct {
 // inside a step, the scenario's t for a process later steps use.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, exec.Command(name, args...))
+}
+
+// startCmd is start for a command made ready by the caller (its
+// environment, its directory).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	var out bytes.Buffer
-	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -120,7 +126,7 @@ func start(t *testing.T, name string, args ...string) *proc {
 	t.Cleanup(func() {
 		p.stop(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("output of %s:\n%s", filepath.Base(name), tail(out.String(), 4000))
+			t.Logf("output of %s:\n%s", filepath.Base(cmd.Path), tail(out.String(), 4000))
 		}
 	})
 	return p

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -262,23 +261,4 @@ http://127.0.0.1:%d {
 		}
 		waitNotify(t, "STOPPING=1")
 	})
-}
-
-// startCmd is start for a command made ready by the caller (its environment).
-func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
-	t.Helper()
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, out: &out}
-	t.Cleanup(func() {
-		p.stop(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("output of %s:\n%s", filepath.Base(cmd.Path), tail(out.String(), 4000))
-		}
-	})
-	return p
 }
