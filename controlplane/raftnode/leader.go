@@ -35,28 +35,6 @@ func (w *leaderWatch) wake() {
 	w.mu.Unlock()
 }
 
-// watchLeader feeds w from Raft's leader observations until the node stops.
-func (n *Node) watchLeader() {
-	defer n.wg.Done()
-	// Observations are dropped, never waited for, when the buffer is full:
-	// a pending one wakes the waiters anyway.
-	ch := make(chan raft.Observation, 4)
-	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
-	})
-	n.raft.RegisterObserver(obs)
-	defer n.raft.DeregisterObserver(obs)
-	for {
-		select {
-		case <-n.done:
-			return
-		case <-ch:
-			n.leaders.wake()
-		}
-	}
-}
-
 // peerContact is what the leader's heartbeats say of each peer: since when
 // they have failed without a success in between. Raft reports a failed
 // heartbeat and its resumption only on the leader, so the map is cleared at
@@ -78,9 +56,12 @@ func (n *Node) UnreachablePeers() map[string]time.Time {
 	return maps.Clone(n.peers.failing)
 }
 
-// watchHeartbeats keeps n.peers from Raft's heartbeat observations until
-// the node stops.
-func (n *Node) watchHeartbeats() {
+// watchRaft follows Raft's observations until the node stops: a leader
+// change wakes the writes waiting for a leader (n.leaders), and the
+// leader's heartbeats keep n.peers. Observations are dropped, never waited
+// for, when the buffer is full; the buffer holds a burst of a few peers'
+// heartbeats, and a pending leader change wakes the waiters anyway.
+func (n *Node) watchRaft() {
 	defer n.wg.Done()
 	ch := make(chan raft.Observation, 16)
 	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
@@ -109,6 +90,9 @@ func (n *Node) watchHeartbeats() {
 				clear(n.peers.failing)
 			}
 			n.peers.mu.Unlock()
+			if _, ok := o.Data.(raft.LeaderObservation); ok {
+				n.leaders.wake()
+			}
 		}
 	}
 }

@@ -110,10 +110,10 @@ type Node struct {
 	// committed wakes announceCommits after a write committed on this
 	// leader; one pending wake-up is enough.
 	committed chan struct{}
-	// leaders wakes writes waiting for a leader (watchLeader).
+	// leaders wakes writes waiting for a leader (watchRaft).
 	leaders *leaderWatch
 	// peers is what the leader's heartbeats say of each peer
-	// (watchHeartbeats).
+	// (watchRaft).
 	peers peerContact
 
 	done     chan struct{}
@@ -151,11 +151,10 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.registerRPC()
-	n.wg.Add(4)
+	n.wg.Add(3)
 	go n.maintainMembership()
 	go n.announceCommits()
-	go n.watchLeader()
-	go n.watchHeartbeats()
+	go n.watchRaft()
 	return n, nil
 }
 
