@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 # FUZZTIME: some targets (FuzzApply) would spend their whole run on it.
 FUZZMINTIME ?= 5s
 
-.PHONY: all build run run-cluster test vet lint promtool unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli tools-systemd soak fuzz clean
+.PHONY: all build run run-cluster test tools vet lint promtool unit e2e bench bench-go bench-propagation bench-apply bench-rollback bench-scale bench-cli soak fuzz clean
 
 all: build
 
@@ -29,7 +29,22 @@ run-cluster: build
 	./configs/cluster/run.sh
 
 # Everything CI checks (.ci/run calls this and nothing else).
-test: vet lint promtool unit e2e
+test: tools vet lint promtool unit e2e
+
+# The Debian packages make test needs, installed in one apt-get run when any
+# is missing (nothing to do when all are there): chromium for the web
+# console's e2e test (TestConsole), prometheus for promtool (the alert
+# rules' checks and unit tests), systemd for systemd-analyze (TestSystemdUnit
+# verifies configs/systemd/cbproxy.service).
+tools:
+	@missing=; \
+	  { [ -x /usr/bin/chromium ] || command -v chromium >/dev/null; } || missing="$$missing chromium"; \
+	  command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  [ -z "$$missing" ] && exit 0; \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
 
 vet:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -49,9 +64,8 @@ lint:
 
 # The Prometheus alert rules and their unit tests, and the example scrape
 # config (configs/prometheus). promtool comes from Debian's prometheus
-# package, installed when missing.
-promtool:
-	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+# package (make tools).
+promtool: tools
 	promtool check rules configs/prometheus/alerts.yml
 	promtool test rules configs/prometheus/alerts_test.yml
 	promtool check config configs/prometheus/prometheus.yml
@@ -63,14 +77,8 @@ unit:
 
 # End-to-end tests drive the real binary (built by the test itself, so Go's
 # test cache cannot see a change of the code under test: -count=1).
-e2e: tools-systemd
+e2e: tools
 	$(GO) test -count=1 -timeout 10m ./e2e/...
-
-# systemd-analyze (Debian's systemd package), for e2e TestSystemdUnit's
-# `systemd-analyze verify` of configs/systemd/cbproxy.service; nothing to do
-# when it is there.
-tools-systemd:
-	@command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
 
 # Speed: Go benchmarks of the hot path, then the side-by-side A/B against
 # plain Caddy reverse_proxy in the same binary (bench/README.md).
@@ -134,21 +142,12 @@ clean:
 	rm -rf $(BIN) .demo
 
 # --- Web console (docs/console.md) ---
-# Its e2e test (TestConsole) drives Debian's chromium headless: installed
-# here when missing, and required by make test (a missing browser fails the
-# test instead of skipping it).
-.PHONY: chromium screenshots
-CHROMIUM ?= /usr/bin/chromium
-chromium:
-	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
-	  echo "chromium is missing: installing it with apt-get"; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends chromium
-
-test: chromium
-e2e: chromium
+# Its e2e test (TestConsole) drives Debian's chromium headless (make tools),
+# and make test requires it: a missing browser fails the test instead of
+# skipping it.
+.PHONY: screenshots
 e2e: export CBPROXY_REQUIRE_BROWSER := 1
 
 # The console's screenshots in docs/console/, taken by TestConsole itself.
-screenshots: chromium
+screenshots: tools
 	CBPROXY_REQUIRE_BROWSER=1 CBPROXY_SCREENSHOTS=$(CURDIR)/docs/console $(GO) test -count=1 -timeout 10m -run 'TestConsole$$' ./e2e/

@@ -59,9 +59,9 @@ func newBrowserPage(t *testing.T) *browserPage {
 	path := findChromium()
 	if path == "" {
 		if os.Getenv("CBPROXY_REQUIRE_BROWSER") != "" {
-			t.Fatal("no Chromium found (looked for CBPROXY_CHROMIUM, /usr/bin/chromium, chromium on PATH) and CBPROXY_REQUIRE_BROWSER is set: install it (make chromium)")
+			t.Fatal("no Chromium found (looked for CBPROXY_CHROMIUM, /usr/bin/chromium, chromium on PATH) and CBPROXY_REQUIRE_BROWSER is set: install it (make tools)")
 		}
-		t.Skip("no Chromium found: install Debian's chromium (make chromium) or set CBPROXY_CHROMIUM; set CBPROXY_REQUIRE_BROWSER to make this a failure")
+		t.Skip("no Chromium found: install Debian's chromium (make tools) or set CBPROXY_CHROMIUM; set CBPROXY_REQUIRE_BROWSER to make this a failure")
 	}
 	// Without the background-networking flags Chromium keeps trying to reach
 	// Google's services, which a closed network turns into stalls.

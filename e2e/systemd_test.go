@@ -117,7 +117,7 @@ func TestSystemdUnit(t *testing.T) {
 	t.Run("systemd-analyze verify", func(t *testing.T) {
 		analyze, err := exec.LookPath("systemd-analyze")
 		if err != nil {
-			t.Skip("systemd-analyze is not installed (make tools-systemd installs it; make test runs it)")
+			t.Skip("systemd-analyze is not installed (make tools installs it; make test runs it)")
 		}
 		b, err := os.ReadFile(unitPath)
 		if err != nil {
