@@ -56,6 +56,14 @@ func startNodeTuned(t *testing.T, dir string, tune func(*Config)) *Node {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The node records its own addresses (a node_join event) a moment after
+	// it is ready; a test that counts events must not see it arrive late.
+	for n.View().Nodes[cfg.NodeID] == (state.NodeInfo{}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s never recorded its addresses", cfg.NodeID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return n
 }
 
