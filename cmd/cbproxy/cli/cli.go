@@ -54,10 +54,11 @@ type command struct {
 
 // groupShort describes the commands that take a subcommand, for Caddy's list.
 var groupShort = map[string]string{
-	"rollout": "Move a service's traffic to a pool, judged by its SLO",
-	"pool":    "Change the pools of a service",
-	"backend": "Drain or undrain one backend of a pool",
-	"cluster": "Show and change the cluster's members, or recover from a lost quorum",
+	"rollout":  "Move a service's traffic to a pool, judged by its SLO",
+	"pool":     "Change the pools of a service",
+	"backend":  "Drain or undrain one backend of a pool",
+	"cluster":  "Show and change the cluster's members, or recover from a lost quorum",
+	"notifier": "Send the cluster's events to webhooks, signed and retried",
 }
 
 func init() {

@@ -13,7 +13,7 @@ import (
 
 // commands are the cbproxy client commands, in the order of the help. Adding
 // one is an entry here and its run function.
-var commands = []*command{
+var commands = append([]*command{
 	{
 		name:   "status",
 		params: []string{"[SERVICE]"},
@@ -200,7 +200,7 @@ what it did; --dry-run stops before changing anything. Runbook:
 docs/operations.md, "Recovering from quorum loss".`,
 		run: runClusterRecover,
 	},
-}
+}, notifierCommands...)
 
 func runDrain(method string) func(context.Context, *invocation) error {
 	return func(ctx context.Context, inv *invocation) error {

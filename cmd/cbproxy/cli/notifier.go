@@ -9,56 +9,56 @@ import (
 	"time"
 )
 
-// The notifier commands (docs/cli.md "notifier"), after the others in the
-// help.
-func init() {
-	commands = append(commands,
-		&command{
-			name:   "notifier list",
-			params: []string{"[NAME]"},
-			short:  "Show the webhook notifiers and how their deliveries went",
-			long: `Lists the notifiers (or only NAME): URL (scheme and host only), service,
+// notifierCommands are the notifier commands (docs/cli.md "notifier"),
+// after the others in the help. They are part of commands before any init
+// runs: cli.go's init registers the top-level words with Caddy, and a command
+// appended later would be unknown to the binary.
+var notifierCommands = []*command{
+	&command{
+		name:   "notifier list",
+		params: []string{"[NAME]"},
+		short:  "Show the webhook notifiers and how their deliveries went",
+		long: `Lists the notifiers (or only NAME): URL (scheme and host only), service,
 events, format, whether a secret is set, and the leader's committed delivery
 record (cursor, sent, failed, last error). With --json it prints the API's
 body as is. The secret is never shown.`,
-			run: runNotifierList,
+		run: runNotifierList,
+	},
+	&command{
+		name:   "notifier set",
+		params: []string{"NAME", "URL"},
+		flags: []flagSpec{
+			{name: "events", value: "KIND,...", usage: "notification kinds to send (default all)"},
+			{name: "service", value: "SERVICE", usage: "only this service's events"},
+			{name: "format", value: "json|slack", usage: "body format (default json)"},
+			{name: "timeout", value: "DURATION", usage: "one delivery attempt (default 5s)", check: durationFlag},
+			{name: "secret-env", value: "VAR", usage: "read the HMAC secret from environment variable VAR (default: keep the current one)"},
+			{name: "no-secret", usage: "remove the secret: send unsigned"},
+			{name: "if-version", value: "N", usage: "change only if the notifier is at version N (0: must not exist; else exit 3)", check: nonNegativeInt},
 		},
-		&command{
-			name:   "notifier set",
-			params: []string{"NAME", "URL"},
-			flags: []flagSpec{
-				{name: "events", value: "KIND,...", usage: "notification kinds to send (default all)"},
-				{name: "service", value: "SERVICE", usage: "only this service's events"},
-				{name: "format", value: "json|slack", usage: "body format (default json)"},
-				{name: "timeout", value: "DURATION", usage: "one delivery attempt (default 5s)", check: durationFlag},
-				{name: "secret-env", value: "VAR", usage: "read the HMAC secret from environment variable VAR (default: keep the current one)"},
-				{name: "no-secret", usage: "remove the secret: send unsigned"},
-				{name: "if-version", value: "N", usage: "change only if the notifier is at version N (0: must not exist; else exit 3)", check: nonNegativeInt},
-			},
-			short: "Create or replace a webhook notifier",
-			long: `Creates or replaces notifier NAME, which the leader sends the cluster's
+		short: "Create or replace a webhook notifier",
+		long: `Creates or replaces notifier NAME, which the leader sends the cluster's
 events to (docs/api.md "Notifications"). The secret is read from the
 environment (--secret-env), never from the command line, where other users
 could see it; without --secret-env or --no-secret the notifier keeps its
 secret.`,
-			run: runNotifierSet,
-		},
-		&command{
-			name:   "notifier delete",
-			params: []string{"NAME"},
-			short:  "Delete a webhook notifier",
-			long:   `Deletes notifier NAME; a Caddyfile notify never re-creates it.`,
-			run:    runNotifierDelete,
-		},
-		&command{
-			name:   "notifier test",
-			params: []string{"NAME"},
-			short:  "Send a test notification now",
-			long: `Sends one notification of kind "test" to NAME from the node asked, once, and
+		run: runNotifierSet,
+	},
+	&command{
+		name:   "notifier delete",
+		params: []string{"NAME"},
+		short:  "Delete a webhook notifier",
+		long:   `Deletes notifier NAME; a Caddyfile notify never re-creates it.`,
+		run:    runNotifierDelete,
+	},
+	&command{
+		name:   "notifier test",
+		params: []string{"NAME"},
+		short:  "Send a test notification now",
+		long: `Sends one notification of kind "test" to NAME from the node asked, once, and
 says whether the receiver took it (exit 1 when it did not).`,
-			run: runNotifierTest,
-		},
-	)
+		run: runNotifierTest,
+	},
 }
 
 // durationFlag checks a Go duration.
