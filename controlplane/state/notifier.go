@@ -46,8 +46,13 @@ const (
 	FormatSlack NotifyFormat = "slack" // {"text": …, "blocks": …}, for a Slack incoming webhook
 )
 
-// DefaultNotifyTimeout is the time one delivery attempt may take.
-const DefaultNotifyTimeout = Duration(5 * time.Second)
+// DefaultNotifyTimeout is the time one delivery attempt may take; a
+// notifier may set it within MinNotifyTimeout and MaxNotifyTimeout.
+const (
+	DefaultNotifyTimeout = Duration(5 * time.Second)
+	MinNotifyTimeout     = Duration(100 * time.Millisecond)
+	MaxNotifyTimeout     = Duration(time.Minute)
+)
 
 // NotifierSpec is what a PUT of a notifier (or a Caddyfile `notify`) defines.
 type NotifierSpec struct {
@@ -191,8 +196,8 @@ func CheckNotifierSpec(s NotifierSpec) error {
 	default:
 		return fmt.Errorf("notifier format %q is not json or slack", s.Format)
 	}
-	if s.Timeout != 0 && (s.Timeout < Duration(100*time.Millisecond) || s.Timeout > Duration(time.Minute)) {
-		return fmt.Errorf("notifier timeout %s is not within 100ms and 1m", s.Timeout)
+	if s.Timeout != 0 && (s.Timeout < MinNotifyTimeout || s.Timeout > MaxNotifyTimeout) {
+		return fmt.Errorf("notifier timeout %s is not within %s and %s", s.Timeout, MinNotifyTimeout, MaxNotifyTimeout)
 	}
 	if len(s.Secret) > 1024 {
 		return errors.New("notifier secret is longer than 1024 characters")

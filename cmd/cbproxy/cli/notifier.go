@@ -6,7 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"text/tabwriter"
-	"time"
+
+	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
 // notifierCommands are the notifier commands (docs/cli.md "notifier"),
@@ -31,7 +32,7 @@ body as is. The secret is never shown.`,
 			{name: "events", value: "KIND,...", usage: "notification kinds to send (default all)"},
 			{name: "service", value: "SERVICE", usage: "only this service's events"},
 			{name: "format", value: "json|slack", usage: "body format (default json)"},
-			{name: "timeout", value: "DURATION", usage: "one delivery attempt (default 5s)", check: durationFlag},
+			{name: "timeout", value: "DURATION", usage: "one delivery attempt (default 5s)", check: notifyTimeoutFlag},
 			{name: "secret-env", value: "VAR", usage: "read the HMAC secret from environment variable VAR (default: keep the current one)"},
 			{name: "no-secret", usage: "remove the secret: send unsigned"},
 			{name: "if-version", value: "N", usage: "change only if the notifier is at version N (0: must not exist; else exit 3)", check: nonNegativeInt},
@@ -61,10 +62,15 @@ says whether the receiver took it (exit 1 when it did not).`,
 	},
 }
 
-// durationFlag checks a Go duration.
-func durationFlag(v string) error {
-	if _, err := time.ParseDuration(v); err != nil {
-		return fmt.Errorf("%q is not a duration; write it like 500ms, 5s or 1m", v)
+// notifyTimeoutFlag checks --timeout of notifier set as the node will: a
+// duration within the bounds of one delivery attempt.
+func notifyTimeoutFlag(v string) error {
+	d, err := state.ParseDuration(v)
+	if err != nil {
+		return err
+	}
+	if d < state.MinNotifyTimeout || d > state.MaxNotifyTimeout {
+		return fmt.Errorf("%s is not within %s and %s", v, state.MinNotifyTimeout, state.MaxNotifyTimeout)
 	}
 	return nil
 }
