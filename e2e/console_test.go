@@ -3,12 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -217,7 +220,7 @@ func (p *browserPage) checkNoProblems(t *testing.T) {
 
 // consoleCaddyfile is a single node with tokens (an operator and a
 // viewer), an active health check, and an SLO that test traffic can pass.
-func consoleCaddyfile(n *node) string {
+func consoleCaddyfile(n *node, hook string) string {
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	cbproxy {
@@ -245,6 +248,10 @@ http://127.0.0.1:%d {
 		weights blue=100
 		health /health/ready 250ms timeout 1s fails 2 passes 1
 		latency_histogram
+		notify pager %s {
+			secret s3cret
+			events rollout_started rollout_step rollout_rolled_back
+		}
 		slo {
 			advance  error_rate<5%% p95<500ms
 			rollback error_rate>50%% p95>2s
@@ -255,7 +262,7 @@ http://127.0.0.1:%d {
 	}
 }
 `, n.caddyAdmin, filepath.Join(n.dir, "data"), n.clusterPort, n.adminPort, consoleOpsToken, consoleViewerToken,
-		n.httpPort, n.backends["blue"], n.backends["green"], n.backends["canary"])
+		n.httpPort, n.backends["blue"], n.backends["green"], n.backends["canary"], hook)
 }
 
 // TestConsole loads the console in a headless Chromium, gives it a token,
@@ -266,7 +273,15 @@ http://127.0.0.1:%d {
 func TestConsole(t *testing.T) {
 	p := newBrowserPage(t)
 	n := newNode(t)
-	if err := os.WriteFile(n.caddyfile, []byte(consoleCaddyfile(n)), 0o600); err != nil {
+	// The service's webhook receiver: the notifications panel shows its
+	// deliveries.
+	var delivered atomic.Int64
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		delivered.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hook.Close()
+	if err := os.WriteFile(n.caddyfile, []byte(consoleCaddyfile(n, hook.URL+"/hook")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	n.start(t)
@@ -341,6 +356,25 @@ func TestConsole(t *testing.T) {
 		p.waitText(t, "canary's weight on the page", `document.querySelector('[data-weight=canary]').textContent`, "30 %", 10*time.Second)
 		p.waitText(t, "no reload", `window.cbproxyNoReload`, "kept", time.Second)
 		p.shot(t, "console-rollout")
+	})
+
+	step(t, "the notifications panel shows the webhook and its deliveries", func(t *testing.T) {
+		row := `document.querySelector('#notifiers tr[data-notifier=pager]').textContent`
+		p.waitText(t, "the notifier", row, "signed", 10*time.Second)
+		p.waitText(t, "its events", row, "rollout_rolled_back, rollout_started, rollout_step", 10*time.Second)
+		// The delivery record moves without an event: the page polls it.
+		p.waitText(t, "its deliveries", row, "sent", 10*time.Second)
+		p.waitText(t, "a delivery counted", `/^[1-9][0-9]* sent/.test(document.querySelector('#notifiers tr[data-notifier=pager] td.deliveries').textContent)`, "true", 45*time.Second)
+		if delivered.Load() == 0 {
+			t.Fatal("the page counts deliveries the receiver never got")
+		}
+		if _, err := p.eval(`(document.querySelector('#notifiers').closest('section').scrollIntoView(), 'ok')`); err != nil {
+			t.Fatal(err)
+		}
+		p.shot(t, "console-notifications")
+		if _, err := p.eval(`(window.scrollTo(0, 0), 'ok')`); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	step(t, "rollback through the page's dialog changes the weights on the page and in the API", func(t *testing.T) {

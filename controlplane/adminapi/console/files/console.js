@@ -25,6 +25,7 @@ const S = {
   banner: '', // what the banner is about: a failed read, or 'read only'
   node: '',
   cluster: null,
+  notifiers: null, // GET /v1/notifiers' list; null until read (or refused)
   stream: null,
 };
 
@@ -72,6 +73,19 @@ async function loadCluster() {
   }
 }
 
+// loadNotifiers reads the webhook notifiers and the leader's committed
+// delivery record of each. Their cursors move without events, so the list
+// is polled with the services'.
+async function loadNotifiers() {
+  try {
+    const { data } = await call('GET', '/v1/notifiers');
+    S.notifiers = data.notifiers || [];
+  } catch (e) {
+    if (e.status === 401) throw e;
+    S.notifiers = null; // a node without quorum still shows its services
+  }
+}
+
 // loadTrail reads the newest events and returns the index to follow the
 // stream from: everything up to it is in the answer (the node stamps its
 // applied index before it reads the trail).
@@ -106,6 +120,9 @@ async function guarded(what, f) {
 
 // ---------- the event stream ----------
 
+// refreshQueue holds what events changed: service names, '' for the
+// cluster, NOTIFIERS for the notifiers (a symbol: no service has its name).
+const NOTIFIERS = Symbol('notifiers');
 const refreshQueue = new Set();
 let refreshTimer = null;
 
@@ -124,7 +141,8 @@ function onEvent(frame) {
     if (S.events.length > TRAIL_MAX * 2) S.events.splice(0, S.events.length - TRAIL_MAX);
   }
   renderTrail();
-  if (ev.service) refreshQueue.add(ev.service);
+  if (ev.action && ev.action.startsWith('notifier_')) refreshQueue.add(NOTIFIERS);
+  else if (ev.service) refreshQueue.add(ev.service);
   if (ev.action === 'node_join' || ev.action === 'node_remove') refreshQueue.add('');
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(flushRefresh, 100);
@@ -134,7 +152,7 @@ async function flushRefresh() {
   const names = [...refreshQueue];
   refreshQueue.clear();
   await guarded('reading what changed', async () => {
-    await Promise.all(names.map((n) => (n === '' ? loadCluster() : loadService(n))));
+    await Promise.all(names.map((n) => (n === '' ? loadCluster() : n === NOTIFIERS ? loadNotifiers() : loadService(n))));
     if (names.includes(S.selected)) await loadRollout(S.selected);
   });
   renderAll();
@@ -165,7 +183,7 @@ async function poll() {
   }
   if (now - lastListPoll >= POLL_LIST_MS) {
     lastListPoll = now;
-    await guarded('reading the services', async () => { await loadServices(); await loadCluster(); });
+    await guarded('reading the services', async () => { await loadServices(); await loadCluster(); await loadNotifiers(); });
   }
   renderAll();
   setTimeout(poll, POLL_ROLLOUT_MS);
@@ -177,6 +195,33 @@ function renderAll() {
   renderHeader();
   renderList();
   renderService();
+  renderNotifiers();
+}
+
+// renderNotifiers shows each webhook notifier and how its deliveries went
+// (docs/api.md "Notifications"); changing them is the CLI's and the API's.
+function renderNotifiers() {
+  const tbody = $('#notifiers');
+  clear(tbody);
+  if (S.notifiers === null) {
+    tbody.append(h('tr', {}, h('td', { colspan: '8', class: 'muted' }, 'not known: the notifiers could not be read')));
+    return;
+  }
+  for (const n of S.notifiers) {
+    const d = n.delivery || {};
+    tbody.append(h('tr', { 'data-notifier': n.name },
+      h('td', {}, h('strong', {}, n.name)),
+      h('td', { class: 'mono' }, n.url),
+      h('td', {}, n.service || 'all services'),
+      h('td', {}, n.events && n.events.length ? n.events.join(', ') : 'all events'),
+      h('td', {}, n.format, n.secret_set ? ' · signed' : ' · unsigned'),
+      h('td', { class: 'num through' }, String(d.through || 0)),
+      h('td', { class: 'num deliveries' }, `${d.sent || 0} sent`, d.failed ? ` · ${d.failed} failed` : ''),
+      h('td', { class: 'what' }, d.last_error ? badge('unhealthy', d.last_error_at || '', 'failing') : badge('healthy', d.last_success_at || '', 'ok'), d.last_error ? ' ' + d.last_error : '')));
+  }
+  if (!S.notifiers.length) {
+    tbody.append(h('tr', {}, h('td', { colspan: '8', class: 'muted' }, 'no notifiers: `cbproxy notifier set` or notify in the Caddyfile adds one')));
+  }
 }
 
 function renderHeader() {
@@ -698,6 +743,7 @@ async function boot() {
   const ok = await guarded('reading the services', async () => {
     await loadServices();
     await loadCluster();
+    await loadNotifiers();
     since = await loadTrail();
   });
   if (!ok) return;
