@@ -9,10 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -98,17 +96,8 @@ func startCluster(s settings) (*cluster, error) {
 		ports = append(ports, clusterPort(base, i), adminPort(base, i), proxyPort(base, i), caddyPort(base, i))
 	}
 	ports = append(ports, bluePort(base), canaryPort(base))
-	for _, p := range ports {
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			return nil, fmt.Errorf("port %d on 127.0.0.1 is in use (the run needs %d to %d): set PORT_BASE to another range", p, base+1, base+42)
-		}
-		ln.Close()
-	}
-	for _, bin := range []string{s.cbproxy, s.backend} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("no executable %s: run 'make build' first", bin)
-		}
+	if err := benchrun.Preflight(ports, s.cbproxy, s.backend); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "cbproxy-propagation-")
 	if err != nil {

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -86,17 +84,8 @@ func startNode(ctx context.Context, s settings) (*node, error) {
 	for i := range s.addresses {
 		ports = append(ports, backendPort(s.portBase, i))
 	}
-	for _, p := range ports {
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			return nil, fmt.Errorf("port %d on 127.0.0.1 is in use: set PORT_BASE to another range", p)
-		}
-		ln.Close()
-	}
-	for _, bin := range []string{s.cbproxy, s.backend} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("no executable %s: run 'make build' first", bin)
-		}
+	if err := benchrun.Preflight(ports, s.cbproxy, s.backend); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "cbproxy-scale-")
 	if err != nil {

@@ -6,10 +6,12 @@ package benchrun
 import (
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -150,6 +152,25 @@ func Alive(ps ...*Proc) error {
 	for _, p := range ps {
 		if p.Exited() {
 			return fmt.Errorf("%s exited (%v); %s", p.Name, p.Cmd.ProcessState, p.Tail())
+		}
+	}
+	return nil
+}
+
+// Preflight checks, before a run starts anything, that every port is free
+// on 127.0.0.1 and that every binary can be run; the errors say what to do.
+func Preflight(ports []int, bins ...string) error {
+	for _, p := range ports {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return fmt.Errorf("port %d on 127.0.0.1 is in use (the run needs %d ports from %d to %d): set PORT_BASE to another range",
+				p, len(ports), slices.Min(ports), slices.Max(ports))
+		}
+		ln.Close()
+	}
+	for _, bin := range bins {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("no executable %s: run 'make build' first", bin)
 		}
 	}
 	return nil
