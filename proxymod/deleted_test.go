@@ -4,8 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
 
@@ -14,14 +12,7 @@ import (
 // many series name the service at all.
 func seriesOf(t *testing.T, rr *routeRegistry) (requests map[string]float64, series map[string]int) {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(collector{rr}); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mfs := gather(t, rr)
 	requests, series = map[string]float64{}, map[string]int{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {

@@ -108,15 +108,7 @@ cbproxy_streams_closed_total{pool="canary",reason="rollback",service="shop"} 1
 		t.Fatal(err)
 	}
 
-	// Caddy's registry is pedantic: Describe must cover what Collect sends.
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(collector{rr}); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mfs := gather(t, rr)
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -174,14 +166,7 @@ func TestMetricsSeriesAtScale(t *testing.T) {
 	quiet.table.Load().pools[0].stats.record(4, 3*time.Millisecond)
 
 	families := map[string]map[string]int{} // family → service → series
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(collector{rr}); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mfs := gather(t, rr)
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
@@ -320,4 +305,15 @@ func gatherer(t *testing.T, rr *routeRegistry) prometheus.Gatherer {
 		t.Fatal(err)
 	}
 	return reg
+}
+
+// gather is one scrape of rr's collector through a pedantic registry
+// (Caddy's is pedantic: Describe must cover what Collect sends).
+func gather(t *testing.T, rr *routeRegistry) []*dto.MetricFamily {
+	t.Helper()
+	mfs, err := gatherer(t, rr).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cbproxy/cbproxy/controlplane/state"
 )
@@ -179,14 +178,7 @@ func (c *liveConn) closedAfter(t *testing.T, since time.Time, delay time.Duratio
 // streamsClosed reads cbproxy_streams_closed_total for one series.
 func streamsClosed(t *testing.T, service, pool, reason string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(collector{routes}); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mfs := gather(t, routes)
 	for _, mf := range mfs {
 		if mf.GetName() != "cbproxy_streams_closed_total" {
 			continue
